@@ -1,0 +1,1 @@
+"""Thin click commands: parse, call the harness library, print. MLproject and `harness` use them."""

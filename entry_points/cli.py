@@ -1,0 +1,31 @@
+"""The `harness` console script: one group, one subcommand per stage."""
+
+from __future__ import annotations
+
+import click
+
+from entry_points._common import run_command
+from entry_points.compare import compare_command
+from entry_points.eval import eval_command
+from entry_points.train import train_command
+
+
+@click.group(name="harness")
+def cli():
+    """MLflow-tracked HER vs no-HER experiments on sparse Fetch tasks (chapter 4).
+
+    Runs go to MLFLOW_TRACKING_URI, or to ./mlflow.db by default.
+    """
+
+
+cli.add_command(train_command)
+cli.add_command(eval_command)
+cli.add_command(compare_command)
+
+
+def main() -> None:
+    run_command(cli)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""`harness compare`: HER vs no-HER over seeds, from MLflow runs."""
+
+from __future__ import annotations
+
+import click
+
+from entry_points._common import parse_seeds, run_command
+from harness.config import ALGOS
+
+
+@click.command(name="compare")
+@click.option("--env", "env_id", required=True, help="Env id whose runs to compare, e.g. FetchPush-v4.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@click.option("--algo", type=click.Choice(ALGOS), default="sac", show_default=True)
+@click.option("--experiment", default=None, help="Only runs in this MLflow experiment [default: all].")
+def compare_command(env_id, seeds, algo, experiment):
+    """Compare HER and no-HER: mean +/- 95% CI over seeds (Student's t), in the chapter's table.
+
+    Reads the newest finished, evaluated training run per (condition, seed) from MLflow by tags,
+    writes results/ch04_<env>_comparison.json (+ .png) and logs a compare run with the table and plot.
+    """
+    from harness.comparison import compare
+
+    report = compare(env_id, parse_seeds(seeds), algo=algo, experiment=experiment)
+    click.echo(report["table"])
+    click.echo(f"\nwrote {report['results_file']} and {report['plot_file']}; compare run {report['compare_run_id']}")
+
+
+if __name__ == "__main__":
+    run_command(compare_command)

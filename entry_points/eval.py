@@ -1,0 +1,39 @@
+"""`harness eval`: score a checkpoint with deterministic episodes."""
+
+from __future__ import annotations
+
+import click
+
+from entry_points._common import run_command
+
+
+@click.command(name="eval")
+@click.option("--ckpt", required=True,
+              help="Checkpoint: a .zip path (checkpoints/sac_her_FetchPush-v4_seed0.zip), an MLflow run id, or runs:/<run id>.")
+@click.option("--n-episodes", type=click.IntRange(min=1), default=100, show_default=True, help="Deterministic episodes.")
+@click.option("--env", "env_id", default=None, help="Env id, only needed for a zip without its .meta.json.")
+def eval_command(ckpt, n_episodes, env_id):
+    """Evaluate a checkpoint: success rate, mean return and final distance (each with std).
+
+    Writes results/ch04_<algo>[_her]_<env>_seed<k>_eval.json and logs the eval/* metrics and that
+    JSON to the training run the checkpoint came from (which makes it visible to `compare`).
+    """
+    from harness.evaluation import evaluate_checkpoint
+
+    report = evaluate_checkpoint(ckpt, n_episodes=n_episodes, env_id=env_id)
+    click.echo(
+        f"{report['env_id']} {report['algo']}{' + HER' if report['her'] else ''} seed {report['seed']}, "
+        f"{n_episodes} episodes: success {100 * report['success_rate']:.1f}% "
+        f"(std {100 * report['success_rate_std']:.1f}%), return {report['mean_return']:.2f} "
+        f"(std {report['mean_return_std']:.2f}), final distance {report['final_distance']:.4f} "
+        f"(std {report['final_distance_std']:.4f})"
+    )
+    click.echo(f"wrote {report['results_file']}")
+    if report["logged_to_run"]:
+        click.echo(f"logged eval/* to training run {report['logged_to_run']}")
+    else:
+        click.echo("note: the training run is not in this tracking store; nothing was logged to MLflow")
+
+
+if __name__ == "__main__":
+    run_command(eval_command)

@@ -1,0 +1,90 @@
+"""`harness train`: one training run, tracked in MLflow."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from entry_points._common import run_command
+from harness.config import ALGOS, GOAL_SELECTION_STRATEGIES, available_presets
+
+PRESET = "preset"  # MLproject's spelling of "not given: take the preset's value"
+
+
+class IntOrPreset(click.ParamType):
+    """An integer >= ``minimum``, or the word 'preset' (MLproject's default: use the preset's value)."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if value is None or value == PRESET:
+            return None
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"'{value}' is not an integer", param, ctx)
+        if number < self.minimum:
+            self.fail(f"{number} is not >= {self.minimum}", param, ctx)
+        return number
+
+
+class ChoiceOrPreset(click.Choice):
+    def convert(self, value, param, ctx):
+        return None if value in (None, PRESET) else super().convert(value, param, ctx)
+
+
+@click.command(name="train")
+@click.option("--env", "env_id", default="FetchReach-v4", show_default=True,
+              help="Gymnasium id, e.g. FetchReach-v4, FetchPush-v4, FetchPickAndPlace-v4, FetchSlide-v4 (or *Dense-v4).")
+@click.option("--her", type=click.BOOL, is_flag=False, flag_value="true", default="false", show_default=True,
+              help="Train with Hindsight Experience Replay. Bare --her means true; also --her true|false|1|0|yes|no.")
+@click.option("--no-her", is_flag=True, help="Train without HER (the default; same as --her false).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random stream.")
+@click.option("--total-steps", type=IntOrPreset(1), help="Env steps to train for [default: the preset's].")
+@click.option("--n-sampled-goal", type=IntOrPreset(0), help="HER relabeled goals per transition [default: the preset's, 4].")
+@click.option("--goal-selection-strategy", type=ChoiceOrPreset(GOAL_SELECTION_STRATEGIES),
+              help="HER goal source [default: the preset's, future].")
+@click.option("--learning-starts", type=IntOrPreset(0), help="Random-action env steps before learning [default: the preset's].")
+@click.option("--algo", type=ChoiceOrPreset(ALGOS), help="sac (stable-baselines3) or tqc (sb3-contrib) [default: the preset's].")
+@click.option("--n-envs", type=IntOrPreset(1), help="Parallel envs in the process [default: the preset's].")
+@click.option("--eval-freq", type=IntOrPreset(0), help="Env steps between evaluations during training, 0 for none [default: the preset's].")
+@click.option("--eval-episodes", type=IntOrPreset(1), help="Episodes per evaluation during training [default: the preset's].")
+@click.option("--preset", type=click.Choice(available_presets()), default="ch04", show_default=True,
+              help="Named hyperparameter set from harness/presets/<name>.yaml.")
+@click.option("--experiment", default=None, help="MLflow experiment [default: ch04-her-sparse-reach-push; under mlflow run: its own].")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on in a terminal].")
+def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_selection_strategy, learning_starts,
+                  algo, n_envs, eval_freq, eval_episodes, preset, experiment, progress):
+    """Train SAC/TQC with or without HER as one MLflow run.
+
+    Logs the resolved config as params, SB3's metrics and eval/* learning curves by env step,
+    TensorBoard logs under runs/, and the checkpoint to checkpoints/<run name>.zip (+ .meta.json)
+    and to the run's artifacts. The run is named like the checkpoint: sac_her_FetchPush-v4_seed0.
+    """
+    from harness.config import resolve_config
+    from harness.envs import validate_env_id
+    from harness.training import train
+
+    if her and no_her:
+        raise click.UsageError("--her and --no-her contradict each other; give one")
+    validate_env_id(env_id, her=her)
+    overrides = dict(her=her, seed=seed, total_steps=total_steps, n_sampled_goal=n_sampled_goal,
+                     goal_selection_strategy=goal_selection_strategy, learning_starts=learning_starts,
+                     algo=algo, n_envs=n_envs, eval_freq=eval_freq, eval_episodes=eval_episodes)
+    config = resolve_config(preset, env_id, overrides)
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    result = train(config, experiment=experiment, progress_bar=show_progress)
+    final = result.meta["final_metrics"]
+    click.echo(f"run {result.run_id} ({result.run_name}) finished: {result.meta['num_timesteps']} steps "
+               f"in {result.meta['wall_time_s']:.0f}s ({result.meta['steps_per_second']} steps/s)")
+    if "eval/success_rate" in final:
+        click.echo(f"last eval during training: success {100 * final['eval/success_rate']:.1f}%")
+    click.echo(f"checkpoint: {result.checkpoint}")
+
+
+if __name__ == "__main__":
+    run_command(train_command)

@@ -1,0 +1,177 @@
+"""Checkpoints on disk and in MLflow: the chapter's file layout, and loading from any reference.
+
+A checkpoint is the SB3 zip plus ``meta.json`` (how it was made) and, when observations were
+normalized, the VecNormalize statistics. Locally it lives in the chapter's layout::
+
+    checkpoints/sac_her_FetchPush-v4_seed0.zip
+    checkpoints/sac_her_FetchPush-v4_seed0.meta.json
+    checkpoints/sac_her_FetchPush-v4_seed0.vecnormalize.pkl   (normalize_obs only)
+
+and in its MLflow run as artifacts ``checkpoint/<name>.zip``, ``checkpoint/<name>.vecnormalize.pkl``
+and ``meta.json``. :func:`load_checkpoint` takes a path, a run id or a ``runs:/`` URI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+CHECKPOINT_DIR = Path("checkpoints")
+ARTIFACT_DIR = "checkpoint"
+
+
+def algo_class(algo: str):
+    if algo == "sac":
+        from stable_baselines3 import SAC
+
+        return SAC
+    if algo == "tqc":
+        from sb3_contrib import TQC
+
+        return TQC
+    raise HarnessError(f"unknown algo '{algo}'; accepted: sac, tqc")
+
+
+def local_paths(run_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Path]:
+    return {
+        "model": directory / f"{run_name}.zip",
+        "meta": directory / f"{run_name}.meta.json",
+        "vecnormalize": directory / f"{run_name}.vecnormalize.pkl",
+    }
+
+
+def write_atomically(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file
+    where a reader would take it for a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model ready for ``predict`` plus what is known about how it was made."""
+
+    model: Any
+    meta: dict[str, Any]
+    vecnormalize: Any | None
+    source: str
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta.get("config", {})
+
+    @property
+    def run_id(self) -> str | None:
+        return self.meta.get("run_id")
+
+    def normalize(self, obs):
+        """Observations as the policy saw them in training (identity without VecNormalize)."""
+        return self.vecnormalize.normalize_obs(obs) if self.vecnormalize is not None else obs
+
+
+def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Find the zip and its meta for a path, run id or ``runs:/`` URI (downloading if needed)."""
+    from harness.tracking import get_run, looks_like_run_id
+
+    if ckpt.startswith("runs:/") or looks_like_run_id(ckpt):
+        run_id = ckpt[len("runs:/") :].split("/")[0] if ckpt.startswith("runs:/") else ckpt
+        get_run(run_id)  # a clear error for an unknown id
+        import mlflow
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="", dst_path=str(download_dir)))
+        except Exception as exc:  # MLflow raises several types for missing artifacts
+            raise HarnessError(f"run {run_id} has no downloadable checkpoint artifacts ({exc})") from None
+        zips = sorted((local / ARTIFACT_DIR).glob("*.zip"))
+        if not zips:
+            raise HarnessError(f"run {run_id} has no checkpoint: no '{ARTIFACT_DIR}/*.zip' artifact (is it a training run?)")
+        meta_path = local / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"run_id": run_id}
+        return zips[0], meta
+
+    path = Path(ckpt)
+    if not path.is_file():
+        raise HarnessError(
+            f"checkpoint '{ckpt}' not found; give a .zip path, an MLflow run id or a runs:/<run id> URI"
+        )
+    meta_path = path.with_name(path.name[: -len(".zip")] + ".meta.json") if path.name.endswith(".zip") else None
+    meta = {}
+    if meta_path is not None and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            raise HarnessError(f"checkpoint metadata '{meta_path}' is not valid JSON") from None
+    return path, meta
+
+
+def read_zip_data(path: Path) -> dict[str, Any]:
+    """SB3's saved attributes (policy class, replay buffer class, seed, ...) without building a model."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    try:
+        data, _, _ = load_from_zip_file(path, load_data=True, device="cpu", print_system_info=False)
+    except Exception as exc:  # zipfile, json and pickle errors all mean "not a checkpoint"
+        raise HarnessError(f"checkpoint '{path}' is not a readable SB3 checkpoint ({type(exc).__name__}: {exc})") from None
+    if not data or "policy_class" not in data:
+        raise HarnessError(f"checkpoint '{path}' is not a readable SB3 checkpoint (no saved model data)")
+    return data
+
+
+def describe_zip(data: dict[str, Any]) -> dict[str, Any]:
+    """algo, her and seed as recorded in the zip itself."""
+    policy_module = getattr(data["policy_class"], "__module__", "")
+    buffer_class = data.get("replay_buffer_class")
+    return {
+        "algo": "tqc" if "tqc" in policy_module else "sac",
+        "her": bool(buffer_class) and buffer_class.__name__ == "HerReplayBuffer",
+        "seed": data.get("seed"),
+    }
+
+
+def load_checkpoint(ckpt: str, env_id: str | None = None) -> LoadedCheckpoint:
+    """Load a checkpoint for evaluation from a path, run id or ``runs:/`` URI.
+
+    HER checkpoints need an env at load time (SB3 rebuilds the HerReplayBuffer's settings
+    from it), so one is always passed; the user never has to know.
+    """
+    from harness.envs import make_vec_env, validate_env_id
+
+    download_dir = Path(tempfile.mkdtemp(prefix="harness-ckpt-"))
+    zip_path, meta = resolve_checkpoint_files(ckpt, download_dir)
+    described = describe_zip(read_zip_data(zip_path))
+    config = dict(meta.get("config", {}))
+    for key, value in described.items():
+        config.setdefault(key, value)
+    env_id = env_id or config.get("env_id")
+    if not env_id:
+        raise HarnessError(f"checkpoint '{ckpt}' has no meta.json naming its env; pass --env")
+    validate_env_id(env_id)
+    config["env_id"] = env_id
+    meta = {**meta, "config": config}
+
+    env = make_vec_env(env_id, n_envs=1, seed=0)
+    vecnormalize = None
+    stats = zip_path.with_name(zip_path.name[: -len(".zip")] + ".vecnormalize.pkl")
+    if stats.is_file():
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        vecnormalize = VecNormalize.load(str(stats), env)
+        vecnormalize.training = False
+        env = vecnormalize
+    try:
+        model = algo_class(config["algo"]).load(str(zip_path), env=env, device="cpu")
+    except Exception as exc:
+        raise HarnessError(f"checkpoint '{ckpt}' could not be loaded for {env_id} ({type(exc).__name__}: {exc})") from None
+    return LoadedCheckpoint(model=model, meta=meta, vecnormalize=vecnormalize, source=ckpt)

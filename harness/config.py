@@ -1,0 +1,166 @@
+"""Stage 1 of a run: resolve the training configuration.
+
+A training is described by one frozen :class:`TrainConfig`. It is built from a named
+preset (a YAML file in ``harness/presets/``) and the user's overrides, in that order:
+
+    preset ``defaults``  ->  preset ``envs[<env id>]``  ->  command-line overrides
+
+The resolved object is what gets logged to MLflow as params, written next to the
+checkpoint as ``meta.json`` and used to name the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from harness.errors import HarnessError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+ALGOS = ("sac", "tqc")
+GOAL_SELECTION_STRATEGIES = ("future", "final", "episode")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run does. Defaults are SB3's own."""
+
+    env_id: str = "FetchReach-v4"
+    """Gymnasium id of the task, e.g. FetchPush-v4 (sparse) or FetchPushDense-v4."""
+    algo: str = "sac"
+    """Off-policy algorithm: 'sac' (stable-baselines3) or 'tqc' (sb3-contrib)."""
+    her: bool = False
+    """Store hindsight-relabeled transitions (SB3's HerReplayBuffer)."""
+    seed: int = 0
+    """Seeds torch, numpy, the training envs and the action space."""
+    total_steps: int = 500_000
+    """Environment steps to train for (summed over all parallel envs)."""
+    n_envs: int = 1
+    """Parallel environments stepping in one process (DummyVecEnv)."""
+    n_sampled_goal: int = 4
+    """HER: relabeled goals per real transition (the 'k' of the HER paper)."""
+    goal_selection_strategy: str = "future"
+    """HER: where relabeled goals come from: future | final | episode."""
+    learning_starts: int = 10_000
+    """Environment steps of random actions before the first gradient step."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    buffer_size: int = 1_000_000
+    """Replay buffer capacity in transitions."""
+    learning_rate: float = 3e-4
+    """Adam learning rate of actor, critics and entropy coefficient."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Soft (Polyak) update coefficient of the target critics."""
+    train_freq: int = 1
+    """Train every this many vectorized env steps."""
+    gradient_steps: int = 1
+    """Gradient steps per training round (-1: as many as env steps collected)."""
+    ent_coef: str | float = "auto"
+    """Entropy coefficient: 'auto' (learned), 'auto_0.1' (learned from 0.1) or a number."""
+    net_arch: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of actor and critics."""
+    normalize_obs: bool = False
+    """Running mean/std observation normalization (VecNormalize, clipped at 5)."""
+    eval_freq: int = 10_000
+    """Env steps between deterministic evaluations during training (0: none)."""
+    eval_episodes: int = 20
+    """Episodes per evaluation during training."""
+    preset: str = "ch04"
+    """Name of the preset this config was resolved from."""
+
+    @property
+    def run_name(self) -> str:
+        """The chapter's checkpoint name, e.g. ``sac_her_FetchPush-v4_seed0``."""
+        her = "_her" if self.her else ""
+        return f"{self.algo}{her}_{self.env_id}_seed{self.seed}"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """The chapter's TensorBoard layout, e.g. ``runs/sac_her_nsg4/FetchPush-v4/seed0``."""
+        condition = f"{self.algo}_her_nsg{self.n_sampled_goal}" if self.her else f"{self.algo}_noher"
+        return Path("runs") / condition / self.env_id / f"seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["net_arch"] = list(self.net_arch)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Read ``harness/presets/<name>.yaml``: ``description``, ``defaults`` and per-env ``envs``."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise HarnessError(f"unknown preset '{name}'; available: {', '.join(available_presets())}")
+    preset = yaml.safe_load(path.read_text()) or {}
+    for section in [preset.get("defaults", {}), *preset.get("envs", {}).values()]:
+        unknown = sorted(set(section) - set(FIELD_NAMES))
+        if unknown:
+            raise HarnessError(f"preset '{name}' has unknown keys {unknown}; known: {', '.join(FIELD_NAMES)}")
+    return preset
+
+
+def resolve_config(preset: str, env_id: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Merge preset defaults, the preset's section for ``env_id`` and the overrides (None = not given)."""
+    data = load_preset(preset)
+    values: dict[str, Any] = dict(data.get("defaults", {}))
+    values.update(data.get("envs", {}).get(env_id, {}))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        raise HarnessError(f"unknown config keys {unknown}; known: {', '.join(FIELD_NAMES)}")
+    values["env_id"] = env_id
+    values["preset"] = preset
+    if "net_arch" in values:
+        values["net_arch"] = tuple(int(n) for n in values["net_arch"])
+    config = TrainConfig(**values)
+    validate_config(config)
+    return config
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Reject values SB3 would choke on later, with a message naming what is accepted."""
+    if config.algo not in ALGOS:
+        raise HarnessError(f"unknown algo '{config.algo}'; accepted: {', '.join(ALGOS)}")
+    if config.goal_selection_strategy not in GOAL_SELECTION_STRATEGIES:
+        raise HarnessError(
+            f"unknown goal selection strategy '{config.goal_selection_strategy}'; "
+            f"accepted: {', '.join(GOAL_SELECTION_STRATEGIES)}"
+        )
+    positive = ("total_steps", "n_envs", "batch_size", "buffer_size", "train_freq")
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise HarnessError(f"{name} must be > 0, got {getattr(config, name)}")
+    non_negative = ("n_sampled_goal", "learning_starts", "eval_freq", "eval_episodes", "seed")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise HarnessError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if config.gradient_steps == 0 or config.gradient_steps < -1:
+        raise HarnessError(f"gradient_steps must be > 0 or -1, got {config.gradient_steps}")
+    if not 0.0 < config.gamma <= 1.0:
+        raise HarnessError(f"gamma must be in (0, 1], got {config.gamma}")
+    if not 0.0 < config.tau <= 1.0:
+        raise HarnessError(f"tau must be in (0, 1], got {config.tau}")
+    if config.learning_rate <= 0:
+        raise HarnessError(f"learning_rate must be > 0, got {config.learning_rate}")
+    if not config.net_arch or any(n <= 0 for n in config.net_arch):
+        raise HarnessError(f"net_arch must be positive layer sizes, got {list(config.net_arch)}")
+    ent = config.ent_coef
+    if isinstance(ent, str) and not (ent == "auto" or ent.startswith("auto_")):
+        raise HarnessError(f"ent_coef must be a number, 'auto' or 'auto_<init>', got '{ent}'")

@@ -1,0 +1,74 @@
+"""Stage 2 of a run: build the environments.
+
+Every env the harness trains on or evaluates comes from here, so the Gymnasium-Robotics
+registration, the env-id checks and the vectorization live in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import gymnasium as gym
+import numpy as np
+
+from harness.errors import HarnessError
+
+# gymnasium-robotics prints a notice about Adroit (not Fetch) reward changes on import;
+# it is noise for every user of this harness, so it is swallowed.
+with contextlib.redirect_stderr(io.StringIO()):
+    import gymnasium_robotics
+
+gym.register_envs(gymnasium_robotics)
+
+FETCH_TASKS = ("Reach", "Push", "PickAndPlace", "Slide")
+FETCH_ENV_IDS = tuple(f"Fetch{task}{dense}-v4" for task in FETCH_TASKS for dense in ("", "Dense"))
+GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
+
+
+def validate_env_id(env_id: str, her: bool = False) -> None:
+    """Accept any registered env with continuous actions; HER needs a goal-conditioned one."""
+    if env_id not in gym.registry:
+        raise HarnessError(
+            f"unknown env '{env_id}'; the Fetch tasks are: {', '.join(FETCH_ENV_IDS)} "
+            "(any registered Gymnasium env with continuous actions works without --her)"
+        )
+    if her and not is_goal_conditioned(env_id):
+        raise HarnessError(
+            f"--her needs a goal-conditioned env (dict observations with {', '.join(GOAL_KEYS)}); "
+            f"'{env_id}' is not one. Goal-conditioned: {', '.join(FETCH_ENV_IDS)}"
+        )
+
+
+def is_goal_conditioned(env_id: str) -> bool:
+    env = gym.make(env_id)
+    try:
+        space = env.observation_space
+        return isinstance(space, gym.spaces.Dict) and all(k in space.spaces for k in GOAL_KEYS)
+    finally:
+        env.close()
+
+
+def make_env(env_id: str) -> gym.Env:
+    """One env, as ``gym.make`` builds it (Fetch v4 episodes are 50 steps)."""
+    env = gym.make(env_id)
+    if not isinstance(env.action_space, gym.spaces.Box):
+        env.close()
+        raise HarnessError(f"env '{env_id}' has discrete actions; SAC and TQC need continuous (Box) actions")
+    return env
+
+
+def make_vec_env(env_id: str, n_envs: int, seed: int):
+    """``n_envs`` copies in one process, seeded ``seed, seed+1, ...``, with SB3's Monitor for episode stats."""
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+
+    return sb3_make_vec_env(lambda: make_env(env_id), n_envs=n_envs, seed=seed)
+
+
+def goal_distance(obs) -> float:
+    """Distance between achieved and desired goal in a goal-conditioned observation, else NaN."""
+    if isinstance(obs, dict) and "achieved_goal" in obs and "desired_goal" in obs:
+        achieved = np.asarray(obs["achieved_goal"], dtype=np.float64)
+        desired = np.asarray(obs["desired_goal"], dtype=np.float64)
+        return float(np.linalg.norm(achieved - desired))
+    return float("nan")

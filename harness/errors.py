@@ -1,0 +1,11 @@
+"""The one exception type a user is meant to see.
+
+Anything raised as :class:`HarnessError` is a problem with the user's input or
+environment (a bad value, a missing checkpoint, no matching runs). The CLIs print
+its message as a single line and exit non-zero; every other exception is a bug and
+keeps its traceback.
+"""
+
+
+class HarnessError(Exception):
+    """A user-facing error: its message names the bad value and what is accepted."""

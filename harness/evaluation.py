@@ -1,0 +1,157 @@
+"""Stage 4 of a run: score a policy with deterministic episodes.
+
+The same episode runner serves the periodic evaluation during training (``eval/*`` learning
+curves) and ``harness eval`` on a finished checkpoint. Episode ``i`` always starts from
+``env.reset(seed=EVAL_RESET_SEED + i)``, so every model is scored on the same goals.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from harness.envs import goal_distance, make_env
+
+EVAL_RESET_SEED = 10_000
+RESULTS_DIR = Path("results")
+
+
+@dataclass
+class EpisodeResults:
+    """Per-episode outcomes of a deterministic evaluation."""
+
+    successes: np.ndarray
+    returns: np.ndarray
+    final_distances: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """The eval metrics (means and standard deviations over episodes)."""
+        return {
+            "success_rate": float(self.successes.mean()),
+            "success_rate_std": float(self.successes.std()),
+            "mean_return": float(self.returns.mean()),
+            "mean_return_std": float(self.returns.std()),
+            "final_distance": float(self.final_distances.mean()),
+            "final_distance_std": float(self.final_distances.std()),
+            "n_episodes": float(len(self.successes)),
+        }
+
+
+def run_episodes(
+    policy: Callable[[Any], np.ndarray], env_id: str, n_episodes: int, reset_seed: int = EVAL_RESET_SEED
+) -> EpisodeResults:
+    """Roll out ``policy(obs) -> action`` for ``n_episodes`` full episodes."""
+    env = make_env(env_id)
+    successes, returns, distances = [], [], []
+    try:
+        for episode in range(n_episodes):
+            obs, _ = env.reset(seed=reset_seed + episode)
+            total, done, info = 0.0, False, {}
+            while not done:
+                obs, reward, terminated, truncated, info = env.step(policy(obs))
+                total += float(reward)
+                done = terminated or truncated
+            successes.append(float(info.get("is_success", 0.0)))
+            returns.append(total)
+            distances.append(goal_distance(obs))
+    finally:
+        env.close()
+    return EpisodeResults(np.array(successes), np.array(returns), np.array(distances))
+
+
+def deterministic_policy(model, normalize=None) -> Callable[[Any], np.ndarray]:
+    """``obs -> action`` with the model's deterministic action, normalizing obs when trained so."""
+
+    def act(obs):
+        action, _ = model.predict(normalize(obs) if normalize else obs, deterministic=True)
+        return action
+
+    return act
+
+
+def results_path(config: dict[str, Any]) -> Path:
+    """The chapter's eval file name, e.g. ``results/ch04_sac_her_fetchpush-v4_seed0_eval.json``."""
+    her = "_her" if config.get("her") else ""
+    return RESULTS_DIR / f"ch04_{config['algo']}{her}_{config['env_id'].lower()}_seed{config['seed']}_eval.json"
+
+
+def evaluate_checkpoint(ckpt: str, n_episodes: int = 100, env_id: str | None = None) -> dict[str, Any]:
+    """``harness eval``: score a checkpoint, write its results JSON and log it to MLflow.
+
+    The ``eval/*`` metrics and the JSON go to the training run the checkpoint came from (if it
+    is in this tracking store), tagged ``harness.evaluated=true`` so ``compare`` finds it.
+    Under ``mlflow run -e eval`` the eval run that ``mlflow run`` created gets them too.
+    """
+    from harness import tracking
+    from harness.checkpoints import load_checkpoint, write_json_atomically
+    from harness.errors import HarnessError
+
+    if n_episodes <= 0:
+        raise HarnessError(f"--n-episodes must be > 0, got {n_episodes}")
+    loaded = load_checkpoint(ckpt, env_id=env_id)
+    config = loaded.config
+    episodes = run_episodes(deterministic_policy(loaded.model, loaded.normalize), config["env_id"], n_episodes)
+    summary = episodes.summary()
+    step = int(loaded.model.num_timesteps)
+    report = {
+        "checkpoint": ckpt,
+        "run_id": loaded.run_id,
+        "env_id": config["env_id"],
+        "algo": config["algo"],
+        "her": bool(config.get("her")),
+        "seed": config.get("seed"),
+        "num_timesteps": step,
+        "deterministic": True,
+        "reset_seeds": [EVAL_RESET_SEED, EVAL_RESET_SEED + n_episodes - 1],
+        **summary,
+        "episodes": {
+            "success": episodes.successes.tolist(),
+            "return": episodes.returns.tolist(),
+            "final_distance": episodes.final_distances.tolist(),
+        },
+    }
+    out = results_path(config)
+    write_json_atomically(out, report)
+    report["results_file"] = str(out)
+
+    metrics = {f"eval/{key}": value for key, value in summary.items()}
+    training_run = _training_run_in_store(loaded.run_id)
+    if training_run is not None:
+        tracking.log_metrics_at(training_run, metrics, step)
+        import mlflow
+
+        mlflow.MlflowClient().log_artifact(training_run, str(out), artifact_path="eval")
+        mlflow.MlflowClient().set_tag(training_run, "harness.evaluated", "true")
+        mlflow.MlflowClient().set_tag(training_run, "harness.eval_episodes", str(n_episodes))
+    report["logged_to_run"] = training_run
+
+    attached = os.environ.get("MLFLOW_RUN_ID")
+    if attached and attached != training_run:
+        tags = {"harness.kind": "eval", "harness.env": config["env_id"], "harness.her": str(bool(config.get("her"))).lower(),
+                "harness.seed": str(config.get("seed")), "harness.algo": config["algo"]}
+        if training_run:
+            tags["harness.source_run_id"] = training_run
+        with tracking.tracked_run(f"eval_{Path(out).stem}", tags):
+            tracking.log_metrics_at(attached, metrics, step)
+            import mlflow
+
+            mlflow.log_artifact(str(out), artifact_path="eval")
+    return report
+
+
+def _training_run_in_store(run_id: str | None) -> str | None:
+    """The run id if that run is in the current tracking store (a copied checkpoint may not be)."""
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id

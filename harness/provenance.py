@@ -1,0 +1,72 @@
+"""Where a run came from: code version, command line, package versions and machine."""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import subprocess
+import sys
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TRACKED_PACKAGES = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "gymnasium-robotics", "mujoco", "mlflow")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+@lru_cache(maxsize=1)
+def git_state() -> tuple[str, bool | None]:
+    """(commit, dirty) of the harness checkout; ('unknown', None) outside a git checkout."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return "unknown", None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return commit, bool(status)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def provenance_tags() -> dict[str, str]:
+    """Tags every run carries, under ``harness.``."""
+    commit, dirty = git_state()
+    tags = {
+        "harness.git_commit": commit,
+        "harness.git_dirty": "unknown" if dirty is None else str(dirty).lower(),
+        "harness.command": command_line(),
+        "harness.cpu": cpu_model(),
+    }
+    tags.update({f"harness.version.{name}": version for name, version in package_versions().items()})
+    return tags
