@@ -56,9 +56,11 @@ class ChoiceOrPreset(click.Choice):
 @click.option("--preset", type=click.Choice(available_presets()), default="ch04", show_default=True,
               help="Named hyperparameter set from harness/presets/<name>.yaml.")
 @click.option("--experiment", default=None, help="MLflow experiment [default: ch04-her-sparse-reach-push; under mlflow run: its own].")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Torch threads; 0 keeps torch's default (all cores). Use 1 per process when training side by side.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on in a terminal].")
 def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_selection_strategy, learning_starts,
-                  algo, n_envs, eval_freq, eval_episodes, preset, experiment, progress):
+                  algo, n_envs, eval_freq, eval_episodes, preset, experiment, threads, progress):
     """Train SAC/TQC with or without HER as one MLflow run.
 
     Logs the resolved config as params, SB3's metrics and eval/* learning curves by env step,
@@ -77,7 +79,7 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
                      algo=algo, n_envs=n_envs, eval_freq=eval_freq, eval_episodes=eval_episodes)
     config = resolve_config(preset, env_id, overrides)
     show_progress = sys.stderr.isatty() if progress is None else progress
-    result = train(config, experiment=experiment, progress_bar=show_progress)
+    result = train(config, experiment=experiment, progress_bar=show_progress, torch_threads=threads)
     final = result.meta["final_metrics"]
     click.echo(f"run {result.run_id} ({result.run_name}) finished: {result.meta['num_timesteps']} steps "
                f"in {result.meta['wall_time_s']:.0f}s ({result.meta['steps_per_second']} steps/s)")

@@ -150,6 +150,9 @@ def _training_run_in_store(run_id: str | None) -> str | None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from harness.tracking import prepare_store
+
+    prepare_store()
     try:
         MlflowClient().get_run(run_id)
     except MlflowException:

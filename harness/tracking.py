@@ -8,10 +8,12 @@ default ``sqlite:///mlflow.db`` in the working directory. Under ``mlflow run`` t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import mlflow
@@ -25,6 +27,29 @@ from harness.provenance import provenance_tags
 
 DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
 RUN_ID_LENGTH = 32
+
+
+def prepare_store() -> None:
+    """Create or migrate a SQLite store under a file lock, once per process.
+
+    MLflow builds (or upgrades) the SQLite schema on first use; two processes doing that at once
+    on a new ``mlflow.db`` fail with "table _alembic_tmp_experiments already exists".
+    """
+    global _store_ready
+    if _store_ready:
+        return
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        db_path = Path(uri[len("sqlite:///") :])
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(db_path.with_name(db_path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            MlflowClient().search_experiments(max_results=1)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _store_ready = True
+
+
+_store_ready = False
 
 
 class Terminated(BaseException):
@@ -42,6 +67,7 @@ def tracked_run(run_name: str, tags: Mapping[str, str], experiment: str | None =
     Normal exit: FINISHED. Ctrl-C or SIGTERM: KILLED. Any other exception: FAILED. The
     exception is re-raised so the caller decides what the user sees.
     """
+    prepare_store()
     attached = bool(os.environ.get("MLFLOW_RUN_ID"))
     if not attached and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         mlflow.set_experiment(experiment or DEFAULT_EXPERIMENT)
@@ -127,6 +153,7 @@ def looks_like_run_id(text: str) -> bool:
 
 def get_run(run_id: str):
     """The run with this id, or a HarnessError naming the store that was searched."""
+    prepare_store()
     try:
         return MlflowClient().get_run(run_id)
     except MlflowException:
@@ -139,6 +166,7 @@ def all_experiment_ids() -> list[str]:
 
 def experiment_ids(experiment: str | None) -> list[str]:
     """The named experiment's id, or every active experiment when none is named."""
+    prepare_store()
     if experiment is None:
         return all_experiment_ids()
     found = MlflowClient().get_experiment_by_name(experiment)

@@ -19,6 +19,7 @@ from typing import Any
 
 import gymnasium as gym
 import mlflow
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
@@ -117,11 +118,20 @@ def build_env(config: TrainConfig):
     return vecnormalize, vecnormalize
 
 
-def train(config: TrainConfig, experiment: str | None = None, progress_bar: bool = False) -> TrainResult:
-    """Train one model as one MLflow run; see the module docstring for the stages."""
+def train(
+    config: TrainConfig, experiment: str | None = None, progress_bar: bool = False, torch_threads: int = 0
+) -> TrainResult:
+    """Train one model as one MLflow run; see the module docstring for the stages.
+
+    ``torch_threads`` > 0 caps torch's intra-op threads: processes training side by side must
+    share the cores, or their OpenMP threads fight and each runs several times slower.
+    """
     validate_env_id(config.env_id, her=config.her)
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
     seed_everything(config.seed)
-    with tracking.tracked_run(config.run_name, run_tags(config), experiment) as run:
+    tags = {**run_tags(config), "harness.torch_threads": str(torch.get_num_threads())}
+    with tracking.tracked_run(config.run_name, tags, experiment) as run:
         run_id = run.info.run_id
         tracking.log_params_once(run_id, config.to_dict())
         mlflow.log_dict(config.to_dict(), "config.json")

@@ -1,0 +1,136 @@
+"""The chapter's workflow through the real `harness` CLI: train, eval, compare; then ask MLflow what happened."""
+
+import json
+
+import mlflow
+import pytest
+
+from tests.conftest import TINY, run_cli
+
+SEEDS = (0, 1)
+ENV = "FetchReach-v4"
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    """Train no-HER and HER for two seeds, evaluate each checkpoint, compare."""
+    cwd = tmp_path_factory.mktemp("workflow")
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    out = {"cwd": cwd, "uri": uri, "train": {}, "eval": {}}
+    for her in ("false", "true"):
+        for seed in SEEDS:
+            out["train"][her, seed] = run_cli(["train", "--env", ENV, "--her", her, "--seed", str(seed), *TINY], cwd, uri)
+    for her in ("false", "true"):
+        for seed in SEEDS:
+            name = f"sac{'_her' if her == 'true' else ''}_{ENV}_seed{seed}"
+            out["eval"][her, seed] = run_cli(["eval", "--ckpt", f"checkpoints/{name}.zip", "--n-episodes", "4"], cwd, uri)
+    out["compare"] = run_cli(["compare", "--env", ENV, "--seeds", "0,1"], cwd, uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    out["runs"] = client.search_runs(ids)
+    out["client"] = client
+    yield out
+    mlflow.set_tracking_uri(None)
+
+
+def train_runs(workflow):
+    return {r.info.run_name: r for r in workflow["runs"] if r.data.tags.get("harness.kind") == "train"}
+
+
+def test_one_finished_run_per_training_named_like_the_checkpoint(workflow):
+    runs = train_runs(workflow)
+    assert sorted(runs) == sorted(f"sac{h}_{ENV}_seed{s}" for h in ("", "_her") for s in SEEDS)
+    assert all(r.info.status == "FINISHED" for r in workflow["runs"])
+    assert len(workflow["runs"]) == 5  # 4 trainings + 1 compare; eval logs into the training runs
+
+
+def test_params_are_the_resolved_config_and_tags_identify_the_run(workflow):
+    run = train_runs(workflow)[f"sac_her_{ENV}_seed1"]
+    params = run.data.params
+    assert params["her"] == "true" and params["seed"] == "1" and params["env_id"] == ENV
+    assert params["total_steps"] == "300" and params["learning_starts"] == "100"
+    # from the fast preset, never typed on the command line:
+    assert params["gamma"] == "0.95" and params["tau"] == "0.05" and params["net_arch"] == "[256, 256]"
+    tags = run.data.tags
+    assert {k: tags[k] for k in ("harness.env", "harness.her", "harness.seed", "harness.algo",
+                                  "harness.n_sampled_goal", "harness.preset", "harness.kind")} == {
+        "harness.env": ENV, "harness.her": "true", "harness.seed": "1", "harness.algo": "sac",
+        "harness.n_sampled_goal": "4", "harness.preset": "fast", "harness.kind": "train"}
+    assert "train --env FetchReach-v4 --her true --seed 1 --preset fast" in tags["harness.command"]
+    assert tags["harness.evaluated"] == "true"
+
+
+def test_metrics_are_logged_by_env_step(workflow):
+    client = workflow["client"]
+    run = train_runs(workflow)[f"sac_her_{ENV}_seed0"]
+    for key in ("rollout/success_rate", "rollout/ep_rew_mean", "train/ent_coef", "train/actor_loss",
+                "train/critic_loss", "time/fps", "eval/success_rate", "eval/mean_return", "eval/final_distance"):
+        assert key in run.data.metrics, key
+    curve = client.get_metric_history(run.info.run_id, "eval/success_rate")
+    steps = [m.step for m in curve]
+    assert steps[:2] == [150, 300]  # periodic evaluation during training
+    assert steps[-1] == 300 and len(steps) == 3  # harness eval adds the 4-episode score at the final step
+    rollout_steps = [m.step for m in client.get_metric_history(run.info.run_id, "rollout/success_rate")]
+    assert rollout_steps == sorted(rollout_steps) and rollout_steps[-1] <= 300 and rollout_steps[0] > 0
+
+
+def test_artifacts_and_the_chapter_file_layout(workflow):
+    client, cwd = workflow["client"], workflow["cwd"]
+    run = train_runs(workflow)[f"sac_her_{ENV}_seed0"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoint", "meta.json", "config.json", "eval"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == [f"checkpoint/sac_her_{ENV}_seed0.zip"]
+    meta = json.loads((cwd / "checkpoints" / f"sac_her_{ENV}_seed0.meta.json").read_text())
+    assert meta["run_id"] == run.info.run_id and meta["num_timesteps"] == 300
+    assert meta["config"]["her"] is True and meta["versions"]["mujoco"] == "3.11.0"
+    assert meta["wall_time_s"] > 0 and "eval/success_rate" in meta["final_metrics"]
+    assert (cwd / "runs" / "sac_her_nsg4" / ENV / "seed0").is_dir()
+    assert (cwd / "runs" / "sac_noher" / ENV / "seed1").is_dir()
+
+
+def test_eval_writes_the_chapter_result_file_and_logs_to_the_training_run(workflow):
+    cwd = workflow["cwd"]
+    result = json.loads((cwd / "results" / "ch04_sac_her_fetchreach-v4_seed1_eval.json").read_text())
+    assert result["n_episodes"] == 4 and result["deterministic"] is True
+    for key in ("success_rate", "success_rate_std", "mean_return", "mean_return_std", "final_distance", "final_distance_std"):
+        assert isinstance(result[key], float)
+    run = train_runs(workflow)[f"sac_her_{ENV}_seed1"]
+    assert result["run_id"] == run.info.run_id
+    assert run.data.metrics["eval/success_rate"] == result["success_rate"]
+    assert run.data.metrics["eval/n_episodes"] == 4
+    assert (cwd / "results" / "ch04_sac_fetchreach-v4_seed0_eval.json").is_file()
+    assert "wrote results/ch04_sac_her_fetchreach-v4_seed1_eval.json" in workflow["eval"]["true", 1].stdout
+
+
+def test_compare_prints_the_chapter_table_from_mlflow(workflow):
+    stdout = workflow["compare"].stdout
+    lines = stdout.splitlines()
+    assert lines[0] == "Metric                    |               No-HER |                  HER |        Delta"
+    assert lines[1] == "-" * 85
+    assert [line.split("|")[0].strip() for line in lines[2:5]] == ["Success Rate", "Return (mean)", "Final Distance"]
+    report = json.loads((workflow["cwd"] / "results" / "ch04_fetchreach-v4_comparison.json").read_text())
+    runs = train_runs(workflow)
+    her_ids = [runs[f"sac_her_{ENV}_seed{s}"].info.run_id for s in SEEDS]
+    assert report["conditions"]["her"]["run_ids"] == her_ids
+    values = [runs[f"sac_her_{ENV}_seed{s}"].data.metrics["eval/success_rate"] for s in SEEDS]
+    assert report["conditions"]["her"]["summary"]["eval/success_rate"]["mean"] == pytest.approx(sum(values) / 2)
+    assert report["conditions"]["her"]["summary"]["eval/success_rate"]["n"] == 2
+    (compare_run,) = [r for r in workflow["runs"] if r.data.tags.get("harness.kind") == "compare"]
+    artifacts = {a.path for a in workflow["client"].list_artifacts(compare_run.info.run_id)}
+    assert artifacts == {"comparison.md", "ch04_fetchreach-v4_comparison.json", "ch04_fetchreach-v4_comparison.png"}
+    assert "delta/success_rate" in compare_run.data.metrics
+
+
+def test_eval_accepts_a_run_id_and_a_runs_uri(workflow):
+    run = train_runs(workflow)[f"sac_her_{ENV}_seed0"]
+    for ckpt in (run.info.run_id, f"runs:/{run.info.run_id}/checkpoint"):
+        proc = run_cli(["eval", "--ckpt", ckpt, "--n-episodes", "2"], workflow["cwd"], workflow["uri"])
+        assert f"logged eval/* to training run {run.info.run_id}" in proc.stdout
+
+
+def test_compare_names_exactly_what_is_missing(workflow):
+    proc = run_cli(["compare", "--env", ENV, "--seeds", "0,1,7"], workflow["cwd"], workflow["uri"], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "(env=FetchReach-v4, her=false, seed=7), (env=FetchReach-v4, her=true, seed=7)" in proc.stderr

@@ -1,0 +1,70 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from harness.config import FIELD_NAMES, PRESET_DIR, TrainConfig, available_presets, load_preset, resolve_config
+from harness.errors import HarnessError
+
+
+def test_every_field_is_documented_and_presets_load():
+    source = (PRESET_DIR.parent / "config.py").read_text()
+    for field in dataclasses.fields(TrainConfig):
+        assert f'    {field.name}:' in source
+    for name in available_presets():
+        assert load_preset(name)["defaults"]
+
+
+def test_ch04_preset_is_the_chapter_settings():
+    config = resolve_config("ch04", "FetchPush-v4")
+    assert (config.algo, config.total_steps, config.n_envs) == ("sac", 500_000, 8)
+    assert (config.n_sampled_goal, config.goal_selection_strategy, config.learning_starts) == (4, "future", 10_000)
+    # SB3's SAC defaults
+    assert (config.batch_size, config.learning_rate, config.gamma, config.tau) == (256, 3e-4, 0.99, 0.005)
+    assert (config.train_freq, config.gradient_steps, config.ent_coef, config.net_arch) == (1, 1, "auto", (256, 256))
+
+
+def test_overrides_beat_env_section_beats_defaults(tmp_path, monkeypatch):
+    preset = {"defaults": {"gamma": 0.9, "batch_size": 64, "total_steps": 100},
+              "envs": {"FetchPush-v4": {"batch_size": 128, "total_steps": 200}}}
+    monkeypatch.setattr("harness.config.PRESET_DIR", tmp_path)
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(preset))
+    config = resolve_config("mine", "FetchPush-v4", {"total_steps": 300, "her": None})
+    assert (config.gamma, config.batch_size, config.total_steps, config.her) == (0.9, 128, 300, False)
+    assert config.preset == "mine" and config.env_id == "FetchPush-v4"
+    assert resolve_config("mine", "FetchReach-v4").batch_size == 64
+
+
+def test_run_name_and_tensorboard_dir_follow_the_chapter():
+    her = resolve_config("ch04", "FetchPush-v4", {"her": True, "seed": 2, "n_sampled_goal": 8})
+    assert her.run_name == "sac_her_FetchPush-v4_seed2"
+    assert str(her.tensorboard_dir) == "runs/sac_her_nsg8/FetchPush-v4/seed2"
+    plain = resolve_config("ch04", "FetchPush-v4", {"seed": 0})
+    assert plain.run_name == "sac_FetchPush-v4_seed0"
+    assert str(plain.tensorboard_dir) == "runs/sac_noher/FetchPush-v4/seed0"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"total_steps": 0}, "total_steps must be > 0, got 0"),
+    ({"n_sampled_goal": -1}, "n_sampled_goal must be >= 0, got -1"),
+    ({"goal_selection_strategy": "random"}, "unknown goal selection strategy 'random'; accepted: future, final, episode"),
+    ({"algo": "ppo"}, "unknown algo 'ppo'; accepted: sac, tqc"),
+    ({"gamma": 1.5}, "gamma must be in (0, 1], got 1.5"),
+    ({"ent_coef": "sometimes"}, "ent_coef must be a number"),
+    ({"bogus": 1}, "unknown config keys ['bogus']"),
+])
+def test_bad_values_name_the_value_and_what_is_accepted(overrides, message):
+    with pytest.raises(HarnessError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        resolve_config("ch04", "FetchReach-v4", overrides)
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(HarnessError, match="unknown preset 'nope'; available: ch04, fast"):
+        resolve_config("nope", "FetchReach-v4")
+
+
+def test_resolved_config_round_trips_through_json():
+    config = resolve_config("fast", "FetchReach-v4", {"her": True})
+    data = config.to_dict()
+    assert set(data) == set(FIELD_NAMES)
+    assert TrainConfig(**{**data, "net_arch": tuple(data["net_arch"])}) == config

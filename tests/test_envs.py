@@ -1,0 +1,54 @@
+"""Every Fetch v4 env builds and steps: guards the mujoco pin (gymnasium-robotics 1.4.2 breaks on mujoco >= 3.12)."""
+
+import numpy as np
+import pytest
+
+from harness.envs import FETCH_ENV_IDS, goal_distance, is_goal_conditioned, make_env, make_vec_env, validate_env_id
+from harness.errors import HarnessError
+
+
+@pytest.mark.parametrize("env_id", FETCH_ENV_IDS)
+def test_every_fetch_env_builds_resets_and_steps(env_id):
+    env = make_env(env_id)
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"observation", "achieved_goal", "desired_goal"}
+    for _ in range(5):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert "is_success" in info
+    sparse = "Dense" not in env_id
+    if sparse:
+        assert reward in (0.0, -1.0)
+    else:
+        assert reward == pytest.approx(-goal_distance(obs), abs=1e-6)
+    env.close()
+
+
+def test_fetch_list_matches_the_registry():
+    assert len(FETCH_ENV_IDS) == 8
+    for env_id in FETCH_ENV_IDS:
+        validate_env_id(env_id, her=True)
+        assert is_goal_conditioned(env_id)
+
+
+def test_unknown_env_lists_the_fetch_tasks():
+    with pytest.raises(HarnessError, match=r"unknown env 'FetchPush-v9'; the Fetch tasks are: FetchReach-v4, FetchReachDense-v4"):
+        validate_env_id("FetchPush-v9")
+
+
+def test_her_needs_a_goal_conditioned_env():
+    validate_env_id("Pendulum-v1", her=False)
+    with pytest.raises(HarnessError, match="--her needs a goal-conditioned env.*'Pendulum-v1' is not one"):
+        validate_env_id("Pendulum-v1", her=True)
+
+
+def test_vec_env_is_seeded():
+    first = make_vec_env("FetchPush-v4", n_envs=2, seed=3).reset()
+    second = make_vec_env("FetchPush-v4", n_envs=2, seed=3).reset()
+    np.testing.assert_array_equal(first["desired_goal"], second["desired_goal"])
+    assert not np.array_equal(first["desired_goal"][0], first["desired_goal"][1])
+
+
+def test_goal_distance():
+    obs = {"achieved_goal": np.array([0.0, 0.0, 0.0]), "desired_goal": np.array([0.03, 0.04, 0.0])}
+    assert goal_distance(obs) == pytest.approx(0.05)
+    assert np.isnan(goal_distance(np.zeros(3)))

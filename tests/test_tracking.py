@@ -1,0 +1,68 @@
+"""The MLflow glue, asked of a real SQLite store."""
+
+import mlflow
+import pytest
+from stable_baselines3.common.logger import Logger
+
+from harness import tracking
+from tests.conftest import all_runs
+
+
+def test_a_finished_run_carries_provenance(store):
+    with tracking.tracked_run("my-run", {"harness.kind": "train"}, experiment="exp") as run:
+        pass
+    stored = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert stored.info.status == "FINISHED"
+    assert stored.info.run_name == "my-run"
+    tags = stored.data.tags
+    assert tags["harness.kind"] == "train"
+    for key in ("harness.git_commit", "harness.git_dirty", "harness.command", "harness.cpu",
+                "harness.version.python", "harness.version.torch", "harness.version.stable-baselines3",
+                "harness.version.gymnasium-robotics", "harness.version.mujoco", "harness.version.mlflow"):
+        assert tags[key], key
+    assert len(tags["harness.git_commit"]) == 40
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"),
+                                           (tracking.Terminated("signal 15"), "KILLED")])
+def test_a_run_never_stays_running(store, error, status):
+    with pytest.raises(type(error)):
+        with tracking.tracked_run("doomed", {}, experiment="exp"):
+            raise error
+    (run,) = all_runs()
+    assert run.info.status == status
+    assert mlflow.active_run() is None
+
+
+def test_params_already_logged_by_mlflow_run_are_left_alone(store):
+    with tracking.tracked_run("r", {}, experiment="exp") as run:
+        mlflow.log_param("her", "yes")  # as `mlflow run -P her=yes` logs it
+        tracking.log_params_once(run.info.run_id, {"her": True, "gamma": 0.95, "net_arch": (64, 64), "normalize_obs": False})
+    params = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    assert params == {"her": "yes", "gamma": "0.95", "net_arch": "[64, 64]", "normalize_obs": "false"}
+
+
+def test_sb3_logger_keys_reach_mlflow_unchanged_at_env_steps(store):
+    with tracking.tracked_run("r", {}, experiment="exp") as run:
+        writer = tracking.MLflowOutputFormat(run.info.run_id)
+        logger = Logger(folder=None, output_formats=[writer])
+        for step in (100, 200):
+            logger.record("rollout/success_rate", step / 1000)
+            logger.record("train/actor_loss", -1.5)
+            logger.record("time/fps", 123)
+            logger.record("eval/skipped_in_mlflow", 1.0, exclude="mlflow")
+            logger.record("note", "a string is not a metric")
+            logger.dump(step)
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "rollout/success_rate")
+    assert [(m.step, m.value) for m in history] == [(100, 0.1), (200, 0.2)]
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert set(metrics) == {"rollout/success_rate", "train/actor_loss", "time/fps"}
+    assert writer.latest["time/fps"] == 123.0
+
+
+def test_run_id_lookup(store):
+    assert tracking.looks_like_run_id("0123456789abcdef0123456789abcdef")
+    assert not tracking.looks_like_run_id("checkpoints/x.zip")
+    with pytest.raises(tracking.HarnessError, match="no MLflow run with id 'ffffffffffffffffffffffffffffffff'"):
+        tracking.get_run("f" * 32)
