@@ -7,6 +7,7 @@ import click
 from entry_points._common import run_command
 from entry_points.compare import compare_command
 from entry_points.eval import eval_command
+from entry_points.lab import lab_command
 from entry_points.train import train_command
 
 
@@ -21,6 +22,7 @@ def cli():
 cli.add_command(train_command)
 cli.add_command(eval_command)
 cli.add_command(compare_command)
+cli.add_command(lab_command)
 
 
 def main() -> None:

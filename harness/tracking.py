@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import math
 import os
 import signal
@@ -26,6 +27,11 @@ from harness.errors import HarnessError
 from harness.provenance import provenance_tags
 
 DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
+
+# MLflow announces at INFO level that it creates or migrates the SQLite schema, on every new
+# store; an error line of ours would drown in it.
+for _noisy in ("mlflow.store.db.utils", "alembic"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 RUN_ID_LENGTH = 32
 
 

@@ -53,6 +53,9 @@ def store(tmp_path, monkeypatch):
 
 
 def all_runs(client=None):
+    from harness.tracking import prepare_store
+
+    prepare_store()  # under the same lock as the CLIs: never race a subprocess creating the schema
     client = client or mlflow.MlflowClient()
     ids = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(ids) if ids else []

@@ -1,0 +1,1 @@
+"""Labs: small, readable implementations for understanding, not for training."""

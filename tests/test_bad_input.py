@@ -1,0 +1,77 @@
+"""Every bad input: one line on stderr naming the value, a non-zero exit, no traceback, no run left RUNNING."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from tests.conftest import TINY, all_runs, clean_env, run_cli
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--env", "FetchPush-v9"], "unknown env 'FetchPush-v9'; the Fetch tasks are: FetchReach-v4"),
+    (["train", "--env", "Pendulum-v1", "--her"], "--her needs a goal-conditioned env"),
+    (["train", "--total-steps", "0"], "Invalid value for '--total-steps': 0 is not >= 1"),
+    (["train", "--total-steps", "lots"], "Invalid value for '--total-steps': 'lots' is not an integer"),
+    (["train", "--n-sampled-goal", "-1"], "Invalid value for '--n-sampled-goal': -1 is not >= 0"),
+    (["train", "--goal-selection-strategy", "random"], "'random' is not one of 'future', 'final', 'episode'"),
+    (["train", "--algo", "ppo"], "Invalid value for '--algo': 'ppo' is not one of 'sac', 'tqc'"),
+    (["train", "--preset", "turbo"], "Invalid value for '--preset': 'turbo' is not one of 'ch04', 'fast'"),
+    (["train", "--her", "maybe"], "Invalid value for '--her': 'maybe' is not a valid boolean"),
+    (["train", "--her", "--no-her"], "--her and --no-her contradict each other"),
+    (["eval", "--ckpt", "checkpoints/nothing.zip"], "checkpoint 'checkpoints/nothing.zip' not found; give a .zip path"),
+    (["eval", "--ckpt", "corrupt.zip"], "checkpoint 'corrupt.zip' is not a readable SB3 checkpoint"),
+    (["eval", "--ckpt", "0123456789abcdef0123456789abcdef"], "no MLflow run with id '0123456789abcdef0123456789abcdef'"),
+    (["eval", "--ckpt", "x.zip", "--n-episodes", "0"], "Invalid value for '--n-episodes': 0 is not in the range x>=1"),
+    (["compare", "--env", "FetchPush-v4", "--seeds", "0,1,2"], "no finished, evaluated sac training run for (env=FetchPush-v4, her=false, seed=0)"),
+    (["compare", "--env", "FetchPush-v4", "--seeds", "a,b"], "'a,b' is not a comma-separated list of integers"),
+    (["nonsense"], "No such command 'nonsense'"),
+])
+def test_bad_input_is_one_clear_line(store, tmp_path, args, expected):
+    (tmp_path / "corrupt.zip").write_bytes(b"this is not a zip file")
+    proc = run_cli(args, tmp_path, store, check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert expected in lines[0]
+    assert all(r.info.status != "RUNNING" for r in all_runs())
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sigterm_marks_the_run_killed(store, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entry_points.cli", "train", *TINY, "--total-steps", "100000"],
+        cwd=tmp_path, env=clean_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        runs = all_runs() if (tmp_path / "mlflow.db").exists() else []
+        if runs and mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "eval/success_rate"):
+            break  # training is under way
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "harness: terminated; the MLflow run was marked KILLED"
+    (run,) = all_runs()
+    assert run.info.status == "KILLED"
+
+
+def test_an_error_inside_training_marks_the_run_failed(store, tmp_path, monkeypatch):
+    from harness.config import resolve_config
+    from harness.training import train
+
+    def broken_learn(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr("stable_baselines3.SAC.learn", broken_learn)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(resolve_config("fast", "FetchReach-v4", {"total_steps": 100}))
+    (run,) = all_runs()
+    assert run.info.status == "FAILED"

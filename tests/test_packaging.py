@@ -1,0 +1,37 @@
+"""The project's own files agree with each other: pins, MLproject parameters and CLI options."""
+
+import re
+import tomllib
+
+import yaml
+
+from entry_points.compare import compare_command
+from entry_points.eval import eval_command
+from entry_points.train import train_command
+from tests.conftest import PROJECT_ROOT
+
+
+def test_conda_yaml_pins_the_same_dependencies_as_pyproject():
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    conda = yaml.safe_load((PROJECT_ROOT / "conda.yaml").read_text())
+    (pip_section,) = [d for d in conda["dependencies"] if isinstance(d, dict)]
+    assert sorted(pip_section["pip"]) == sorted(pyproject["project"]["dependencies"])
+    assert all("==" in dep for dep in pyproject["project"]["dependencies"])
+    assert "mujoco==3.11.0" in pip_section["pip"] and "torch==2.13.0" in pip_section["pip"]
+
+
+def test_mlproject_parameters_map_onto_cli_options():
+    project = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
+    commands = {"train": train_command, "eval": eval_command, "compare": compare_command}
+    for name, command in commands.items():
+        entry = project["entry_points"][name]
+        options = {opt for p in command.params for opt in p.opts}
+        used = re.findall(r"(--[a-z-]+) \{(\w+)\}", entry["command"])
+        assert {param for _, param in used} == set(entry["parameters"]), name
+        for option, _ in used:
+            assert option in options, f"{name}: {option}"
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (PROJECT_ROOT / ".ci" / "run").read_text()
+    assert "make test" in (PROJECT_ROOT / "README.md").read_text()
