@@ -53,6 +53,8 @@ class ChoiceOrPreset(click.Choice):
 @click.option("--n-envs", type=IntOrPreset(1), help="Parallel envs in the process [default: the preset's].")
 @click.option("--eval-freq", type=IntOrPreset(0), help="Env steps between evaluations during training, 0 for none [default: the preset's].")
 @click.option("--eval-episodes", type=IntOrPreset(1), help="Episodes per evaluation during training [default: the preset's].")
+@click.option("--checkpoint-freq", type=IntOrPreset(0),
+              help="Env steps between resumable checkpoints, 0 for none [default: the preset's].")
 @click.option("--preset", type=click.Choice(available_presets()), default="ch04", show_default=True,
               help="Named hyperparameter set from harness/presets/<name>.yaml.")
 @click.option("--experiment", default=None, help="MLflow experiment [default: ch04-her-sparse-reach-push; under mlflow run: its own].")
@@ -60,7 +62,7 @@ class ChoiceOrPreset(click.Choice):
               help="Torch threads; 0 keeps torch's default (all cores). Use 1 per process when training side by side.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on in a terminal].")
 def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_selection_strategy, learning_starts,
-                  algo, n_envs, eval_freq, eval_episodes, preset, experiment, threads, progress):
+                  algo, n_envs, eval_freq, eval_episodes, checkpoint_freq, preset, experiment, threads, progress):
     """Train SAC/TQC with or without HER as one MLflow run.
 
     Logs the resolved config as params, SB3's metrics and eval/* learning curves by env step,
@@ -76,7 +78,8 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
     validate_env_id(env_id, her=her)
     overrides = dict(her=her, seed=seed, total_steps=total_steps, n_sampled_goal=n_sampled_goal,
                      goal_selection_strategy=goal_selection_strategy, learning_starts=learning_starts,
-                     algo=algo, n_envs=n_envs, eval_freq=eval_freq, eval_episodes=eval_episodes)
+                     algo=algo, n_envs=n_envs, eval_freq=eval_freq, eval_episodes=eval_episodes,
+                     checkpoint_freq=checkpoint_freq)
     config = resolve_config(preset, env_id, overrides)
     show_progress = sys.stderr.isatty() if progress is None else progress
     result = train(config, experiment=experiment, progress_bar=show_progress, torch_threads=threads)

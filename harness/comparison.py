@@ -157,6 +157,13 @@ def compare(env_id: str, seeds: Sequence[int], algo: str = "sac", experiment: st
     if not seeds:
         raise HarnessError("--seeds is empty; give a comma-separated list such as 0,1,2")
     found = collect_runs(env_id, seeds, algo, experiment)
+    return report_comparison(env_id, seeds, found, algo, experiment)
+
+
+def report_comparison(env_id: str, seeds: Sequence[int], found: dict[bool, list], algo: str = "sac",
+                      experiment: str | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Summarize the given runs (one per seed and condition): table, JSON, plot and a compare run
+    (a child of ``parent_run_id`` in a pipeline)."""
     summaries = {
         row.metric: {her: summarize([r.data.metrics[row.metric] for r in found[her]]) for _, her in CONDITIONS}
         for row in ROWS
@@ -185,6 +192,8 @@ def compare(env_id: str, seeds: Sequence[int], algo: str = "sac", experiment: st
 
     tags = {"harness.kind": "compare", "harness.env": env_id, "harness.algo": algo,
             "harness.seeds": ",".join(str(s) for s in seeds)}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
     with tracking.tracked_run(f"compare_{algo}_{env_id}", tags, experiment) as run:
         mlflow.log_text(markdown_table(summaries) + "\n", "comparison.md")
         mlflow.log_artifact(str(json_path))
@@ -199,4 +208,5 @@ def compare(env_id: str, seeds: Sequence[int], algo: str = "sac", experiment: st
         report["compare_run_id"] = run.info.run_id
     report["results_file"] = str(json_path)
     report["plot_file"] = str(png_path)
+    report["markdown_table"] = markdown_table(summaries)
     return report

@@ -12,6 +12,7 @@ checkpoint as ``meta.json`` and used to name the run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ class TrainConfig:
     """Env steps between deterministic evaluations during training (0: none)."""
     eval_episodes: int = 20
     """Episodes per evaluation during training."""
+    checkpoint_freq: int = 50_000
+    """Env steps between resumable checkpoints (model, replay buffer, normalization; 0: none)."""
     preset: str = "ch04"
     """Name of the preset this config was resolved from."""
 
@@ -86,6 +89,11 @@ class TrainConfig:
         """The chapter's TensorBoard layout, e.g. ``runs/sac_her_nsg4/FetchPush-v4/seed0``."""
         condition = f"{self.algo}_her_nsg{self.n_sampled_goal}" if self.her else f"{self.algo}_noher"
         return Path("runs") / condition / self.env_id / f"seed{self.seed}"
+
+    @property
+    def config_hash(self) -> str:
+        """Short digest of the resolved config: equal hashes mean the same training."""
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -147,7 +155,7 @@ def validate_config(config: TrainConfig) -> None:
     for name in positive:
         if getattr(config, name) <= 0:
             raise HarnessError(f"{name} must be > 0, got {getattr(config, name)}")
-    non_negative = ("n_sampled_goal", "learning_starts", "eval_freq", "eval_episodes", "seed")
+    non_negative = ("n_sampled_goal", "learning_starts", "eval_freq", "eval_episodes", "seed", "checkpoint_freq")
     for name in non_negative:
         if getattr(config, name) < 0:
             raise HarnessError(f"{name} must be >= 0, got {getattr(config, name)}")

@@ -73,18 +73,24 @@ def deterministic_policy(model, normalize=None) -> Callable[[Any], np.ndarray]:
     return act
 
 
-def results_path(config: dict[str, Any]) -> Path:
-    """The chapter's eval file name, e.g. ``results/ch04_sac_her_fetchpush-v4_seed0_eval.json``."""
-    her = "_her" if config.get("her") else ""
-    return RESULTS_DIR / f"ch04_{config['algo']}{her}_{config['env_id'].lower()}_seed{config['seed']}_eval.json"
+def results_path(config: dict[str, Any], run_name: str | None = None) -> Path:
+    """The chapter's eval file name, ``ch04_<run name, lower case>_eval.json``, e.g.
+    ``results/ch04_sac_her_fetchpush-v4_seed0_eval.json``."""
+    if run_name is None:
+        her = "_her" if config.get("her") else ""
+        run_name = f"{config['algo']}{her}_{config['env_id']}_seed{config['seed']}"
+    return RESULTS_DIR / f"ch04_{run_name.lower()}_eval.json"
 
 
-def evaluate_checkpoint(ckpt: str, n_episodes: int = 100, env_id: str | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    ckpt: str, n_episodes: int = 100, env_id: str | None = None, parent_run_id: str | None = None
+) -> dict[str, Any]:
     """``harness eval``: score a checkpoint, write its results JSON and log it to MLflow.
 
     The ``eval/*`` metrics and the JSON go to the training run the checkpoint came from (if it
     is in this tracking store), tagged ``harness.evaluated=true`` so ``compare`` finds it.
-    Under ``mlflow run -e eval`` the eval run that ``mlflow run`` created gets them too.
+    An eval run of its own (``harness.kind=eval``) gets them too under ``mlflow run -e eval``
+    (the run ``mlflow run`` created) and in a pipeline (a child of ``parent_run_id``).
     """
     from harness import tracking
     from harness.checkpoints import load_checkpoint, write_json_atomically
@@ -104,6 +110,7 @@ def evaluate_checkpoint(ckpt: str, n_episodes: int = 100, env_id: str | None = N
         "algo": config["algo"],
         "her": bool(config.get("her")),
         "seed": config.get("seed"),
+        "n_sampled_goal": config.get("n_sampled_goal"),
         "num_timesteps": step,
         "deterministic": True,
         "reset_seeds": [EVAL_RESET_SEED, EVAL_RESET_SEED + n_episodes - 1],
@@ -114,32 +121,34 @@ def evaluate_checkpoint(ckpt: str, n_episodes: int = 100, env_id: str | None = N
             "final_distance": episodes.final_distances.tolist(),
         },
     }
-    out = results_path(config)
+    out = results_path(config, loaded.meta.get("run_name"))
     write_json_atomically(out, report)
     report["results_file"] = str(out)
 
+    import mlflow
+
+    client = mlflow.MlflowClient()
     metrics = {f"eval/{key}": value for key, value in summary.items()}
     training_run = _training_run_in_store(loaded.run_id)
     if training_run is not None:
         tracking.log_metrics_at(training_run, metrics, step)
-        import mlflow
-
-        mlflow.MlflowClient().log_artifact(training_run, str(out), artifact_path="eval")
-        mlflow.MlflowClient().set_tag(training_run, "harness.evaluated", "true")
-        mlflow.MlflowClient().set_tag(training_run, "harness.eval_episodes", str(n_episodes))
+        client.log_artifact(training_run, str(out), artifact_path="eval")
+        client.set_tag(training_run, "harness.eval_episodes", str(n_episodes))
+        client.set_tag(training_run, "harness.evaluated", "true")
     report["logged_to_run"] = training_run
 
     attached = os.environ.get("MLFLOW_RUN_ID")
-    if attached and attached != training_run:
+    if parent_run_id or (attached and attached != training_run):
         tags = {"harness.kind": "eval", "harness.env": config["env_id"], "harness.her": str(bool(config.get("her"))).lower(),
                 "harness.seed": str(config.get("seed")), "harness.algo": config["algo"]}
         if training_run:
             tags["harness.source_run_id"] = training_run
-        with tracking.tracked_run(f"eval_{Path(out).stem}", tags):
-            tracking.log_metrics_at(attached, metrics, step)
-            import mlflow
-
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        with tracking.tracked_run(f"eval_{Path(out).stem}", tags) as run:
+            tracking.log_metrics_at(run.info.run_id, metrics, step)
             mlflow.log_artifact(str(out), artifact_path="eval")
+            report["eval_run_id"] = run.info.run_id
     return report
 
 

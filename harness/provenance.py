@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import shlex
 import subprocess
@@ -32,6 +33,17 @@ def git_state() -> tuple[str, bool | None]:
         return "unknown", None
     status = _git("status", "--porcelain", "--untracked-files=no")
     return commit, bool(status)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The commit, plus a hash of the uncommitted diff when the tree is dirty: two runs with the
+    same code version ran the same code (what a pipeline checks before reusing a run)."""
+    commit, dirty = git_state()
+    if not dirty:
+        return commit
+    diff = _git("diff", "HEAD") or ""
+    return f"{commit}+dirty.{hashlib.sha1(diff.encode()).hexdigest()[:10]}"
 
 
 def package_versions() -> dict[str, str]:
@@ -65,6 +77,7 @@ def provenance_tags() -> dict[str, str]:
     tags = {
         "harness.git_commit": commit,
         "harness.git_dirty": "unknown" if dirty is None else str(dirty).lower(),
+        "harness.code_version": code_version(),
         "harness.command": command_line(),
         "harness.cpu": cpu_model(),
     }

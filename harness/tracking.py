@@ -32,6 +32,8 @@ DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
 # store; an error line of ours would drown in it.
 for _noisy in ("mlflow.store.db.utils", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
+# Checkpoints are a few MB; MLflow's per-download progress bars only clutter the pipeline overview.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 RUN_ID_LENGTH = 32
 
 
@@ -67,17 +69,23 @@ def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
 
 
 @contextlib.contextmanager
-def tracked_run(run_name: str, tags: Mapping[str, str], experiment: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, under ``mlflow run``, attach to) a run and always end it with a status.
+def tracked_run(
+    run_name: str, tags: Mapping[str, str], experiment: str | None = None, run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, under ``mlflow run``, attach to; or with ``run_id``, reopen) a run and always end
+    it with a status.
 
     Normal exit: FINISHED. Ctrl-C or SIGTERM: KILLED. Any other exception: FAILED. The
     exception is re-raised so the caller decides what the user sees.
     """
     prepare_store()
-    attached = bool(os.environ.get("MLFLOW_RUN_ID"))
-    if not attached and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+    # MLflow deletes MLFLOW_RUN_ID once start_run has attached to it, so a run started inside
+    # an active one (a pipeline's compare run) is a new nested run, never the parent again.
+    nested = mlflow.active_run() is not None
+    attached = bool(os.environ.get("MLFLOW_RUN_ID")) or run_id is not None
+    if not attached and not nested and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         mlflow.set_experiment(experiment or DEFAULT_EXPERIMENT)
-    run = mlflow.start_run(run_name=None if attached else run_name)
+    run = mlflow.start_run(run_id=run_id, run_name=None if attached else run_name, nested=nested)
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         mlflow.set_tags({"mlflow.runName": run_name, **provenance_tags(), **tags})

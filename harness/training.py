@@ -2,10 +2,12 @@
 
 ``train(config)`` is the whole life of a training run:
 
-1. start (or attach to) the MLflow run, tag it, log the resolved config as params;
-2. build the vectorized env (+ observation normalization) and the SB3 model;
-3. learn, with SB3's metrics flowing into MLflow and TensorBoard, and a deterministic
-   evaluation every ``eval_freq`` env steps (``eval/*`` learning curves);
+1. start (or attach to, or resume) the MLflow run, tag it, log the resolved config as params;
+2. build the vectorized env (+ observation normalization) and the SB3 model, or load them from
+   the run's last resumable checkpoint;
+3. learn, with SB3's metrics flowing into MLflow and TensorBoard, a deterministic evaluation every
+   ``eval_freq`` env steps (``eval/*`` learning curves) and a resumable checkpoint every
+   ``checkpoint_freq`` env steps;
 4. save the checkpoint in the chapter's layout and as run artifacts, with ``meta.json``.
 """
 
@@ -23,12 +25,12 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
-from harness import tracking
+from harness import resume, tracking
 from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, algo_class, local_paths, write_atomically, write_json_atomically
 from harness.config import TrainConfig
 from harness.envs import make_vec_env, validate_env_id
 from harness.evaluation import deterministic_policy, run_episodes
-from harness.provenance import git_state, package_versions
+from harness.provenance import code_version, git_state, package_versions
 from harness.seeding import seed_everything
 
 
@@ -41,7 +43,7 @@ class TrainResult:
 
 
 def run_tags(config: TrainConfig, kind: str = "train") -> dict[str, str]:
-    """The tags ``compare`` and the MLflow UI filter on."""
+    """The tags ``compare``, the pipelines and the MLflow UI filter on."""
     return {
         "harness.kind": kind,
         "harness.env": config.env_id,
@@ -50,6 +52,8 @@ def run_tags(config: TrainConfig, kind: str = "train") -> dict[str, str]:
         "harness.algo": config.algo,
         "harness.n_sampled_goal": str(config.n_sampled_goal),
         "harness.preset": config.preset,
+        "harness.config_hash": config.config_hash,
+        "harness.total_steps": str(config.total_steps),
     }
 
 
@@ -61,7 +65,11 @@ class PeriodicEvaluation(BaseCallback):
         super().__init__()
         self.config = config
         self.vecnormalize = vecnormalize
-        self.next_eval = config.eval_freq
+
+    def _on_training_start(self) -> None:
+        # After a resume, the next evaluation is the next multiple of eval_freq.
+        freq = self.config.eval_freq
+        self.next_eval = (self.num_timesteps // freq + 1) * freq if freq else 0
 
     def _on_step(self) -> bool:
         if self.config.eval_freq and self.num_timesteps >= self.next_eval:
@@ -78,11 +86,37 @@ class PeriodicEvaluation(BaseCallback):
         self.logger.dump(self.num_timesteps)
 
 
+class ResumableCheckpoint(BaseCallback):
+    """Every ``checkpoint_freq`` env steps, write what a resume needs (see :mod:`harness.resume`)."""
+
+    def __init__(self, config: TrainConfig, run_id: str, vecnormalize=None):
+        super().__init__()
+        self.config = config
+        self.run_id = run_id
+        self.vecnormalize = vecnormalize
+
+    def _on_training_start(self) -> None:
+        freq = self.config.checkpoint_freq
+        self.next_save = (self.num_timesteps // freq + 1) * freq if freq else 0
+
+    def _on_step(self) -> bool:
+        if self.config.checkpoint_freq and self.num_timesteps >= self.next_save:
+            self.next_save += self.config.checkpoint_freq
+            resume.save(self.run_id, self.model, self.vecnormalize)
+        return True
+
+
+def effective_buffer_size(config: TrainConfig) -> int:
+    """A replay buffer larger than the whole training never fills; SB3 allocates it up front all
+    the same (gigabytes at 1M Fetch transitions) and a resumable checkpoint would pickle it."""
+    return min(config.buffer_size, config.total_steps + config.n_envs)
+
+
 def build_model(config: TrainConfig, env, logger: Logger):
     """The SB3 model the config describes; HER is only the replay buffer class, as in SB3."""
     kwargs: dict[str, Any] = dict(
         learning_rate=config.learning_rate,
-        buffer_size=config.buffer_size,
+        buffer_size=effective_buffer_size(config),
         learning_starts=config.learning_starts,
         batch_size=config.batch_size,
         tau=config.tau,
@@ -119,22 +153,35 @@ def build_env(config: TrainConfig):
 
 
 def train(
-    config: TrainConfig, experiment: str | None = None, progress_bar: bool = False, torch_threads: int = 0
+    config: TrainConfig,
+    experiment: str | None = None,
+    progress_bar: bool = False,
+    torch_threads: int = 0,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+    run_name: str | None = None,
 ) -> TrainResult:
     """Train one model as one MLflow run; see the module docstring for the stages.
 
     ``torch_threads`` > 0 caps torch's intra-op threads: processes training side by side must
     share the cores, or their OpenMP threads fight and each runs several times slower.
+    ``parent_run_id`` makes the run a child of a pipeline run. ``resume_run_id`` continues that
+    run from its last resumable checkpoint (same run, metrics continuing at the right steps).
+    ``run_name`` replaces the chapter's name where several runs would share it (ablations).
     """
     validate_env_id(config.env_id, her=config.her)
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     seed_everything(config.seed)
+    run_name = run_name or config.run_name
     tags = {**run_tags(config), "harness.torch_threads": str(torch.get_num_threads())}
-    with tracking.tracked_run(config.run_name, tags, experiment) as run:
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    with tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id) as run:
         run_id = run.info.run_id
         tracking.log_params_once(run_id, config.to_dict())
-        mlflow.log_dict(config.to_dict(), "config.json")
+        if resume_run_id is None:
+            mlflow.log_dict(config.to_dict(), "config.json")
 
         env, vecnormalize = build_env(config)
         config.tensorboard_dir.mkdir(parents=True, exist_ok=True)
@@ -143,20 +190,29 @@ def train(
             folder=str(config.tensorboard_dir),
             output_formats=[TensorBoardOutputFormat(str(config.tensorboard_dir)), to_mlflow],
         )
-        model = build_model(config, env, logger)
-        evaluation = PeriodicEvaluation(config, vecnormalize)
+        saved = resume.latest(run_id) if resume_run_id else None
+        if saved is not None:
+            model, env, vecnormalize = resume.load(saved, config, env, vecnormalize)
+            model.set_logger(logger)
+            mlflow.set_tag("harness.resumed_from_step", str(model.num_timesteps))
+        else:
+            model = build_model(config, env, logger)
+        callbacks = [PeriodicEvaluation(config, vecnormalize), ResumableCheckpoint(config, run_id, vecnormalize)]
 
         started = time.perf_counter()
-        model.learn(total_timesteps=config.total_steps, callback=evaluation, progress_bar=progress_bar)
+        remaining = config.total_steps - model.num_timesteps
+        if remaining > 0:
+            model.learn(total_timesteps=remaining, callback=callbacks, progress_bar=progress_bar,
+                        reset_num_timesteps=saved is None)
         wall_time = time.perf_counter() - started
         logger.close()
         env.close()
 
-        paths = local_paths(config.run_name, CHECKPOINT_DIR)
+        paths = local_paths(run_name, CHECKPOINT_DIR)
         write_atomically(paths["model"], lambda tmp: model.save(tmp))
         if vecnormalize is not None:
             write_atomically(paths["vecnormalize"], lambda tmp: vecnormalize.save(str(tmp)))
-        meta = training_meta(config, run_id, model, wall_time, to_mlflow.latest)
+        meta = training_meta(config, run_id, run_name, model, wall_time, to_mlflow.latest)
         write_json_atomically(paths["meta"], meta)
 
         mlflow.log_artifact(str(paths["model"]), ARTIFACT_DIR)
@@ -164,23 +220,27 @@ def train(
             mlflow.log_artifact(str(paths["vecnormalize"]), ARTIFACT_DIR)
         mlflow.log_dict(meta, "meta.json")
         mlflow.log_metric("time/wall_time_s", wall_time, step=int(model.num_timesteps))
-    return TrainResult(run_id=run_id, run_name=config.run_name, checkpoint=paths["model"], meta=meta)
+    resume.discard(run_id)  # finished: the final checkpoint supersedes the resumable ones
+    return TrainResult(run_id=run_id, run_name=run_name, checkpoint=paths["model"], meta=meta)
 
 
-def training_meta(config: TrainConfig, run_id: str, model, wall_time: float, final: dict[str, float]) -> dict[str, Any]:
+def training_meta(config: TrainConfig, run_id: str, run_name: str, model, wall_time: float,
+                  final: dict[str, float]) -> dict[str, Any]:
     """What ``meta.json`` records next to the checkpoint: how it was made and how it ended."""
     commit, dirty = git_state()
     return {
         "run_id": run_id,
-        "run_name": config.run_name,
+        "run_name": run_name,
         "tracking_uri": mlflow.get_tracking_uri(),
         "config": config.to_dict(),
+        "config_hash": config.config_hash,
         "num_timesteps": int(model.num_timesteps),
         "wall_time_s": round(wall_time, 2),
         "steps_per_second": round(model.num_timesteps / wall_time, 1) if wall_time > 0 else None,
         "final_metrics": dict(sorted(final.items())),
         "git_commit": commit,
         "git_dirty": dirty,
+        "code_version": code_version(),
         "versions": package_versions(),
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -1,0 +1,109 @@
+"""Pipelines: one parent run with child runs, reuse on re-run, SIGKILL then re-run, and Ray."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from tests.conftest import all_runs, clean_env, run_cli
+
+TINY_PIPELINE = ["--preset", "fast", "--total-steps", "300", "--learning-starts", "100", "--eval-freq", "150",
+                 "--n-eval-episodes", "3"]
+
+
+def runs_by_kind(kind):
+    return [r for r in all_runs() if r.data.tags.get("harness.kind") == kind]
+
+
+def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_path):
+    first = run_cli(["reach-all", "--seeds", "0,1", "--workers", "2", *TINY_PIPELINE], tmp_path, store, timeout=600)
+    assert "4 trainings: 4 to train, 0 to resume, 0 to evaluate, 0 reused; 2 local workers x 1 threads" in first.stdout
+    (parent,) = runs_by_kind("pipeline")
+    assert parent.info.status == "FINISHED" and parent.data.tags["harness.pipeline"] == "reach-all"
+    children = [r for r in all_runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    kinds = sorted(r.data.tags["harness.kind"] for r in children)
+    assert kinds == ["compare"] + ["eval"] * 4 + ["train"] * 4
+    assert all(r.info.status == "FINISHED" for r in children)
+    trains = {r.info.run_name: r for r in children if r.data.tags["harness.kind"] == "train"}
+    assert sorted(trains) == ["sac_FetchReach-v4_seed0", "sac_FetchReach-v4_seed1",
+                              "sac_her_FetchReach-v4_seed0", "sac_her_FetchReach-v4_seed1"]
+    assert all(r.data.tags["harness.torch_threads"] == "1" for r in trains.values())
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
+    assert {"ch04_fetchreach-v4_report.md", "ch04_fetchreach-v4_comparison.png", "ch04_fetchreach-v4_comparison.json"} <= artifacts
+    report = (tmp_path / "results" / "ch04_fetchreach-v4_report.md").read_text()
+    assert "| Success Rate |" in report and "![eval success](ch04_fetchreach-v4_comparison.png)" in report
+    table = first.stdout.split("Metric ", 1)[1].split("report:")[0]
+
+    second = run_cli(["reach-all", "--seeds", "0,1", "--workers", "2", *TINY_PIPELINE], tmp_path, store, timeout=600)
+    assert "4 trainings: 0 to train, 0 to resume, 0 to evaluate, 4 reused" in second.stdout
+    assert second.stdout.split("Metric ", 1)[1].split("report:")[0] == table
+    assert len(runs_by_kind("train")) == 4 and len(runs_by_kind("pipeline")) == 2
+
+
+def test_sigkill_at_any_moment_then_rerun_completes(store, tmp_path):
+    args = [sys.executable, "-m", "entry_points.cli", "reach-all", "--seeds", "0,1", "--workers", "2",
+            *TINY_PIPELINE, "--total-steps", "1200", "--eval-freq", "400", "--checkpoint-freq", "300"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=clean_env(store), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    resume_dir = tmp_path / "checkpoints" / "resume"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(resume_dir.glob("*/step_*[0-9]")):
+        time.sleep(0.2)
+    assert any(resume_dir.glob("*/step_*[0-9]")), "no resumable checkpoint was written"
+    os.killpg(proc.pid, signal.SIGKILL)  # the pipeline and its workers, mid-training
+    proc.wait(timeout=30)
+    assert any(r.info.status == "RUNNING" for r in all_runs())  # what a SIGKILL leaves behind
+
+    rerun = run_cli(args[3:], tmp_path, store, timeout=600)
+    assert "continuing pipeline run" in rerun.stdout and "to resume" in rerun.stdout
+    runs = all_runs()
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    finished = [r for r in runs if r.data.tags.get("harness.kind") == "train" and r.info.status == "FINISHED"]
+    assert sorted(r.info.run_name for r in finished) == ["sac_FetchReach-v4_seed0", "sac_FetchReach-v4_seed1",
+                                                          "sac_her_FetchReach-v4_seed0", "sac_her_FetchReach-v4_seed1"]
+    (parent,) = runs_by_kind("pipeline")
+    assert parent.info.status == "FINISHED"
+    resumed = [r for r in finished if "harness.resumed_from_step" in r.data.tags]
+    assert resumed, "no training was resumed from its checkpoint"
+    client = mlflow.MlflowClient()
+    for run in resumed:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/success_rate")]
+        assert steps[:3] == [400, 800, 1200]  # the learning curve continues at the right steps
+    assert (tmp_path / "results" / "ch04_fetchreach-v4_report.md").is_file()
+
+
+def test_reach_all_through_ray(store, tmp_path):
+    pytest.importorskip("ray", reason="Ray is part of the test extra: pip install -e '.[test]'")
+    proc = run_cli(["reach-all", "--seeds", "0", "--executor", "ray", "--workers", "2", *TINY_PIPELINE],
+                   tmp_path, store, timeout=600)
+    assert "2 ray workers x 1 threads" in proc.stdout
+    (parent,) = runs_by_kind("pipeline")
+    assert parent.info.status == "FINISHED" and parent.data.tags["harness.executor"] == "ray"
+    trains = runs_by_kind("train")
+    assert sorted(r.info.run_name for r in trains) == ["sac_FetchReach-v4_seed0", "sac_her_FetchReach-v4_seed0"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["harness.evaluated"] == "true"
+               for r in trains)
+
+
+def test_ablation_table_across_values(store, tmp_path):
+    proc = run_cli(["ablation", "--env", "FetchReach-v4", "--nsg-values", "2,4", "--seed", "0", *TINY_PIPELINE],
+                   tmp_path, store, timeout=600)
+    lines = proc.stdout.split("n_sampled_goal ", 1)[1].splitlines()
+    assert lines[2].startswith("2 ") and lines[3].startswith("4 ")
+    trains = runs_by_kind("train")
+    assert sorted(r.info.run_name for r in trains) == ["sac_her_nsg2_FetchReach-v4_seed0", "sac_her_nsg4_FetchReach-v4_seed0"]
+    assert sorted(r.data.params["n_sampled_goal"] for r in trains) == ["2", "4"]
+    assert (tmp_path / "results" / "ch04_fetchreach-v4_ablation_nsg.png").is_file()
+    assert (tmp_path / "results" / "ch04_sac_her_nsg2_fetchreach-v4_seed0_eval.json").is_file()
+
+
+def test_pipeline_bad_input(store, tmp_path):
+    for args, expected in ((["ablation", "--nsg-values", "2,x"], "'2,x' is not a comma-separated list of integers"),
+                           (["reach-all", "--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1"),
+                           (["ablation", "--seed", "0", "--seeds", "1,2"], "give --seed or --seeds, not both")):
+        proc = run_cli(args, tmp_path, store, check=False)
+        assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
