@@ -9,7 +9,8 @@ from entry_points._common import run_command
 
 @click.command(name="eval")
 @click.option("--ckpt", required=True,
-              help="Checkpoint: a .zip path (checkpoints/sac_her_FetchPush-v4_seed0.zip), an MLflow run id, or runs:/<run id>.")
+              help="Checkpoint: a .zip path (checkpoints/sac_her_FetchPush-v4_seed0.zip), an MLflow run id, "
+                   "runs:/<run id>, or a registered model models:/ch04-sac-her-FetchPush-v4@champion.")
 @click.option("--n-episodes", type=click.IntRange(min=1), default=100, show_default=True, help="Deterministic episodes.")
 @click.option("--env", "env_id", default=None, help="Env id, only needed for a zip without its .meta.json.")
 def eval_command(ckpt, n_episodes, env_id):

@@ -8,7 +8,8 @@ normalized, the VecNormalize statistics. Locally it lives in the chapter's layou
     checkpoints/sac_her_FetchPush-v4_seed0.vecnormalize.pkl   (normalize_obs only)
 
 and in its MLflow run as artifacts ``checkpoint/<name>.zip``, ``checkpoint/<name>.vecnormalize.pkl``
-and ``meta.json``. :func:`load_checkpoint` takes a path, a run id or a ``runs:/`` URI.
+and ``meta.json``. :func:`load_checkpoint` takes a path, a run id, a ``runs:/`` URI or a
+``models:/`` URI of a model registered by ``harness register``.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class LoadedCheckpoint:
 
 
 def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Find the zip and its meta for a path, run id or ``runs:/`` URI (downloading if needed)."""
+    """Find the zip and its meta for a path, run id, ``runs:/`` or ``models:/`` URI (downloading if needed)."""
     from harness.tracking import get_run, looks_like_run_id
 
     if ckpt.startswith("runs:/") or looks_like_run_id(ckpt):
@@ -101,10 +102,25 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"run_id": run_id}
         return zips[0], meta
 
+    if ckpt.startswith("models:/"):
+        import mlflow
+
+        from harness.tracking import prepare_store
+
+        prepare_store()
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ckpt, dst_path=str(download_dir)))
+        except Exception as exc:  # unknown name, version or alias
+            raise HarnessError(f"registered model '{ckpt}' not found in {mlflow.get_tracking_uri()} ({exc})") from None
+        zips = sorted(local.glob("artifacts/checkpoint/*.zip"))
+        if not zips:
+            raise HarnessError(f"registered model '{ckpt}' holds no harness checkpoint (artifacts/checkpoint/*.zip)")
+        ckpt = str(zips[0])
+
     path = Path(ckpt)
     if not path.is_file():
         raise HarnessError(
-            f"checkpoint '{ckpt}' not found; give a .zip path, an MLflow run id or a runs:/<run id> URI"
+            f"checkpoint '{ckpt}' not found; give a .zip path, an MLflow run id, a runs:/<run id> or a models:/<name>@<alias> URI"
         )
     meta_path = path.with_name(path.name[: -len(".zip")] + ".meta.json") if path.name.endswith(".zip") else None
     meta = {}

@@ -129,7 +129,23 @@ def log_metrics_at(run_id: str, metrics: Mapping[str, float], step: int) -> None
     timestamp = int(time.time() * 1000)
     batch = [Metric(k, float(v), timestamp, int(step)) for k, v in metrics.items() if _is_loggable(v)]
     if batch:
-        MlflowClient().log_batch(run_id, metrics=batch)
+        with_retry(lambda: MlflowClient().log_batch(run_id, metrics=batch))
+
+
+def with_retry(write, attempts: int = 8, first_wait: float = 0.2):
+    """Run a store write, retrying while SQLite reports "database is locked".
+
+    Pipeline workers share one SQLite file; SQLite lets one writer in at a time and the others
+    time out after a few seconds under heavy load. A metric batch is retried with backoff
+    instead of failing the training or being dropped.
+    """
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(first_wait * 2**attempt)
 
 
 def _is_loggable(value: Any) -> bool:

@@ -1,0 +1,37 @@
+"""`harness register`: the best evaluated HER policy into the MLflow Model Registry."""
+
+from __future__ import annotations
+
+import click
+
+from entry_points._common import run_command
+from harness.config import ALGOS
+
+
+@click.command(name="register")
+@click.option("--env", "env_id", default=None, help="Env whose best evaluated HER run to register, e.g. FetchPush-v4.")
+@click.option("--algo", type=click.Choice(ALGOS), default="sac", show_default=True)
+@click.option("--run-id", default=None, help="Register this evaluated HER training run instead of the best one.")
+def register_command(env_id, algo, run_id):
+    """Register a HER policy as ch04-<algo>-her-<env> and move the alias 'champion' if it is better.
+
+    The best run is the finished, evaluated HER training run with the highest eval/success_rate
+    (ties: eval/mean_return). The version is an mlflow.pyfunc model wrapping the SB3 checkpoint;
+    its tags hold the source run id, the eval metrics and the resolved config.
+    """
+    from harness.registry import register
+
+    if (env_id is None) == (run_id is None):
+        raise click.UsageError("give --env (register its best HER run) or --run-id (register that run)")
+    result = register(env_id=env_id, algo=algo, run_id=run_id)
+    metrics = result["metrics"]
+    click.echo(f"registered {result['name']} version {result['version']} from run {result['source_run_id']} "
+               f"(eval success {100 * metrics['eval/success_rate']:.1f}%, return {metrics['eval/mean_return']:.2f})")
+    if result["champion_moved"]:
+        click.echo(f"alias champion -> version {result['version']}: {result['uri']}")
+    else:
+        click.echo(f"alias champion stays on version {result['previous_champion']} (as good or better)")
+
+
+if __name__ == "__main__":
+    run_command(register_command)

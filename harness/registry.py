@@ -1,0 +1,168 @@
+"""Later weeks: the best HER policy in the MLflow Model Registry, and loading a policy from anywhere.
+
+``harness register --env FetchPush-v4`` picks the best evaluated HER training run of that env (by
+``eval/success_rate``, ties by ``eval/mean_return``), logs its checkpoint as an ``mlflow.pyfunc``
+model (the SB3 zip, its normalization statistics if any, and ``meta.json``), registers it as
+``ch04-<algo>-her-<env>`` and points the alias ``champion`` at it when it beats the current champion.
+
+``load_policy(uri)`` returns the SB3 model for a checkpoint path, a run id, a ``runs:/`` URI or a
+``models:/`` URI, ready for ``predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from harness import tracking
+from harness.errors import HarnessError
+
+CHAMPION = "champion"
+POLICY_ARTIFACT = "policy"
+
+
+def model_name(algo: str, env_id: str) -> str:
+    return f"ch04-{algo}-her-{env_id}"
+
+
+class SB3Policy(mlflow.pyfunc.PythonModel):
+    """An SB3 checkpoint as an MLflow pyfunc: ``predict({"observation": ..., "achieved_goal": ...,
+    "desired_goal": ...})`` returns deterministic actions for raw env observations (a batch of
+    observations, one per row; ``harness.load_policy`` also takes a single observation)."""
+
+    # The input schema is the explicit signature given at log time; without this MLflow inspects
+    # predict's type hints and warns on every import that there are none.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        from harness.checkpoints import load_checkpoint
+
+        (zip_path,) = Path(context.artifacts["checkpoint"]).glob("*.zip")
+        self.policy = load_checkpoint(str(zip_path))
+
+    def predict(self, context, model_input, params=None):
+        obs = {key: np.asarray(value) for key, value in model_input.items()}
+        actions, _ = self.policy.model.predict(self.policy.normalize(obs), deterministic=True)
+        return actions
+
+
+def load_policy(uri: str):
+    """The SB3 model behind a checkpoint path, run id, ``runs:/`` or ``models:/`` URI."""
+    from harness.checkpoints import load_checkpoint
+
+    return load_checkpoint(uri).model
+
+
+def signature_for(env_id: str):
+    """Named float64 tensors, one row per observation, one per key of Fetch's dict observation."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    from harness.envs import make_env
+
+    env = make_env(env_id)
+    obs_space, action_dim = env.observation_space, env.action_space.shape[0]
+    env.close()
+    inputs = Schema([TensorSpec(np.dtype(np.float64), (-1, *space.shape), key) for key, space in obs_space.spaces.items()])
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, action_dim))])
+    return ModelSignature(inputs=inputs, outputs=outputs), obs_space
+
+
+def best_her_run(env_id: str, algo: str):
+    client = MlflowClient()
+    tags = {"harness.kind": "train", "harness.env": env_id, "harness.her": "true", "harness.algo": algo,
+            "harness.evaluated": "true"}
+    runs = client.search_runs(
+        tracking.experiment_ids(None), tracking.tag_filter(tags) + " and attributes.status = 'FINISHED'",
+        order_by=["metrics.`eval/success_rate` DESC", "metrics.`eval/mean_return` DESC"], max_results=1,
+    )
+    if not runs:
+        raise HarnessError(f"no finished, evaluated {algo} HER training run for {env_id} in {mlflow.get_tracking_uri()}; "
+                           "train and evaluate one first (harness train --her, harness eval)")
+    return runs[0]
+
+
+def _is_better(candidate: dict[str, float], current: dict[str, float]) -> bool:
+    key = ("eval/success_rate", "eval/mean_return")
+    return tuple(candidate[k] for k in key) > tuple(current[k] for k in key)
+
+
+def register(env_id: str | None = None, algo: str = "sac", run_id: str | None = None) -> dict[str, Any]:
+    """Register the best (or the given) evaluated HER run; move ``champion`` only if it is better."""
+    from harness.checkpoints import resolve_checkpoint_files
+
+    tracking.prepare_store()
+    run = tracking.get_run(run_id) if run_id else best_her_run(env_id, algo)
+    tags = run.data.tags
+    if tags.get("harness.kind") != "train" or tags.get("harness.evaluated") != "true":
+        raise HarnessError(f"run {run.info.run_id} is not an evaluated training run; evaluate it first (harness eval --ckpt {run.info.run_id})")
+    env_id, algo = tags["harness.env"], tags["harness.algo"]
+    if tags.get("harness.her") != "true":
+        raise HarnessError(f"run {run.info.run_id} is not a HER run; the registry holds HER models (ch04-<algo>-her-<env>)")
+    metrics = {k: run.data.metrics[k] for k in ("eval/success_rate", "eval/mean_return", "eval/final_distance")}
+    name = model_name(algo, env_id)
+
+    workdir = Path(tempfile.mkdtemp(prefix="harness-register-"))
+    zip_path, meta = resolve_checkpoint_files(run.info.run_id, workdir / "download")
+    # The chapter's layout in one folder (zip, <name>.meta.json, <name>.vecnormalize.pkl), so the
+    # pyfunc model and `harness eval --ckpt models:/...` load it like any local checkpoint.
+    bundle = workdir / "checkpoint"
+    bundle.mkdir()
+    stem = zip_path.name[: -len(".zip")]
+    shutil.copy(zip_path, bundle / zip_path.name)
+    stats = zip_path.with_name(f"{stem}.vecnormalize.pkl")
+    if stats.is_file():
+        shutil.copy(stats, bundle / stats.name)
+    (bundle / f"{stem}.meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    artifacts = {"checkpoint": str(bundle)}
+    signature, obs_space = signature_for(env_id)
+    example = {key: np.zeros((1, *space.shape)) for key, space in obs_space.spaces.items()}
+    with tracking.tracked_run(f"register_{name}", {"harness.kind": "register", "harness.env": env_id,
+                                                   "harness.source_run_id": run.info.run_id}):
+        info = mlflow.pyfunc.log_model(
+            name=POLICY_ARTIFACT, python_model=SB3Policy(), artifacts=artifacts, signature=signature,
+            input_example=example, code_paths=[str(Path(__file__).resolve().parent)],
+            pip_requirements=_requirements(),
+        )
+    client = MlflowClient()
+    version = mlflow.register_model(info.model_uri, name)
+    version_tags = {"source_run_id": run.info.run_id, "config": json.dumps(meta.get("config", {}), sort_keys=True),
+                    **{k.replace("/", "_"): str(v) for k, v in metrics.items()}}
+    for key, value in version_tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
+
+    moved = True
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+        current_metrics = {k: float(current.tags[k.replace("/", "_")]) for k in metrics}
+        moved = _is_better(metrics, current_metrics)
+    except Exception:  # no champion yet
+        current = None
+    if moved:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    return {"name": name, "version": version.version, "source_run_id": run.info.run_id, "metrics": metrics,
+            "champion_moved": moved, "previous_champion": current.version if current else None,
+            "uri": f"models:/{name}@{CHAMPION}"}
+
+
+def _requirements() -> list[str]:
+    """The pinned dependencies the harness itself installs (so loading never guesses versions)."""
+    from importlib import metadata
+
+    names = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "gymnasium-robotics", "mujoco", "mlflow",
+             "numpy", "cloudpickle")
+    pins = []
+    for dist in names:
+        try:
+            version = metadata.version(dist).split("+")[0]
+        except metadata.PackageNotFoundError:
+            continue
+        pins.append(f"{dist}=={version}")
+    return pins

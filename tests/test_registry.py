@@ -1,0 +1,103 @@
+"""Model Registry: register the best HER run, champion alias, pyfunc in a fresh process, load_policy, eval from models:/."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+
+from tests.conftest import TINY, clean_env, run_cli
+
+NAME = "ch04-sac-her-FetchReach-v4"
+
+
+@pytest.fixture(scope="module")
+def registry_store(tmp_path_factory):
+    """Two evaluated HER runs and one no-HER run of FetchReach-v4."""
+    cwd = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    for her, seed in (("true", 0), ("true", 1), ("false", 0)):
+        run_cli(["train", "--her", her, "--seed", str(seed), *TINY], cwd, uri)
+        name = f"sac{'_her' if her == 'true' else ''}_FetchReach-v4_seed{seed}"
+        run_cli(["eval", "--ckpt", f"checkpoints/{name}.zip", "--n-episodes", "3"], cwd, uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    yield cwd, uri, {r.info.run_name: r for r in runs}
+    mlflow.set_tracking_uri(None)
+
+
+def key(run):
+    return run.data.metrics["eval/success_rate"], run.data.metrics["eval/mean_return"]
+
+
+def test_register_best_then_champion_moves_only_when_better(registry_store):
+    cwd, uri, runs = registry_store
+    first, second = runs["sac_her_FetchReach-v4_seed0"], runs["sac_her_FetchReach-v4_seed1"]
+    worse, better = sorted([first, second], key=key)
+    assert key(worse) != key(better)
+
+    proc = run_cli(["register", "--run-id", worse.info.run_id], cwd, uri)
+    assert f"registered {NAME} version 1" in proc.stdout and "alias champion -> version 1" in proc.stdout
+    proc = run_cli(["register", "--env", "FetchReach-v4"], cwd, uri)  # the best run: strictly better
+    assert f"registered {NAME} version 2 from run {better.info.run_id}" in proc.stdout
+    assert "alias champion -> version 2" in proc.stdout
+    proc = run_cli(["register", "--run-id", worse.info.run_id], cwd, uri)
+    assert "alias champion stays on version 2" in proc.stdout
+
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert str(champion.version) == "2"
+    assert champion.tags["source_run_id"] == better.info.run_id
+    assert float(champion.tags["eval_success_rate"]) == better.data.metrics["eval/success_rate"]
+    assert json.loads(champion.tags["config"])["her"] is True
+
+
+def test_pyfunc_predicts_in_a_fresh_process(registry_store):
+    cwd, uri, _ = registry_store
+    run_cli(["register", "--env", "FetchReach-v4"], cwd, uri)
+    script = (
+        "import mlflow, numpy as np, gymnasium as gym, gymnasium_robotics\n"
+        "gym.register_envs(gymnasium_robotics)\n"
+        f"model = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
+        "env = gym.make('FetchReach-v4')\n"
+        "obs = [env.reset(seed=s)[0] for s in range(3)]\n"
+        "batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}\n"
+        "actions = model.predict(batch)\n"
+        "print(np.asarray(actions).shape, float(np.abs(actions).max()) <= 1.0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=clean_env(uri), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "(3, 4) True"
+
+
+def test_load_policy_and_eval_from_models_uri(registry_store):
+    cwd, uri, runs = registry_store
+    run_cli(["register", "--env", "FetchReach-v4"], cwd, uri)
+    import harness
+    from harness.envs import make_env
+
+    model = harness.load_policy(f"models:/{NAME}@champion")
+    obs, _ = make_env("FetchReach-v4").reset(seed=0)
+    action, _ = model.predict(obs, deterministic=True)  # a single raw observation
+    assert action.shape == (4,)
+    same = harness.load_policy(runs["sac_her_FetchReach-v4_seed0"].info.run_id)
+    assert same.num_timesteps == 300
+    proc = run_cli(["eval", "--ckpt", f"models:/{NAME}@champion", "--n-episodes", "2"], cwd, uri)
+    assert "FetchReach-v4 sac + HER" in proc.stdout and "logged eval/* to training run" in proc.stdout
+
+
+def test_register_errors(registry_store):
+    cwd, uri, runs = registry_store
+    for args, expected in (
+        (["register"], "give --env (register its best HER run) or --run-id (register that run)"),
+        (["register", "--env", "FetchPush-v4"], "no finished, evaluated sac HER training run for FetchPush-v4"),
+        (["register", "--run-id", runs["sac_FetchReach-v4_seed0"].info.run_id], "is not a HER run"),
+        (["eval", "--ckpt", "models:/nope@champion"], "registered model 'models:/nope@champion' not found"),
+    ):
+        proc = run_cli(args, cwd, uri, check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
