@@ -37,12 +37,16 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'0,1,2' -> [0, 1, 2], or a clear error."""
+def parse_int_list(text: str, example: str = "0,1,2") -> list[int]:
+    """'0,1,2' -> [0, 1, 2], or a clear error naming the value and the accepted form."""
     try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers such as 0,1,2") from None
-    if not seeds or any(s < 0 for s in seeds):
-        raise click.BadParameter(f"'{text}' must list one or more seeds >= 0, such as 0,1,2")
-    return seeds
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers such as {example}") from None
+    if not values or any(v < 0 for v in values):
+        raise click.BadParameter(f"'{text}' must list one or more integers >= 0, such as {example}")
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    return parse_int_list(text, "0,1,2")

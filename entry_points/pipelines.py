@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import click
 
-from entry_points._common import parse_seeds, run_command
+from entry_points._common import parse_int_list, parse_seeds, run_command
 from entry_points.train import ChoiceOrPreset, IntOrPreset
 from harness.config import ALGOS, available_presets
-
-
-def parse_int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers such as 2,4,8") from None
-    if not values or any(v < 0 for v in values):
-        raise click.BadParameter(f"'{text}' must list one or more integers >= 0, such as 2,4,8")
-    return values
 
 
 def pipeline_options(command):
@@ -67,7 +57,7 @@ def chapter_pipeline(name: str, env_id: str, default_nsg_help: str):
         overrides = dict(total_steps=total_steps, n_sampled_goal=n_sampled_goal, learning_starts=learning_starts, algo=algo,
                          eval_freq=eval_freq, checkpoint_freq=checkpoint_freq)
         jobs = chapter_jobs(env_id, seed_list, preset, overrides, n_eval_episodes)
-        report = chapter_report(env_id, seed_list, jobs[0].config.algo, workers, executor)
+        report = chapter_report(env_id, seed_list, jobs[0].config.algo)
         _run(name, jobs, report, workers, executor, ray_address, experiment)
 
     command.help = (
@@ -101,7 +91,7 @@ def ablation_command(env_id, nsg_values, seed, seeds, total_steps, preset, learn
     if seed is not None and seeds is not None:
         raise click.UsageError("give --seed or --seeds, not both")
     seed_list = parse_seeds(seeds) if seeds is not None else [seed or 0]
-    values = parse_int_list(nsg_values)
+    values = parse_int_list(nsg_values, "2,4,8")
     validate_env_id(env_id, her=True)
     overrides = dict(total_steps=total_steps, learning_starts=learning_starts, algo=algo, eval_freq=eval_freq,
                      checkpoint_freq=checkpoint_freq)

@@ -297,7 +297,7 @@ def run_pipeline(
 
     tracking.prepare_store()
     attached = bool(os.environ.get("MLFLOW_RUN_ID"))
-    previous = None if attached else _unfinished_parent(key, experiment)
+    previous = None if attached else _unfinished_parent(key)
     tags = {"harness.kind": "pipeline", "harness.pipeline": kind, "harness.pipeline_key": key,
             "harness.executor": executor, "harness.workers": str(workers)}
     started = time.perf_counter()
@@ -343,7 +343,7 @@ def run_pipeline(
     return result
 
 
-def _unfinished_parent(key: str, experiment: str | None) -> str | None:
+def _unfinished_parent(key: str) -> str | None:
     client = MlflowClient()
     runs = client.search_runs(
         tracking.experiment_ids(None),
@@ -355,7 +355,7 @@ def _unfinished_parent(key: str, experiment: str | None) -> str | None:
 
 # ---------------------------------------------------------------- reports
 
-def chapter_report(env_id: str, seeds: Sequence[int], algo: str, workers: int, executor: str) -> Callable:
+def chapter_report(env_id: str, seeds: Sequence[int], algo: str) -> Callable:
     """The comparison (child run), then the markdown report on the parent run."""
     from harness.comparison import report_comparison
 

@@ -1,6 +1,5 @@
 """Every bad input: one line on stderr naming the value, a non-zero exit, no traceback, no run left RUNNING."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import mlflow
-import numpy as np
 import pytest
 
 from tests.conftest import TINY, clean_env, run_cli
