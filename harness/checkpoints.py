@@ -157,15 +157,20 @@ def describe_zip(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(ckpt: str, env_id: str | None = None) -> LoadedCheckpoint:
-    """Load a checkpoint for evaluation from a path, run id or ``runs:/`` URI.
+    """Load a checkpoint for evaluation from a path, run id, ``runs:/`` or ``models:/`` URI.
 
     HER checkpoints need an env at load time (SB3 rebuilds the HerReplayBuffer's settings
     from it), so one is always passed; the user never has to know.
     """
+    # Downloaded files are only needed while loading: the model lives in memory afterwards.
+    with tempfile.TemporaryDirectory(prefix="harness-ckpt-") as download_dir:
+        zip_path, meta = resolve_checkpoint_files(ckpt, Path(download_dir))
+        return _load_files(ckpt, zip_path, meta, env_id)
+
+
+def _load_files(ckpt: str, zip_path: Path, meta: dict[str, Any], env_id: str | None) -> LoadedCheckpoint:
     from harness.envs import make_vec_env, validate_env_id
 
-    download_dir = Path(tempfile.mkdtemp(prefix="harness-ckpt-"))
-    zip_path, meta = resolve_checkpoint_files(ckpt, download_dir)
     described = describe_zip(read_zip_data(zip_path))
     config = dict(meta.get("config", {}))
     for key, value in described.items():

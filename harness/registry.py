@@ -109,28 +109,29 @@ def register(env_id: str | None = None, algo: str = "sac", run_id: str | None = 
     metrics = {k: run.data.metrics[k] for k in ("eval/success_rate", "eval/mean_return", "eval/final_distance")}
     name = model_name(algo, env_id)
 
-    workdir = Path(tempfile.mkdtemp(prefix="harness-register-"))
-    zip_path, meta = resolve_checkpoint_files(run.info.run_id, workdir / "download")
-    # The chapter's layout in one folder (zip, <name>.meta.json, <name>.vecnormalize.pkl), so the
-    # pyfunc model and `harness eval --ckpt models:/...` load it like any local checkpoint.
-    bundle = workdir / "checkpoint"
-    bundle.mkdir()
-    stem = zip_path.name[: -len(".zip")]
-    shutil.copy(zip_path, bundle / zip_path.name)
-    stats = zip_path.with_name(f"{stem}.vecnormalize.pkl")
-    if stats.is_file():
-        shutil.copy(stats, bundle / stats.name)
-    (bundle / f"{stem}.meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    artifacts = {"checkpoint": str(bundle)}
-    signature, obs_space = signature_for(env_id)
-    example = {key: np.zeros((1, *space.shape)) for key, space in obs_space.spaces.items()}
-    with tracking.tracked_run(f"register_{name}", {"harness.kind": "register", "harness.env": env_id,
-                                                   "harness.source_run_id": run.info.run_id}):
-        info = mlflow.pyfunc.log_model(
-            name=POLICY_ARTIFACT, python_model=SB3Policy(), artifacts=artifacts, signature=signature,
-            input_example=example, code_paths=[str(Path(__file__).resolve().parent)],
-            pip_requirements=_requirements(),
-        )
+    with tempfile.TemporaryDirectory(prefix="harness-register-") as tmp:
+        workdir = Path(tmp)
+        zip_path, meta = resolve_checkpoint_files(run.info.run_id, workdir / "download")
+        # The chapter's layout in one folder (zip, <name>.meta.json, <name>.vecnormalize.pkl), so the
+        # pyfunc model and `harness eval --ckpt models:/...` load it like any local checkpoint.
+        bundle = workdir / "checkpoint"
+        bundle.mkdir()
+        stem = zip_path.name[: -len(".zip")]
+        shutil.copy(zip_path, bundle / zip_path.name)
+        stats = zip_path.with_name(f"{stem}.vecnormalize.pkl")
+        if stats.is_file():
+            shutil.copy(stats, bundle / stats.name)
+        (bundle / f"{stem}.meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        artifacts = {"checkpoint": str(bundle)}
+        signature, obs_space = signature_for(env_id)
+        example = {key: np.zeros((1, *space.shape)) for key, space in obs_space.spaces.items()}
+        with tracking.tracked_run(f"register_{name}", {"harness.kind": "register", "harness.env": env_id,
+                                                       "harness.source_run_id": run.info.run_id}):
+            info = mlflow.pyfunc.log_model(
+                name=POLICY_ARTIFACT, python_model=SB3Policy(), artifacts=artifacts, signature=signature,
+                input_example=example, code_paths=[str(Path(__file__).resolve().parent)],
+                pip_requirements=_requirements(),
+            )
     client = MlflowClient()
     version = mlflow.register_model(info.model_uri, name)
     version_tags = {"source_run_id": run.info.run_id, "config": json.dumps(meta.get("config", {}), sort_keys=True),
