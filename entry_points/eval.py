@@ -13,7 +13,9 @@ from entry_points._common import run_command
                    "runs:/<run id>, or a registered model models:/ch04-sac-her-FetchPush-v4@champion.")
 @click.option("--n-episodes", type=click.IntRange(min=1), default=100, show_default=True, help="Deterministic episodes.")
 @click.option("--env", "env_id", default=None, help="Env id, only needed for a zip without its .meta.json.")
-def eval_command(ckpt, n_episodes, env_id):
+@click.option("--video", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Render the first N evaluation episodes to MP4 (results/videos/, and run artifacts videos/).")
+def eval_command(ckpt, n_episodes, env_id, video):
     """Evaluate a checkpoint: success rate, mean return and final distance (each with std).
 
     Writes results/ch04_<algo>[_her]_<env>_seed<k>_eval.json and logs the eval/* metrics and that
@@ -21,7 +23,7 @@ def eval_command(ckpt, n_episodes, env_id):
     """
     from harness.evaluation import evaluate_checkpoint
 
-    report = evaluate_checkpoint(ckpt, n_episodes=n_episodes, env_id=env_id)
+    report = evaluate_checkpoint(ckpt, n_episodes=n_episodes, env_id=env_id, video=video)
     click.echo(
         f"{report['env_id']} {report['algo']}{' + HER' if report['her'] else ''} seed {report['seed']}, "
         f"{n_episodes} episodes: success {100 * report['success_rate']:.1f}% "
@@ -30,6 +32,8 @@ def eval_command(ckpt, n_episodes, env_id):
         f"(std {report['final_distance_std']:.4f})"
     )
     click.echo(f"wrote {report['results_file']}")
+    for path in report["videos"]:
+        click.echo(f"wrote {path}")
     if report["logged_to_run"]:
         click.echo(f"logged eval/* to training run {report['logged_to_run']}")
     else:

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 
 import gymnasium as gym
 import numpy as np
 
 from harness.errors import HarnessError
+
+# Headless machines have no window system for MuJoCo's default (GLFW) renderer; EGL renders
+# offscreen (videos). Read by mujoco at import, so it is set before gymnasium-robotics loads it.
+if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+    os.environ["MUJOCO_GL"] = "egl"
 
 # gymnasium-robotics prints a notice about Adroit (not Fetch) reward changes on import;
 # it is noise for every user of this harness, so it is swallowed.
@@ -49,9 +55,9 @@ def is_goal_conditioned(env_id: str) -> bool:
         env.close()
 
 
-def make_env(env_id: str) -> gym.Env:
-    """One env, as ``gym.make`` builds it (Fetch v4 episodes are 50 steps)."""
-    env = gym.make(env_id)
+def make_env(env_id: str, render: bool = False) -> gym.Env:
+    """One env, as ``gym.make`` builds it (Fetch v4 episodes are 50 steps); ``render`` gives RGB frames."""
+    env = gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
     if not isinstance(env.action_space, gym.spaces.Box):
         env.close()
         raise HarnessError(f"env '{env_id}' has discrete actions; SAC and TQC need continuous (Box) actions")

@@ -42,19 +42,25 @@ class EpisodeResults:
 
 
 def run_episodes(
-    policy: Callable[[Any], np.ndarray], env_id: str, n_episodes: int, reset_seed: int = EVAL_RESET_SEED
+    policy: Callable[[Any], np.ndarray], env_id: str, n_episodes: int, reset_seed: int = EVAL_RESET_SEED,
+    frames: list[list[np.ndarray]] | None = None,
 ) -> EpisodeResults:
-    """Roll out ``policy(obs) -> action`` for ``n_episodes`` full episodes."""
-    env = make_env(env_id)
+    """Roll out ``policy(obs) -> action`` for ``n_episodes`` full episodes; with ``frames`` given,
+    also render every step of each episode into it (one list of RGB frames per episode)."""
+    env = make_env(env_id, render=frames is not None)
     successes, returns, distances = [], [], []
     try:
         for episode in range(n_episodes):
             obs, _ = env.reset(seed=reset_seed + episode)
+            if frames is not None:
+                frames.append([env.render()])
             total, done, info = 0.0, False, {}
             while not done:
                 obs, reward, terminated, truncated, info = env.step(policy(obs))
                 total += float(reward)
                 done = terminated or truncated
+                if frames is not None:
+                    frames[-1].append(env.render())
             successes.append(float(info.get("is_success", 0.0)))
             returns.append(total)
             distances.append(goal_distance(obs))
@@ -82,8 +88,22 @@ def results_path(config: dict[str, Any], run_name: str | None = None) -> Path:
     return RESULTS_DIR / f"ch04_{run_name.lower()}_eval.json"
 
 
+def write_videos(frames: list[list[np.ndarray]], stem: str, fps: int = 25) -> list[Path]:
+    """One MP4 per episode under ``results/videos/`` (Fetch steps last 0.04 s: 25 fps is real time)."""
+    import imageio.v2 as imageio
+
+    out_dir = RESULTS_DIR / "videos"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for episode, episode_frames in enumerate(frames):
+        path = out_dir / f"{stem}_ep{episode}.mp4"
+        imageio.mimsave(path, episode_frames, fps=fps, macro_block_size=1)
+        paths.append(path)
+    return paths
+
+
 def evaluate_checkpoint(
-    ckpt: str, n_episodes: int = 100, env_id: str | None = None, parent_run_id: str | None = None
+    ckpt: str, n_episodes: int = 100, env_id: str | None = None, parent_run_id: str | None = None, video: int = 0
 ) -> dict[str, Any]:
     """``harness eval``: score a checkpoint, write its results JSON and log it to MLflow.
 
@@ -98,9 +118,19 @@ def evaluate_checkpoint(
 
     if n_episodes <= 0:
         raise HarnessError(f"--n-episodes must be > 0, got {n_episodes}")
+    if not 0 <= video <= n_episodes:
+        raise HarnessError(f"--video must be between 0 and --n-episodes ({n_episodes}), got {video}")
     loaded = load_checkpoint(ckpt, env_id=env_id)
     config = loaded.config
-    episodes = run_episodes(deterministic_policy(loaded.model, loaded.normalize), config["env_id"], n_episodes)
+    policy = deterministic_policy(loaded.model, loaded.normalize)
+    episodes = run_episodes(policy, config["env_id"], n_episodes)
+    videos = []
+    if video:
+        # The first episodes again, rendered: the same reset seeds and a deterministic policy
+        # replay them exactly, and the scored run above stays free of rendering cost.
+        frames: list[list[np.ndarray]] = []
+        run_episodes(policy, config["env_id"], video, frames=frames)
+        videos = write_videos(frames, results_path(config, loaded.meta.get("run_name")).stem.removesuffix("_eval"))
     summary = episodes.summary()
     step = int(loaded.model.num_timesteps)
     report = {
@@ -124,6 +154,7 @@ def evaluate_checkpoint(
     out = results_path(config, loaded.meta.get("run_name"))
     write_json_atomically(out, report)
     report["results_file"] = str(out)
+    report["videos"] = [str(p) for p in videos]
 
     import mlflow
 
@@ -133,6 +164,8 @@ def evaluate_checkpoint(
     if training_run is not None:
         tracking.log_metrics_at(training_run, metrics, step)
         client.log_artifact(training_run, str(out), artifact_path="eval")
+        for path in videos:
+            client.log_artifact(training_run, str(path), artifact_path="videos")
         client.set_tag(training_run, "harness.eval_episodes", str(n_episodes))
         client.set_tag(training_run, "harness.evaluated", "true")
     report["logged_to_run"] = training_run
@@ -148,6 +181,8 @@ def evaluate_checkpoint(
         with tracking.tracked_run(f"eval_{Path(out).stem}", tags) as run:
             tracking.log_metrics_at(run.info.run_id, metrics, step)
             mlflow.log_artifact(str(out), artifact_path="eval")
+            for path in videos:
+                mlflow.log_artifact(str(path), artifact_path="videos")
             report["eval_run_id"] = run.info.run_id
     return report
 

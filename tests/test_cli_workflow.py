@@ -134,3 +134,20 @@ def test_compare_names_exactly_what_is_missing(workflow):
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "(env=FetchReach-v4, her=false, seed=7), (env=FetchReach-v4, her=true, seed=7)" in proc.stderr
+
+
+def test_eval_renders_videos_and_logs_them(workflow):
+    import imageio.v2 as imageio
+
+    run = train_runs(workflow)[f"sac_{ENV}_seed1"]
+    proc = run_cli(["eval", "--ckpt", run.info.run_id, "--n-episodes", "2", "--video", "1"], workflow["cwd"], workflow["uri"])
+    video = workflow["cwd"] / "results" / "videos" / "ch04_sac_fetchreach-v4_seed1_ep0.mp4"
+    assert f"wrote {video.relative_to(workflow['cwd'])}" in proc.stdout
+    frames = imageio.mimread(video)
+    assert len(frames) == 51 and frames[0].shape == (480, 480, 3)  # the reset frame + 50 steps
+    assert 20 < frames[25].mean() < 235  # a rendered scene, not a blank frame
+    artifacts = [a.path for a in workflow["client"].list_artifacts(run.info.run_id, "videos")]
+    assert artifacts == ["videos/ch04_sac_fetchreach-v4_seed1_ep0.mp4"]
+    bad = run_cli(["eval", "--ckpt", run.info.run_id, "--n-episodes", "2", "--video", "3"], workflow["cwd"],
+                  workflow["uri"], check=False)
+    assert bad.returncode == 1 and "--video must be between 0 and --n-episodes (2), got 3" in bad.stderr
