@@ -151,3 +151,62 @@ def test_eval_renders_videos_and_logs_them(workflow):
     bad = run_cli(["eval", "--ckpt", run.info.run_id, "--n-episodes", "2", "--video", "3"], workflow["cwd"],
                   workflow["uri"], check=False)
     assert bad.returncode == 1 and "--video must be between 0 and --n-episodes (2), got 3" in bad.stderr
+
+
+def chromium_dom(url: str, profile) -> str:
+    """The page as headless chromium renders it after its JavaScript ran (flags: the env notes')."""
+    import shutil
+    import subprocess
+
+    args = [shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--window-size=1400,900", "--virtual-time-budget=30000", "--dump-dom", url]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.mark.browser
+def test_mlflow_ui_shows_the_runs_their_tags_and_learning_curves(workflow, tmp_path):
+    import re
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import clean_env
+
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (make browser installs it as root)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "entry_points.cli", "ui", "--port", str(port)], cwd=workflow["cwd"],
+                              env=clean_env(workflow["uri"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).read() == b"OK":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        runs = train_runs(workflow)
+        run = runs[f"sac_her_{ENV}_seed0"]
+        experiment = f"{base}/#/experiments/{run.info.experiment_id}"
+        listing = chromium_dom(f"{experiment}/runs", tmp_path / "p1")
+        assert all(name in listing for name in runs), "the experiment page lists every training run"
+        overview = chromium_dom(f"{experiment}/runs/{run.info.run_id}", tmp_path / "p2")
+        assert "harness.env" in overview and "harness.her" in overview and "harness.git_commit" in overview
+        charts = chromium_dom(f"{experiment}/runs/{run.info.run_id}/model-metrics", tmp_path / "p3")
+        # The metric chart sections, named by prefix with their chart counts (eval/* holds 7 charts).
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", charts))
+        assert "eval (7)" in text and "rollout (" in text and "train (" in text
+    finally:
+        import os
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
