@@ -49,12 +49,15 @@ class ChoiceOrPreset(click.Choice):
 @click.option("--goal-selection-strategy", type=ChoiceOrPreset(GOAL_SELECTION_STRATEGIES),
               help="HER goal source [default: the preset's, future].")
 @click.option("--learning-starts", type=IntOrPreset(0), help="Random-action env steps before learning [default: the preset's].")
-@click.option("--algo", type=ChoiceOrPreset(ALGOS), help="sac (stable-baselines3) or tqc (sb3-contrib) [default: the preset's].")
+@click.option("--algo", type=ChoiceOrPreset(ALGOS),
+              help="sac (stable-baselines3), tqc (sb3-contrib) or ddpg (the HER paper's DDPG) [default: the preset's].")
 @click.option("--n-envs", type=IntOrPreset(1), help="Parallel envs in the process [default: the preset's].")
 @click.option("--eval-freq", type=IntOrPreset(0), help="Env steps between evaluations during training, 0 for none [default: the preset's].")
 @click.option("--eval-episodes", type=IntOrPreset(1), help="Episodes per evaluation during training [default: the preset's].")
 @click.option("--checkpoint-freq", type=IntOrPreset(0),
               help="Env steps between resumable checkpoints, 0 for none [default: the preset's].")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other config field, e.g. --set gamma=0.98 --set net_arch=[256,256,256] (repeatable; see harness/config.py).")
 @click.option("--preset", type=click.Choice(available_presets()), default="ch04", show_default=True,
               help="Named hyperparameter set from harness/presets/<name>.yaml.")
 @click.option("--experiment", default=None, help="MLflow experiment [default: ch04-her-sparse-reach-push; under mlflow run: its own].")
@@ -62,14 +65,14 @@ class ChoiceOrPreset(click.Choice):
               help="Torch threads; 0 keeps torch's default (all cores). Use 1 per process when training side by side.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on in a terminal].")
 def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_selection_strategy, learning_starts,
-                  algo, n_envs, eval_freq, eval_episodes, checkpoint_freq, preset, experiment, threads, progress):
+                  algo, n_envs, eval_freq, eval_episodes, checkpoint_freq, settings, preset, experiment, threads, progress):
     """Train SAC/TQC with or without HER as one MLflow run.
 
     Logs the resolved config as params, SB3's metrics and eval/* learning curves by env step,
     TensorBoard logs under runs/, and the checkpoint to checkpoints/<run name>.zip (+ .meta.json)
     and to the run's artifacts. The run is named like the checkpoint: sac_her_FetchPush-v4_seed0.
     """
-    from harness.config import resolve_config
+    from harness.config import parse_settings, resolve_config
     from harness.envs import validate_env_id
     from harness.training import train
 
@@ -80,6 +83,7 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
                      goal_selection_strategy=goal_selection_strategy, learning_starts=learning_starts,
                      algo=algo, n_envs=n_envs, eval_freq=eval_freq, eval_episodes=eval_episodes,
                      checkpoint_freq=checkpoint_freq)
+    overrides.update(parse_settings(settings))
     config = resolve_config(preset, env_id, overrides)
     show_progress = sys.stderr.isatty() if progress is None else progress
     result = train(config, experiment=experiment, progress_bar=show_progress, torch_threads=threads)

@@ -21,22 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.algorithms import algo_class
 from harness.errors import HarnessError
 
 CHECKPOINT_DIR = Path("checkpoints")
 ARTIFACT_DIR = "checkpoint"
-
-
-def algo_class(algo: str):
-    if algo == "sac":
-        from stable_baselines3 import SAC
-
-        return SAC
-    if algo == "tqc":
-        from sb3_contrib import TQC
-
-        return TQC
-    raise HarnessError(f"unknown algo '{algo}'; accepted: sac, tqc")
 
 
 def local_paths(run_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Path]:

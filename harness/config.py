@@ -20,10 +20,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from harness.algorithms import ALGOS
 from harness.errors import HarnessError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-ALGOS = ("sac", "tqc")
 GOAL_SELECTION_STRATEGIES = ("future", "final", "episode")
 
 
@@ -34,7 +34,8 @@ class TrainConfig:
     env_id: str = "FetchReach-v4"
     """Gymnasium id of the task, e.g. FetchPush-v4 (sparse) or FetchPushDense-v4."""
     algo: str = "sac"
-    """Off-policy algorithm: 'sac' (stable-baselines3) or 'tqc' (sb3-contrib)."""
+    """Off-policy algorithm: 'sac' (stable-baselines3), 'tqc' (sb3-contrib) or 'ddpg' (the HER paper's
+    DDPG, :class:`harness.algorithms.HerDDPG`)."""
     her: bool = False
     """Store hindsight-relabeled transitions (SB3's HerReplayBuffer)."""
     seed: int = 0
@@ -68,7 +69,13 @@ class TrainConfig:
     net_arch: tuple[int, ...] = (256, 256)
     """Hidden layer sizes of actor and critics."""
     normalize_obs: bool = False
-    """Running mean/std observation normalization (VecNormalize, clipped at 5)."""
+    """Running mean/std observation normalization (VecNormalize, std floored at 0.01, clipped at 5)."""
+    action_noise: float = 0.2
+    """ddpg only: std of the Gaussian noise added to the actor's actions (in [-1, 1] units) while training."""
+    random_eps: float = 0.3
+    """ddpg only: share of training actions replaced by uniformly random ones."""
+    action_l2: float = 1.0
+    """ddpg only: weight of the L2 penalty on the actor's actions in its loss."""
     eval_freq: int = 10_000
     """Env steps between deterministic evaluations during training (0: none)."""
     eval_episodes: int = 20
@@ -135,11 +142,58 @@ def resolve_config(preset: str, env_id: str, overrides: Mapping[str, Any] | None
         raise HarnessError(f"unknown config keys {unknown}; known: {', '.join(FIELD_NAMES)}")
     values["env_id"] = env_id
     values["preset"] = preset
-    if "net_arch" in values:
-        values["net_arch"] = tuple(int(n) for n in values["net_arch"])
-    config = TrainConfig(**values)
+    config = TrainConfig(**{name: _coerce(name, value) for name, value in values.items()})
     validate_config(config)
     return config
+
+
+_DEFAULTS = TrainConfig()
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Give ``value`` the type of the field's default, or say which value is wrong and what is expected."""
+    default = getattr(_DEFAULTS, name)
+    try:
+        if name == "ent_coef":
+            return value if isinstance(value, str) else float(value)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or any(isinstance(n, bool) or int(n) != n for n in value):
+                raise ValueError
+            return tuple(int(n) for n in value)
+        return str(value)
+    except (TypeError, ValueError):
+        kind = {bool: "true or false", int: "an integer", float: "a number", tuple: "a list of integers"}
+        raise HarnessError(f"{name} must be {kind.get(type(default), 'a string')}, got {value!r}") from None
+
+
+def parse_settings(settings: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["gamma=0.98", "net_arch=[256,256]"]`` -> overrides; values are read as YAML scalars/lists."""
+    overrides: dict[str, Any] = {}
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise HarnessError(f"--set takes KEY=VALUE, got '{item}'")
+        if key not in FIELD_NAMES or key in ("env_id", "preset"):
+            raise HarnessError(f"unknown config key '{key}' in --set; known: "
+                               f"{', '.join(n for n in FIELD_NAMES if n not in ('env_id', 'preset'))}")
+        try:
+            overrides[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise HarnessError(f"--set {key}: cannot read value '{raw}'") from None
+    return overrides
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -167,6 +221,12 @@ def validate_config(config: TrainConfig) -> None:
         raise HarnessError(f"tau must be in (0, 1], got {config.tau}")
     if config.learning_rate <= 0:
         raise HarnessError(f"learning_rate must be > 0, got {config.learning_rate}")
+    if config.action_noise < 0:
+        raise HarnessError(f"action_noise must be >= 0, got {config.action_noise}")
+    if not 0.0 <= config.random_eps <= 1.0:
+        raise HarnessError(f"random_eps must be in [0, 1], got {config.random_eps}")
+    if config.action_l2 < 0:
+        raise HarnessError(f"action_l2 must be >= 0, got {config.action_l2}")
     if not config.net_arch or any(n <= 0 for n in config.net_arch):
         raise HarnessError(f"net_arch must be positive layer sizes, got {list(config.net_arch)}")
     ent = config.ent_coef

@@ -26,7 +26,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from harness import resume, tracking
-from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, algo_class, local_paths, write_atomically, write_json_atomically
+from harness.algorithms import algo_class
+from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, local_paths, write_atomically, write_json_atomically
 from harness.config import TrainConfig
 from harness.envs import make_vec_env, validate_env_id
 from harness.evaluation import deterministic_policy, run_episodes
@@ -123,12 +124,16 @@ def build_model(config: TrainConfig, env, logger: Logger):
         gamma=config.gamma,
         train_freq=config.train_freq,
         gradient_steps=config.gradient_steps,
-        ent_coef=config.ent_coef,
         policy_kwargs=dict(net_arch=list(config.net_arch)),
         seed=config.seed,
         device="cpu",
         verbose=0,
     )
+    if config.algo == "ddpg":
+        kwargs.update(random_eps=config.random_eps, action_noise_std=config.action_noise, action_l2=config.action_l2)
+        kwargs["policy_kwargs"]["n_critics"] = 1
+    else:
+        kwargs["ent_coef"] = config.ent_coef
     if config.her:
         from stable_baselines3 import HerReplayBuffer
 
@@ -148,7 +153,9 @@ def build_env(config: TrainConfig):
         return env, None
     from stable_baselines3.common.vec_env import VecNormalize
 
-    vecnormalize = VecNormalize(env, norm_obs=True, norm_reward=False, clip_obs=5.0, gamma=config.gamma)
+    # epsilon 1e-4 floors the std at 0.01 (OpenAI HER's norm_eps): goal coordinates that hardly
+    # vary (the table height on Push) must not blow tiny differences up to the clip value.
+    vecnormalize = VecNormalize(env, norm_obs=True, norm_reward=False, clip_obs=5.0, gamma=config.gamma, epsilon=1e-4)
     return vecnormalize, vecnormalize
 
 

@@ -1,0 +1,112 @@
+"""The off-policy algorithms a config can name, as Stable-Baselines3 classes.
+
+``sac`` and ``tqc`` are SB3's and sb3-contrib's own. ``ddpg`` is :class:`HerDDPG`: DDPG as
+OpenAI's original HER code trains it on the Fetch tasks (``baselines/her``), written as a
+subclass of SB3's TD3 so that HerReplayBuffer, VecNormalize, callbacks, ``save``/``load``,
+``predict`` and everything in the harness built on them work unchanged.
+
+What makes HerDDPG differ from SB3's TD3/DDPG (each is in the HER paper's code, and each is a
+reason plain TD3 stalls on FetchPush at the do-nothing floor):
+
+- exploration: Gaussian noise on the actor's action *and*, with probability ``random_eps``, a
+  uniformly random action instead (so the gripper keeps bumping into the object);
+- the actor's loss has an L2 penalty on its (scaled) actions, ``action_l2``;
+- the TD target is clipped to ``[-1/(1-gamma), 0]``, the range of returns of the -1/0 reward;
+- one critic, no target policy smoothing, actor updated every gradient step (plain DDPG);
+- the target networks move once per training round (``tau`` after all of a round's gradient
+  steps), not after every gradient step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+from stable_baselines3 import TD3
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.utils import polyak_update
+
+from harness.errors import HarnessError
+
+ALGOS = ("sac", "tqc", "ddpg")
+
+
+class HerDDPG(TD3):
+    """DDPG with the HER paper's exploration, action penalty and target clipping (see module doc)."""
+
+    def __init__(self, policy, env, *, random_eps: float = 0.3, action_noise_std: float = 0.2,
+                 action_l2: float = 1.0, clip_target: bool = True, **kwargs):
+        kwargs.setdefault("policy_delay", 1)
+        kwargs.setdefault("target_policy_noise", 0.0)
+        kwargs.setdefault("target_noise_clip", 0.0)
+        self.random_eps = random_eps
+        self.action_noise_std = action_noise_std
+        self.action_l2 = action_l2
+        self.clip_target = clip_target
+        super().__init__(policy, env, **kwargs)
+        if self.action_noise is None and action_noise_std > 0 and self.action_space is not None:
+            n_actions = self.action_space.shape[-1]
+            self.action_noise = NormalActionNoise(np.zeros(n_actions), action_noise_std * np.ones(n_actions))
+
+    def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
+        action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)
+        if self.num_timesteps >= learning_starts and self.random_eps > 0:
+            # buffer_action lives in [-1, 1]; replace a random_eps share of it by uniform noise
+            explore = np.random.uniform(size=n_envs) < self.random_eps
+            if explore.any():
+                buffer_action = buffer_action.copy()
+                buffer_action[explore] = np.random.uniform(-1.0, 1.0, size=buffer_action[explore].shape)
+                action = self.policy.unscale_action(buffer_action)
+        return action, buffer_action
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
+        lowest_return = -1.0 / (1.0 - self.gamma) if self.gamma < 1 else -np.inf
+        critic_losses, actor_losses = [], []
+        for _ in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            with th.no_grad():
+                next_q = self.critic_target.q1_forward(data.next_observations, self.actor_target(data.next_observations))
+                target_q = data.rewards + (1 - data.dones) * self.gamma * next_q
+                if self.clip_target:
+                    target_q.clamp_(lowest_return, 0.0)
+            critic_loss = F.mse_loss(self.critic.q1_forward(data.observations, data.actions), target_q)
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            self.critic.optimizer.step()
+
+            # The actor's loss needs gradients through the critic's input only, not its weights.
+            self.critic.requires_grad_(False)
+            actions_pi = self.actor(data.observations)
+            q_pi = self.critic.q1_forward(data.observations, actions_pi)
+            actor_loss = -q_pi.mean() + self.action_l2 * actions_pi.pow(2).mean()
+            self.actor.optimizer.zero_grad()
+            actor_loss.backward()
+            self.actor.optimizer.step()
+            self.critic.requires_grad_(True)
+
+            critic_losses.append(critic_loss.detach())
+            actor_losses.append(actor_loss.detach())
+        polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+        polyak_update(self.actor.parameters(), self.actor_target.parameters(), self.tau)
+        self._n_updates += gradient_steps
+        if gradient_steps > 0:
+            self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+            self.logger.record("train/critic_loss", th.stack(critic_losses).mean().item())
+            self.logger.record("train/actor_loss", th.stack(actor_losses).mean().item())
+
+
+def algo_class(algo: str):
+    """The SB3 class behind a config's ``algo``."""
+    if algo == "sac":
+        from stable_baselines3 import SAC
+
+        return SAC
+    if algo == "tqc":
+        from sb3_contrib import TQC
+
+        return TQC
+    if algo == "ddpg":
+        return HerDDPG
+    raise HarnessError(f"unknown algo '{algo}'; accepted: {', '.join(ALGOS)}")
