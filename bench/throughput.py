@@ -1,0 +1,111 @@
+"""Training throughput on FetchPush-v4 + HER, in env steps per second, on this machine.
+
+Three trainings, one after the other in this process, same torch threads:
+
+  (a) the chapter's configuration in plain Stable-Baselines3: SAC defaults (2x256 networks,
+      batch 256, one gradient step per env step), HerReplayBuffer future k=4, one env;
+  (b) the harness's training path (``harness.training.train``: MLflow run, params, metrics,
+      TensorBoard, checkpoint) at exactly that configuration: the difference is code efficiency;
+  (c) the harness's ``fast`` preset for FetchPush-v4.
+
+Each is timed over the whole ``learn`` (``--warmup`` random-action steps, then ``--steps`` of
+training). The last line is ``equal-config speedup: X.XX`` = (b) / (a).
+
+    python bench/throughput.py                 # ~2-3 minutes on 2 cores
+    python bench/throughput.py --steps 10000   # longer, steadier figures
+
+(b) and (c) are MLflow runs in the experiment ``bench-throughput`` of the working directory's store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import click
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ENV_ID = "FetchPush-v4"
+EXPERIMENT = "bench-throughput"
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def chapter_overrides(warmup: int, steps: int) -> dict:
+    """ch04 preset at one env: SB3 SAC defaults, one gradient step per env step, no eval/checkpoints."""
+    return dict(her=True, n_envs=1, learning_starts=warmup, total_steps=warmup + steps, eval_freq=0, checkpoint_freq=0)
+
+
+def plain_sb3(warmup: int, steps: int) -> float:
+    """(a): what the chapter's script does, with nothing of the harness."""
+    from stable_baselines3 import SAC, HerReplayBuffer
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import harness.envs  # noqa: F401  (registers the Fetch envs, as the chapter's gymnasium_robotics import does)
+
+    env = make_vec_env(ENV_ID, n_envs=1, seed=0)
+    model = SAC("MultiInputPolicy", env, replay_buffer_class=HerReplayBuffer,
+                replay_buffer_kwargs=dict(n_sampled_goal=4, goal_selection_strategy="future"),
+                learning_starts=warmup, buffer_size=warmup + steps + 1, seed=0, device="cpu", verbose=0)
+    started = time.perf_counter()
+    model.learn(total_timesteps=warmup + steps)
+    elapsed = time.perf_counter() - started
+    env.close()
+    return (warmup + steps) / elapsed
+
+
+def harness_path(preset: str, overrides: dict, name: str) -> tuple[float, dict]:
+    """(b)/(c): a real harness training run; its own wall clock around learn()."""
+    from harness.config import resolve_config
+    from harness.training import train
+
+    config = resolve_config(preset, ENV_ID, overrides)
+    result = train(config, experiment=EXPERIMENT, run_name=name)
+    return result.meta["num_timesteps"] / result.meta["wall_time_s"], {"run_id": result.run_id, **config.to_dict()}
+
+
+@click.command()
+@click.option("--steps", type=click.IntRange(min=100), default=2000, show_default=True,
+              help="Training env steps per configuration, after the warm-up.")
+@click.option("--warmup", type=click.IntRange(min=100), default=1000, show_default=True,
+              help="Random-action env steps before learning starts (HER needs whole episodes stored).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Torch threads for all three; 0 keeps torch's default.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures to this JSON file.")
+def main(steps, warmup, threads, json_path):
+    """Print env steps/s of (a) plain SB3, (b) the harness at the same config, (c) the fast preset."""
+    if threads:
+        torch.set_num_threads(threads)
+    click.echo(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+               f"torch {torch.__version__}; FetchPush-v4 + HER, {warmup} warm-up + {steps} training steps each")
+    a = plain_sb3(warmup, steps)
+    click.echo(f"(a) chapter config, plain SB3 SAC+HER:        {a:7.1f} env steps/s")
+    b, b_config = harness_path("ch04", chapter_overrides(warmup, steps), "bench_chapter_config")
+    click.echo(f"(b) chapter config, harness training path:    {b:7.1f} env steps/s  (run {b_config['run_id']})")
+    fast_overrides = dict(her=True, learning_starts=warmup, total_steps=warmup + steps, eval_freq=0, checkpoint_freq=0)
+    c, c_config = harness_path("fast", fast_overrides, "bench_fast_preset")
+    click.echo(f"(c) fast preset ({c_config['algo']}, {c_config['n_envs']} envs, "
+               f"{c_config['gradient_steps']} grad steps / {c_config['train_freq'] * c_config['n_envs']} env steps): "
+               f"{c:7.1f} env steps/s  (run {c_config['run_id']})")
+    if json_path:
+        json_path.write_text(json.dumps({"steps": steps, "warmup": warmup, "torch_threads": torch.get_num_threads(),
+                                         "a_plain_sb3": a, "b_harness_same_config": b, "c_fast_preset": c,
+                                         "b_run_id": b_config["run_id"], "c_run_id": c_config["run_id"],
+                                         "equal_config_speedup": b / a}, indent=2) + "\n")
+    click.echo(f"equal-config speedup: {b / a:.2f}")
+
+
+if __name__ == "__main__":
+    main()
