@@ -34,8 +34,9 @@ def model_name(algo: str, env_id: str) -> str:
 
 class SB3Policy(mlflow.pyfunc.PythonModel):
     """An SB3 checkpoint as an MLflow pyfunc: ``predict({"observation": ..., "achieved_goal": ...,
-    "desired_goal": ...})`` returns deterministic actions for raw env observations (a batch of
-    observations, one per row; ``harness.load_policy`` also takes a single observation)."""
+    "desired_goal": ...})`` returns deterministic actions for raw env observations: one action for a
+    single observation (each value 1-D, as ``env.reset()`` gives it), one row per observation for
+    a batch (each value 2-D, rows aligned). Observation normalization, if the run used it, is applied."""
 
     # The input schema is the explicit signature given at log time; without this MLflow inspects
     # predict's type hints and warns on every import that there are none.
@@ -46,11 +47,30 @@ class SB3Policy(mlflow.pyfunc.PythonModel):
 
         (zip_path,) = Path(context.artifacts["checkpoint"]).glob("*.zip")
         self.policy = load_checkpoint(str(zip_path))
+        self.shapes = {key: space.shape for key, space in self.policy.model.observation_space.spaces.items()}
 
     def predict(self, context, model_input, params=None):
-        obs = {key: np.asarray(value) for key, value in model_input.items()}
+        obs, single = as_observation_batch(model_input, self.shapes)
         actions, _ = self.policy.model.predict(self.policy.normalize(obs), deterministic=True)
-        return actions
+        return actions[0] if single else actions
+
+
+def as_observation_batch(model_input, shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray], bool]:
+    """(batch with a leading row axis, whether the input was a single observation), or a ValueError
+    that names the key and shape at fault and what is expected."""
+    if not isinstance(model_input, dict) or set(model_input) != set(shapes):
+        got = sorted(model_input) if isinstance(model_input, dict) else type(model_input).__name__
+        raise ValueError(f"expected a dict with keys {sorted(shapes)}, got {got}")
+    obs = {key: np.asarray(model_input[key], dtype=np.float64) for key in shapes}
+    first = next(iter(shapes))
+    single = obs[first].ndim == len(shapes[first])
+    rows = None if single else obs[first].shape[0]
+    for key, shape in shapes.items():
+        expected = shape if single else (rows, *shape)
+        if obs[key].shape != expected:
+            raise ValueError(f"'{key}' has shape {obs[key].shape}; expected {expected} "
+                             f"({'one observation' if single else f'{rows} observations, as {first!r} has'})")
+    return ({key: value[None] for key, value in obs.items()} if single else obs), single
 
 
 def load_policy(uri: str):
@@ -61,7 +81,12 @@ def load_policy(uri: str):
 
 
 def signature_for(env_id: str):
-    """Named float64 tensors, one row per observation, one per key of Fetch's dict observation."""
+    """One named input per key of Fetch's dict observation, and float32 actions.
+
+    The inputs are declared with MLflow's shape-free spec (``Tensor('object', (-1,))``): a precise
+    ``(-1, n)`` float spec would make MLflow reject a single observation (shape ``(n,)``) before
+    ``predict`` sees it. ``SB3Policy.predict`` checks shapes itself against the policy's observation
+    space; the exact shapes are in the model's metadata (``observation_shapes``)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
@@ -70,7 +95,7 @@ def signature_for(env_id: str):
     env = make_env(env_id)
     obs_space, action_dim = env.observation_space, env.action_space.shape[0]
     env.close()
-    inputs = Schema([TensorSpec(np.dtype(np.float64), (-1, *space.shape), key) for key, space in obs_space.spaces.items()])
+    inputs = Schema([TensorSpec(np.dtype(object), (-1,), key) for key in obs_space.spaces])
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, action_dim))])
     return ModelSignature(inputs=inputs, outputs=outputs), obs_space
 
@@ -129,7 +154,9 @@ def register(env_id: str | None = None, algo: str = "sac", run_id: str | None = 
                                                        "harness.source_run_id": run.info.run_id}):
             info = mlflow.pyfunc.log_model(
                 name=POLICY_ARTIFACT, python_model=SB3Policy(), artifacts=artifacts, signature=signature,
-                input_example=example, code_paths=[str(Path(__file__).resolve().parent)],
+                input_example=example,
+                metadata={"observation_shapes": {k: list(v.shape) for k, v in obs_space.spaces.items()}},
+                code_paths=[str(Path(__file__).resolve().parent)],
                 pip_requirements=_requirements(),
             )
     client = MlflowClient()

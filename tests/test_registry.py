@@ -66,11 +66,19 @@ def test_pyfunc_predicts_in_a_fresh_process(registry_store):
         "batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}\n"
         "actions = model.predict(batch)\n"
         "print(np.asarray(actions).shape, float(np.abs(actions).max()) <= 1.0)\n"
+        "single = model.predict(obs[1])\n"
+        "print(np.asarray(single).shape, bool(np.allclose(single, actions[1])))\n"
+        "try:\n"
+        "    model.predict({**obs[0], 'desired_goal': np.zeros(5)})\n"
+        "except Exception as exc:\n"
+        "    print('rejected:', exc)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=clean_env(uri), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "(3, 4) True"
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-3:-1] == ["(3, 4) True", "(4,) True"]
+    assert lines[-1].startswith("rejected:") and "'desired_goal' has shape (5,)" in lines[-1]
 
 
 def test_load_policy_and_eval_from_models_uri(registry_store):
