@@ -22,6 +22,23 @@ def test_ch04_preset_is_the_chapter_settings():
     # SB3's SAC defaults
     assert (config.batch_size, config.learning_rate, config.gamma, config.tau) == (256, 3e-4, 0.99, 0.005)
     assert (config.train_freq, config.gradient_steps, config.ent_coef, config.net_arch) == (1, 1, "auto", (256, 256))
+    assert (config.normalize_obs, config.buffer_size) == (False, 1_000_000)
+
+
+def test_fast_preset_trains_push_with_the_her_papers_ddpg():
+    push = resolve_config("fast", "FetchPush-v4", {"her": True})
+    assert (push.algo, push.n_envs, push.train_freq, push.gradient_steps) == ("ddpg", 2, 50, 40)
+    assert (push.gamma, push.batch_size, push.net_arch, push.normalize_obs) == (0.98, 256, (256, 256, 256), True)
+    assert (push.random_eps, push.action_noise, push.action_l2) == (0.3, 0.2, 1.0)
+    assert resolve_config("fast", "FetchReach-v4").algo == "sac"
+
+
+def test_set_parses_values_as_yaml():
+    from harness.config import parse_settings
+
+    overrides = parse_settings(["gamma=0.98", "net_arch=[64, 64]", "normalize-obs=true", "total_steps=2e5"])
+    config = resolve_config("fast", "FetchReach-v4", overrides)
+    assert (config.gamma, config.net_arch, config.normalize_obs, config.total_steps) == (0.98, (64, 64), True, 200_000)
 
 
 def test_overrides_beat_env_section_beats_defaults(tmp_path, monkeypatch):
@@ -48,7 +65,10 @@ def test_run_name_and_tensorboard_dir_follow_the_chapter():
     ({"total_steps": 0}, "total_steps must be > 0, got 0"),
     ({"n_sampled_goal": -1}, "n_sampled_goal must be >= 0, got -1"),
     ({"goal_selection_strategy": "random"}, "unknown goal selection strategy 'random'; accepted: future, final, episode"),
-    ({"algo": "ppo"}, "unknown algo 'ppo'; accepted: sac, tqc"),
+    ({"algo": "ppo"}, "unknown algo 'ppo'; accepted: sac, tqc, ddpg"),
+    ({"net_arch": "big"}, "net_arch must be a list of integers, got 'big'"),
+    ({"her": "maybe"}, "her must be true or false, got 'maybe'"),
+    ({"total_steps": 1.5}, "total_steps must be an integer, got 1.5"),
     ({"gamma": 1.5}, "gamma must be in (0, 1], got 1.5"),
     ({"ent_coef": "sometimes"}, "ent_coef must be a number"),
     ({"bogus": 1}, "unknown config keys ['bogus']"),

@@ -1,0 +1,110 @@
+"""The harness's algorithm classes: FastSAC does SB3 SAC's math; HerDDPG does the HER paper's DDPG."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import SAC, HerReplayBuffer
+from stable_baselines3.common.logger import Logger
+
+from harness.algorithms import FastSAC, HerDDPG
+from harness.config import resolve_config
+from harness.envs import make_vec_env
+from harness.training import build_env, build_model
+
+HER = dict(replay_buffer_class=HerReplayBuffer, replay_buffer_kwargs=dict(n_sampled_goal=4, goal_selection_strategy="future"))
+
+
+def quiet(model):
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
+@pytest.mark.parametrize("ent_coef", ["auto", 0.1])
+def test_fast_sac_gradient_step_equals_sb3_sac(ent_coef):
+    """Same weights, same batch, same noise: one FastSAC step lands where SB3's SAC step lands."""
+    env = make_vec_env("FetchReach-v4", 1, seed=0)
+    # learning_starts beyond the steps taken: the buffer fills, no optimizer has state yet
+    sb3 = quiet(SAC("MultiInputPolicy", env, learning_starts=1000, buffer_size=1000, seed=0, ent_coef=ent_coef, **HER))
+    sb3.learn(300)
+    fast = quiet(FastSAC("MultiInputPolicy", env, learning_starts=1000, buffer_size=1000, seed=0, ent_coef=ent_coef, **HER))
+    fast.policy.load_state_dict(sb3.policy.state_dict())
+    if sb3.log_ent_coef is not None:
+        fast.log_ent_coef.data.copy_(sb3.log_ent_coef.data)
+    batch = sb3.replay_buffer.sample(64)
+    for model in (sb3, fast):
+        model.replay_buffer = copy.copy(model.replay_buffer)
+        model.replay_buffer.sample = lambda *args, **kwargs: batch
+    initial = {k: v.clone() for k, v in sb3.policy.state_dict().items()}
+    torch.manual_seed(1)
+    SAC.train(sb3, gradient_steps=2, batch_size=64)
+    torch.manual_seed(1)
+    fast.train(gradient_steps=2, batch_size=64)
+    for (name, expected), (_, actual) in zip(sb3.policy.state_dict().items(), fast.policy.state_dict().items()):
+        # Adam's first steps move every weight by about lr (3e-4); a different loss or update order
+        # would show up at that scale, float rounding (fused vs per-tensor Adam) far below it.
+        assert torch.allclose(expected, actual, atol=2e-5), (name, (expected - actual).abs().max().item())
+        if not name.startswith("critic_target"):
+            assert (expected - initial[name]).abs().max() > 2e-4, name
+    if sb3.log_ent_coef is not None:
+        assert torch.allclose(sb3.log_ent_coef, fast.log_ent_coef, atol=1e-7)
+
+
+def test_fast_sac_step_changes_the_weights():
+    env = make_vec_env("FetchReach-v4", 1, seed=0)
+    fast = quiet(FastSAC("MultiInputPolicy", env, learning_starts=100, buffer_size=1000, seed=0, **HER))
+    fast.learn(300)
+    before = {k: v.clone() for k, v in fast.policy.state_dict().items()}
+    fast.train(gradient_steps=2, batch_size=64)
+    after = fast.policy.state_dict()
+    for prefix in ("actor.", "critic.", "critic_target."):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)), prefix
+
+
+def ddpg_model(tmp_path, monkeypatch, **overrides):
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config("fast", "FetchPush-v4", dict(her=True, total_steps=400, learning_starts=100, **overrides))
+    env, vecnormalize = build_env(config)
+    return build_model(config, env, Logger(folder=None, output_formats=[])), vecnormalize
+
+
+def test_her_ddpg_explores_with_random_actions_and_noise(tmp_path, monkeypatch):
+    model, _ = ddpg_model(tmp_path, monkeypatch, random_eps=1.0, action_noise=0.0)
+    model.learn(200)  # past learning_starts: the policy acts, random_eps replaces every action
+    policy_actions = model.predict(model._last_obs, deterministic=True)[0]
+    explored = np.array([model._sample_action(100, None, 2)[1] for _ in range(200)])
+    assert not np.allclose(explored[0], policy_actions)
+    assert explored.min() < -0.9 and explored.max() > 0.9 and abs(explored.mean()) < 0.1  # uniform on [-1, 1]
+    model.random_eps = 0.0
+    noiseless = np.array([model._sample_action(100, None, 2)[1] for _ in range(3)])
+    assert np.allclose(noiseless, model.policy.scale_action(policy_actions), atol=1e-6)
+
+
+def test_her_ddpg_targets_are_clipped_to_the_return_range(tmp_path, monkeypatch):
+    model, _ = ddpg_model(tmp_path, monkeypatch)
+    model.learn(200)
+    with torch.no_grad():  # a critic that believes in large positive values...
+        model.critic_target.q_networks[0][-1].bias.fill_(100.0)
+    seen = {}
+    original = torch.nn.functional.mse_loss
+
+    def spy(prediction, target):
+        seen["target"] = target.clone()
+        return original(prediction, target)
+
+    monkeypatch.setattr("harness.algorithms.F.mse_loss", spy)
+    model.train(gradient_steps=1, batch_size=32)
+    # ...still gets targets inside [-1/(1-gamma), 0], the range of returns of the -1/0 reward
+    assert seen["target"].max() <= 0.0 and seen["target"].min() >= -1 / (1 - model.gamma)
+
+
+def test_her_ddpg_saves_loads_and_keeps_its_settings(tmp_path, monkeypatch):
+    model, _ = ddpg_model(tmp_path, monkeypatch, action_l2=0.5)
+    model.learn(300)
+    model.save(tmp_path / "ddpg.zip")
+    loaded = HerDDPG.load(tmp_path / "ddpg.zip", env=model.get_env())
+    assert (loaded.random_eps, loaded.action_l2, loaded.policy_delay) == (0.3, 0.5, 1)
+    assert loaded.critic.n_critics == 1 if hasattr(loaded.critic, "n_critics") else len(loaded.critic.q_networks) == 1
+    obs = model._last_obs
+    assert np.allclose(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
