@@ -14,7 +14,7 @@ DEMO_STEPS ?= 10000
 DEMO_PRESET ?= fast
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
-.PHONY: setup browser test demo ui clean
+.PHONY: setup browser test demo bench ui clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ demo: setup
 	@start=$$(date +%s); \
 	$(BIN)/harness reach-all --seeds $(DEMO_SEEDS) --preset $(DEMO_PRESET) --total-steps $(DEMO_STEPS) || exit 1; \
 	echo "make demo took $$(( $$(date +%s) - start ))s"
+
+# Benchmarks print their figures (see BENCHMARKS.md); a few minutes each on 2 cores.
+bench: setup
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/tracking_overhead.py
 
 ui: setup
 	$(BIN)/harness ui --port 5000
