@@ -1,0 +1,50 @@
+"""The benchmark scripts run and print their figures (tiny budgets; the figures themselves are in BENCHMARKS.md)."""
+
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import PROJECT_ROOT, TINY, all_runs, clean_env, run_cli
+
+
+def run_bench(script, args, cwd, uri, timeout=600):
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / script), *args], cwd=cwd, env=clean_env(uri),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.strip().splitlines()
+
+
+def test_throughput_prints_the_three_figures_and_the_speedup(store, tmp_path):
+    lines = run_bench("throughput.py", ["--steps", "100", "--warmup", "100", "--threads", "1"], tmp_path, store)
+    assert [line[:3] for line in lines[1:4]] == ["(a)", "(b)", "(c)"]
+    assert lines[-1].startswith("equal-config speedup: ") and float(lines[-1].split(": ")[1]) > 0
+    runs = all_runs()
+    assert sorted(r.info.run_name for r in runs) == ["bench_chapter_config", "bench_fast_preset"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["harness.algo"] for r in runs} == {"sac", "ddpg"}
+
+
+def test_tracking_overhead_prints_the_ratio(store, tmp_path):
+    lines = run_bench("tracking_overhead.py", ["--env", "FetchReach-v4", "--steps", "200", "--repeats", "1"],
+                      tmp_path, store)
+    assert lines[-1].startswith("tracking overhead ratio: ") and float(lines[-1].split(": ")[1]) > 0
+    (run,) = all_runs()
+    assert run.info.status == "FINISHED" and run.data.params["total_steps"] == "200"
+
+
+def test_time_to_success_reads_learning_curves_from_mlflow(store, tmp_path):
+    run_cli(["train", "--env", "FetchReach-v4", "--her", *TINY], tmp_path, store)
+    lines = run_bench("time_to_success.py", ["--env", "FetchReach-v4", "--algo", "sac", "--plot", "curve.png"],
+                      tmp_path, store)
+    assert "steps@50%" in lines[0] and "min@90%" in lines[0]
+    row = lines[1].split()
+    assert row[0] == "sac_her_FetchReach-v4_seed0" and row[2] == "FINISHED" and row[3] == "300"
+    (run,) = all_runs()
+    curve = MlflowClient().get_metric_history(run.info.run_id, "eval/success_rate")
+    assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [150, 300]
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+    missing = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "time_to_success.py"), "--env", "FetchSlide-v4"],
+                             cwd=tmp_path, env=clean_env(store), capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "no training runs match env=FetchSlide-v4" in missing.stderr
+    assert "Traceback" not in missing.stderr
