@@ -3,7 +3,7 @@
 A training is described by one frozen :class:`TrainConfig`. It is built from a named
 preset (a YAML file in ``harness/presets/``) and the user's overrides, in that order:
 
-    preset ``defaults``  ->  preset ``envs[<env id>]``  ->  command-line overrides
+    preset ``defaults``  ->  preset ``algos[<algo>]``  ->  preset ``envs[<env id>]``  ->  command-line overrides
 
 The resolved object is what gets logged to MLflow as params, written next to the
 checkpoint as ``meta.json`` and used to name the run.
@@ -119,12 +119,13 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """Read ``harness/presets/<name>.yaml``: ``description``, ``defaults`` and per-env ``envs``."""
+    """Read ``harness/presets/<name>.yaml``: ``description``, ``defaults``, per-algo ``algos`` and per-env ``envs``."""
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise HarnessError(f"unknown preset '{name}'; available: {', '.join(available_presets())}")
     preset = yaml.safe_load(path.read_text()) or {}
-    for section in [preset.get("defaults", {}), *preset.get("envs", {}).values()]:
+    sections = [preset.get("defaults", {}), *preset.get("algos", {}).values(), *preset.get("envs", {}).values()]
+    for section in sections:
         unknown = sorted(set(section) - set(FIELD_NAMES))
         if unknown:
             raise HarnessError(f"preset '{name}' has unknown keys {unknown}; known: {', '.join(FIELD_NAMES)}")
@@ -132,11 +133,15 @@ def load_preset(name: str) -> dict[str, Any]:
 
 
 def resolve_config(preset: str, env_id: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Merge preset defaults, the preset's section for ``env_id`` and the overrides (None = not given)."""
+    """Merge, later winning: the preset's ``defaults``, its ``algos`` section for the chosen algo, its
+    ``envs`` section for ``env_id``, and the overrides (None = not given). The algo is the first
+    one named by the overrides, the env section or the defaults."""
     data = load_preset(preset)
-    values: dict[str, Any] = dict(data.get("defaults", {}))
-    values.update(data.get("envs", {}).get(env_id, {}))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    env_section = data.get("envs", {}).get(env_id, {})
+    defaults = data.get("defaults", {})
+    algo = given.get("algo", env_section.get("algo", defaults.get("algo", TrainConfig.algo)))
+    values: dict[str, Any] = {**defaults, **data.get("algos", {}).get(algo, {}), **env_section, **given}
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
         raise HarnessError(f"unknown config keys {unknown}; known: {', '.join(FIELD_NAMES)}")

@@ -31,6 +31,10 @@ def test_fast_preset_trains_push_with_the_her_papers_ddpg():
     assert (push.gamma, push.batch_size, push.net_arch, push.normalize_obs) == (0.98, 256, (256, 256, 256), True)
     assert (push.random_eps, push.action_noise, push.action_l2) == (0.3, 0.2, 1.0)
     assert resolve_config("fast", "FetchReach-v4").algo == "sac"
+    reach = resolve_config("fast", "FetchReach-v4", {"algo": "ddpg"})  # the preset's algos.ddpg section
+    assert (reach.n_envs, reach.gradient_steps, reach.gamma, reach.total_steps) == (2, 40, 0.98, 10_000)
+    sac_push = resolve_config("fast", "FetchPush-v4", {"algo": "sac"})  # no ddpg settings for another algo
+    assert (sac_push.n_envs, sac_push.gradient_steps, sac_push.total_steps) == (1, 1, 400_000)
 
 
 def test_set_parses_values_as_yaml():
@@ -43,6 +47,7 @@ def test_set_parses_values_as_yaml():
 
 def test_overrides_beat_env_section_beats_defaults(tmp_path, monkeypatch):
     preset = {"defaults": {"gamma": 0.9, "batch_size": 64, "total_steps": 100},
+              "algos": {"tqc": {"gamma": 0.8, "batch_size": 32}},
               "envs": {"FetchPush-v4": {"batch_size": 128, "total_steps": 200}}}
     monkeypatch.setattr("harness.config.PRESET_DIR", tmp_path)
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(preset))
@@ -50,6 +55,8 @@ def test_overrides_beat_env_section_beats_defaults(tmp_path, monkeypatch):
     assert (config.gamma, config.batch_size, config.total_steps, config.her) == (0.9, 128, 300, False)
     assert config.preset == "mine" and config.env_id == "FetchPush-v4"
     assert resolve_config("mine", "FetchReach-v4").batch_size == 64
+    tqc = resolve_config("mine", "FetchPush-v4", {"algo": "tqc"})
+    assert (tqc.gamma, tqc.batch_size) == (0.8, 128)  # algos section under the env section
 
 
 def test_run_name_and_tensorboard_dir_follow_the_chapter():
