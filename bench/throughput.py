@@ -71,7 +71,7 @@ def harness_path(preset: str, overrides: dict, name: str) -> tuple[float, dict]:
     from harness.training import train
 
     config = resolve_config(preset, ENV_ID, overrides)
-    result = train(config, experiment=EXPERIMENT, run_name=name)
+    result = train(config, experiment=EXPERIMENT, run_name=name, kind="bench")
     return result.meta["num_timesteps"] / result.meta["wall_time_s"], {"run_id": result.run_id, **config.to_dict()}
 
 

@@ -48,7 +48,7 @@ def untracked(config) -> float:
 
 def tracked(config) -> tuple[float, str]:
     started = time.perf_counter()
-    result = train(config, experiment=EXPERIMENT, run_name=f"bench_tracking_{config.algo}_{config.env_id}")
+    result = train(config, experiment=EXPERIMENT, run_name=f"bench_tracking_{config.algo}_{config.env_id}", kind="bench")
     return time.perf_counter() - started, result.run_id
 
 

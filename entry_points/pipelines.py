@@ -16,7 +16,7 @@ def pipeline_options(command):
         click.option("--preset", type=click.Choice(available_presets()), default="ch04", show_default=True,
                      help="Hyperparameter preset (harness/presets/<name>.yaml)."),
         click.option("--learning-starts", type=IntOrPreset(0), help="Random-action steps before learning [default: the preset's]."),
-        click.option("--algo", type=ChoiceOrPreset(ALGOS), help="sac or tqc [default: the preset's]."),
+        click.option("--algo", type=ChoiceOrPreset(ALGOS), help="sac, tqc or ddpg [default: the preset's]."),
         click.option("--eval-freq", type=IntOrPreset(0), help="Env steps between evaluations during training [default: the preset's]."),
         click.option("--checkpoint-freq", type=IntOrPreset(0), help="Env steps between resumable checkpoints [default: the preset's]."),
         click.option("--n-eval-episodes", type=click.IntRange(min=1), default=100, show_default=True,

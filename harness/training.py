@@ -167,6 +167,7 @@ def train(
     parent_run_id: str | None = None,
     resume_run_id: str | None = None,
     run_name: str | None = None,
+    kind: str = "train",
 ) -> TrainResult:
     """Train one model as one MLflow run; see the module docstring for the stages.
 
@@ -175,13 +176,15 @@ def train(
     ``parent_run_id`` makes the run a child of a pipeline run. ``resume_run_id`` continues that
     run from its last resumable checkpoint (same run, metrics continuing at the right steps).
     ``run_name`` replaces the chapter's name where several runs would share it (ablations).
+    ``kind`` is the ``harness.kind`` tag: benchmarks use ``bench`` so that ``compare``, ``register``
+    and the pipelines, which look for ``train`` runs, never pick their runs up.
     """
     validate_env_id(config.env_id, her=config.her)
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     seed_everything(config.seed)
     run_name = run_name or config.run_name
-    tags = {**run_tags(config), "harness.torch_threads": str(torch.get_num_threads())}
+    tags = {**run_tags(config, kind), "harness.torch_threads": str(torch.get_num_threads())}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     with tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id) as run:

@@ -23,6 +23,7 @@ def test_throughput_prints_the_three_figures_and_the_speedup(store, tmp_path):
     assert sorted(r.info.run_name for r in runs) == ["bench_chapter_config", "bench_fast_preset"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags["harness.algo"] for r in runs} == {"sac", "ddpg"}
+    assert {r.data.tags["harness.kind"] for r in runs} == {"bench"}  # compare/register never pick them up
 
 
 def test_tracking_overhead_prints_the_ratio(store, tmp_path):
