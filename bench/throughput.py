@@ -8,8 +8,9 @@ Three trainings, one after the other in this process, same torch threads:
       TensorBoard, checkpoint) at exactly that configuration: the difference is code efficiency;
   (c) the harness's ``fast`` preset for FetchPush-v4.
 
-Each is timed over the whole ``learn`` (``--warmup`` random-action steps, then ``--steps`` of
-training). The last line is ``equal-config speedup: X.XX`` = (b) / (a).
+Each is timed over the whole ``learn``: ``--warmup`` random-action steps (HER needs whole episodes
+stored before it samples; they are cheap, keep them few) then ``--steps`` of training. The last line
+is ``equal-config speedup: X.XX`` = (b) / (a).
 
     python bench/throughput.py                 # ~2-3 minutes on 2 cores
     python bench/throughput.py --steps 10000   # longer, steadier figures
@@ -76,9 +77,9 @@ def harness_path(preset: str, overrides: dict, name: str) -> tuple[float, dict]:
 
 
 @click.command()
-@click.option("--steps", type=click.IntRange(min=100), default=2000, show_default=True,
+@click.option("--steps", type=click.IntRange(min=100), default=3000, show_default=True,
               help="Training env steps per configuration, after the warm-up.")
-@click.option("--warmup", type=click.IntRange(min=100), default=1000, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=100), default=200, show_default=True,
               help="Random-action env steps before learning starts (HER needs whole episodes stored).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="Torch threads for all three; 0 keeps torch's default.")
