@@ -114,6 +114,26 @@ def learning_curve(run_ids: Sequence[str], metric: str = "eval/success_rate") ->
     return np.array(steps), np.array(means), np.array(bands)
 
 
+def plot_success_curve(ax, steps, mean, band, label: str, color=None) -> None:
+    """One learning curve (mean eval success vs env steps) with its 95% CI band, clipped to [0, 1]."""
+    if len(steps):
+        ax.plot(steps, mean, color=color, label=label)
+        ax.fill_between(steps, np.clip(mean - band, 0, 1), np.clip(mean + band, 0, 1), color=color, alpha=0.2)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("eval success rate")
+
+
+def save_figure(fig, path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_comparison(env_id: str, found: dict[bool, list], path: Path) -> None:
     """Left: final success per seed with mean and 95% CI; right: eval success vs env steps."""
     import matplotlib
@@ -128,24 +148,14 @@ def plot_comparison(env_id: str, found: dict[bool, list], path: Path) -> None:
         summary = summarize(values)
         left.scatter([x] * len(values), values, color=colors[her], alpha=0.6, label=f"{label} seeds")
         left.errorbar([x + 0.15], [summary.mean], yerr=[[summary.ci95 or 0.0]], fmt="o", color="black", capsize=6)
-        steps, mean, band = learning_curve([r.info.run_id for r in found[her]])
-        if len(steps):
-            right.plot(steps, mean, color=colors[her], label=label)
-            right.fill_between(steps, np.clip(mean - band, 0, 1), np.clip(mean + band, 0, 1), color=colors[her], alpha=0.2)
+        plot_success_curve(right, *learning_curve([r.info.run_id for r in found[her]]), label=label, color=colors[her])
     left.set_xticks([0, 1], [label for label, _ in CONDITIONS])
     left.set_ylim(-0.05, 1.05)
     left.set_ylabel("final eval success rate")
     left.set_title("Per seed (dots), mean ± 95% CI (black)")
-    right.set_ylim(-0.05, 1.05)
-    right.set_xlabel("env steps")
-    right.set_ylabel("eval success rate")
     right.set_title("Eval success during training, mean ± 95% CI")
     right.legend()
-    fig.suptitle(f"{env_id}: HER vs no-HER")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, f"{env_id}: HER vs no-HER")
 
 
 def comparison_path(env_id: str) -> Path:

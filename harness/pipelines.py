@@ -428,7 +428,8 @@ def _plot_ablation(env_id, nsg_values, rows, curves, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
+
+    from harness.comparison import plot_success_curve, save_figure
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     means = [rows[n]["eval/success_rate"]["mean"] for n in nsg_values]
@@ -439,16 +440,6 @@ def _plot_ablation(env_id, nsg_values, rows, curves, path: Path) -> None:
     left.set_ylabel("final eval success rate")
     left.set_title("Mean ± 95% CI over seeds")
     for nsg in nsg_values:
-        steps, mean, band = curves[nsg]
-        if len(steps):
-            right.plot(steps, mean, label=f"k={nsg}")
-            right.fill_between(steps, np.clip(mean - band, 0, 1), np.clip(mean + band, 0, 1), alpha=0.2)
-    right.set_ylim(-0.05, 1.05)
-    right.set_xlabel("env steps")
-    right.set_ylabel("eval success rate")
+        plot_success_curve(right, *curves[nsg], label=f"k={nsg}")
     right.legend()
-    fig.suptitle(f"{env_id}: HER n_sampled_goal ablation")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, f"{env_id}: HER n_sampled_goal ablation")

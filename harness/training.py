@@ -58,6 +58,12 @@ def run_tags(config: TrainConfig, kind: str = "train") -> dict[str, str]:
     }
 
 
+def next_multiple(steps: int, freq: int) -> int:
+    """The first multiple of ``freq`` after ``steps`` (0 when ``freq`` is 0: never); after a resume,
+    periodic work continues on the same grid of env steps as before the interruption."""
+    return (steps // freq + 1) * freq if freq else 0
+
+
 class PeriodicEvaluation(BaseCallback):
     """Every ``eval_freq`` env steps, score the deterministic policy and dump ``eval/*`` through
     the SB3 logger (so MLflow and TensorBoard both get it at step = env steps)."""
@@ -68,9 +74,7 @@ class PeriodicEvaluation(BaseCallback):
         self.vecnormalize = vecnormalize
 
     def _on_training_start(self) -> None:
-        # After a resume, the next evaluation is the next multiple of eval_freq.
-        freq = self.config.eval_freq
-        self.next_eval = (self.num_timesteps // freq + 1) * freq if freq else 0
+        self.next_eval = next_multiple(self.num_timesteps, self.config.eval_freq)
 
     def _on_step(self) -> bool:
         if self.config.eval_freq and self.num_timesteps >= self.next_eval:
@@ -97,8 +101,7 @@ class ResumableCheckpoint(BaseCallback):
         self.vecnormalize = vecnormalize
 
     def _on_training_start(self) -> None:
-        freq = self.config.checkpoint_freq
-        self.next_save = (self.num_timesteps // freq + 1) * freq if freq else 0
+        self.next_save = next_multiple(self.num_timesteps, self.config.checkpoint_freq)
 
     def _on_step(self) -> bool:
         if self.config.checkpoint_freq and self.num_timesteps >= self.next_save:
