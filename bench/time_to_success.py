@@ -9,7 +9,7 @@ exist, finished or still running:
 
 Wall-clock is counted from the run's start to the timestamp of the evaluation that first reached
 the threshold; it includes evaluation and checkpoint time. ``--plot`` writes success vs
-wall-clock minutes for the runs shown, one line per run.
+wall-clock minutes for the runs shown, one line per run, the thresholds dashed.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-def plot(runs, path: Path, title: str) -> None:
+def plot(runs, path: Path, title: str, thresholds: list[float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,6 +105,8 @@ def plot(runs, path: Path, title: str) -> None:
         curve = success_curve(run.info.run_id)
         label = f"{run.info.run_name} ({run.data.tags.get('harness.preset')})"
         ax.plot([m for _, m, _ in curve], [100 * v for _, _, v in curve], label=label)
+    for threshold in thresholds:
+        ax.axhline(100 * threshold, color="gray", linestyle="--", linewidth=0.8)
     ax.set_xlabel("wall-clock minutes since the run started")
     ax.set_ylabel("eval success rate (%)")
     ax.set_ylim(-2, 102)
@@ -147,7 +149,8 @@ def main(env_id, algo, preset, her, run_ids, experiment, thresholds, plot_path, 
     if json_path:
         json_path.write_text(json.dumps(rows, indent=2) + "\n")
     if plot_path:
-        plot(runs, plot_path, f"{env_id}: eval success vs wall-clock")
+        env_ids = sorted({run.data.tags.get("harness.env", env_id) for run in runs})
+        plot(runs, plot_path, f"{', '.join(env_ids)}: eval success vs wall-clock (dashed: thresholds)", levels)
         click.echo(f"plot: {plot_path}")
 
 
