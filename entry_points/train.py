@@ -66,7 +66,7 @@ class ChoiceOrPreset(click.Choice):
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on in a terminal].")
 def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_selection_strategy, learning_starts,
                   algo, n_envs, eval_freq, eval_episodes, checkpoint_freq, settings, preset, experiment, threads, progress):
-    """Train SAC/TQC with or without HER as one MLflow run.
+    """Train SAC, TQC or the HER paper's DDPG, with or without HER, as one MLflow run.
 
     Logs the resolved config as params, SB3's metrics and eval/* learning curves by env step,
     TensorBoard logs under runs/, and the checkpoint to checkpoints/<run name>.zip (+ .meta.json)
