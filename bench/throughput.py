@@ -1,6 +1,6 @@
 """Training throughput on FetchPush-v4 + HER, in env steps per second, on this machine.
 
-Three trainings, one after the other in this process, same torch threads:
+Three configurations, trained in this process with the same torch threads:
 
   (a) the chapter's configuration in plain Stable-Baselines3: SAC defaults (2x256 networks,
       batch 256, one gradient step per env step), HerReplayBuffer future k=4, one env;
@@ -9,11 +9,15 @@ Three trainings, one after the other in this process, same torch threads:
   (c) the harness's ``fast`` preset for FetchPush-v4.
 
 Each is timed over the whole ``learn``: ``--warmup`` random-action steps (HER needs whole episodes
-stored before it samples; they are cheap, keep them few) then ``--steps`` of training. The last line
-is ``equal-config speedup: X.XX`` = (b) / (a).
+stored before it samples; they are cheap, keep them few) then ``--steps`` of training.
 
-    python bench/throughput.py                 # ~2-3 minutes on 2 cores
-    python bench/throughput.py --steps 10000   # longer, steadier figures
+A VM's speed drifts by tens of percent within minutes, so (a) and (b) are measured in ``--rounds``
+interleaved pairs (a, b, a, b, ...), each pair's ratio b/a taken right after each other, and the
+figures printed are medians over rounds. The last line is ``equal-config speedup: X.XX``, the median
+of the paired ratios (b) / (a).
+
+    python bench/throughput.py                           # ~3-4 minutes on 2 cores
+    python bench/throughput.py --steps 5000 --rounds 5   # longer, steadier figures
 
 (b) and (c) are MLflow runs in the experiment ``bench-throughput`` of the working directory's store.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -79,34 +84,45 @@ def harness_path(preset: str, overrides: dict, name: str) -> tuple[float, dict]:
 @click.command()
 @click.option("--steps", type=click.IntRange(min=100), default=3000, show_default=True,
               help="Training env steps per configuration, after the warm-up.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved (a)/(b) pairs; figures are medians over them.")
 @click.option("--warmup", type=click.IntRange(min=100), default=200, show_default=True,
               help="Random-action env steps before learning starts (HER needs whole episodes stored).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="Torch threads for all three; 0 keeps torch's default.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures to this JSON file.")
-def main(steps, warmup, threads, json_path):
+def main(steps, rounds, warmup, threads, json_path):
     """Print env steps/s of (a) plain SB3, (b) the harness at the same config, (c) the fast preset."""
     if threads:
         torch.set_num_threads(threads)
     click.echo(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-               f"torch {torch.__version__}; FetchPush-v4 + HER, {warmup} warm-up + {steps} training steps each")
-    a = plain_sb3(warmup, steps)
-    click.echo(f"(a) chapter config, plain SB3 SAC+HER:        {a:7.1f} env steps/s")
-    b, b_config = harness_path("ch04", chapter_overrides(warmup, steps), "bench_chapter_config")
-    click.echo(f"(b) chapter config, harness training path:    {b:7.1f} env steps/s  (run {b_config['run_id']})")
+               f"torch {torch.__version__}; FetchPush-v4 + HER, {warmup} warm-up + {steps} training steps each, "
+               f"{rounds} interleaved round(s)")
+    a_rates, b_rates, b_run_ids = [], [], []
+    for round_index in range(rounds):
+        a = plain_sb3(warmup, steps)
+        b, b_config = harness_path("ch04", chapter_overrides(warmup, steps), "bench_chapter_config")
+        a_rates.append(a)
+        b_rates.append(b)
+        b_run_ids.append(b_config["run_id"])
+        click.echo(f"  round {round_index + 1}: (a) {a:7.1f}  (b) {b:7.1f} env steps/s  ratio {b / a:.2f}")
+    speedups = [b / a for a, b in zip(a_rates, b_rates)]
+    a, b, speedup = statistics.median(a_rates), statistics.median(b_rates), statistics.median(speedups)
+    click.echo(f"(a) chapter config, plain SB3 SAC+HER:        {a:7.1f} env steps/s  (median)")
+    click.echo(f"(b) chapter config, harness training path:    {b:7.1f} env steps/s  (median; runs {', '.join(b_run_ids)})")
     fast_overrides = dict(her=True, learning_starts=warmup, total_steps=warmup + steps, eval_freq=0, checkpoint_freq=0)
     c, c_config = harness_path("fast", fast_overrides, "bench_fast_preset")
-    click.echo(f"(c) fast preset ({c_config['algo']}, {c_config['n_envs']} envs, "
+    click.echo(f"(c) fast preset ({c_config['algo']}, {c_config['n_envs']} envs, batch {c_config['batch_size']}, "
                f"{c_config['gradient_steps']} grad steps / {c_config['train_freq'] * c_config['n_envs']} env steps): "
                f"{c:7.1f} env steps/s  (run {c_config['run_id']})")
     if json_path:
-        json_path.write_text(json.dumps({"steps": steps, "warmup": warmup, "torch_threads": torch.get_num_threads(),
-                                         "a_plain_sb3": a, "b_harness_same_config": b, "c_fast_preset": c,
-                                         "b_run_id": b_config["run_id"], "c_run_id": c_config["run_id"],
-                                         "equal_config_speedup": b / a}, indent=2) + "\n")
-    click.echo(f"equal-config speedup: {b / a:.2f}")
-
+        json_path.write_text(json.dumps({"steps": steps, "warmup": warmup, "rounds": rounds,
+                                         "torch_threads": torch.get_num_threads(),
+                                         "a_plain_sb3": a_rates, "b_harness_same_config": b_rates, "c_fast_preset": c,
+                                         "b_run_ids": b_run_ids, "c_run_id": c_config["run_id"],
+                                         "paired_speedups": speedups, "equal_config_speedup": speedup}, indent=2) + "\n")
+    click.echo(f"equal-config speedup: {speedup:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -16,11 +16,14 @@ def run_bench(script, args, cwd, uri, timeout=600):
 
 
 def test_throughput_prints_the_three_figures_and_the_speedup(store, tmp_path):
-    lines = run_bench("throughput.py", ["--steps", "100", "--warmup", "100", "--threads", "1"], tmp_path, store)
-    assert [line[:3] for line in lines[1:4]] == ["(a)", "(b)", "(c)"]
-    assert lines[-1].startswith("equal-config speedup: ") and float(lines[-1].split(": ")[1]) > 0
+    lines = run_bench("throughput.py", ["--steps", "100", "--warmup", "100", "--rounds", "2", "--threads", "1"], tmp_path, store)
+    assert [line.split(":")[0].strip() for line in lines[1:3]] == ["round 1", "round 2"]
+    assert [line[:3] for line in lines[3:6]] == ["(a)", "(b)", "(c)"]
+    ratios = sorted(float(line.rsplit("ratio ", 1)[1]) for line in lines[1:3])
+    assert lines[-1].startswith("equal-config speedup: ")
+    assert abs(float(lines[-1].split(": ")[1]) - sum(ratios) / 2) <= 0.011  # the median of two rounds
     runs = all_runs()
-    assert sorted(r.info.run_name for r in runs) == ["bench_chapter_config", "bench_fast_preset"]
+    assert sorted(r.info.run_name for r in runs) == ["bench_chapter_config"] * 2 + ["bench_fast_preset"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags["harness.algo"] for r in runs} == {"sac", "ddpg"}
     assert {r.data.tags["harness.kind"] for r in runs} == {"bench"}  # compare/register never pick them up
