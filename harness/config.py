@@ -3,7 +3,8 @@
 A training is described by one frozen :class:`TrainConfig`. It is built from a named
 preset (a YAML file in ``harness/presets/``) and the user's overrides, in that order:
 
-    preset ``defaults``  ->  preset ``algos[<algo>]``  ->  preset ``envs[<env id>]``  ->  command-line overrides
+    preset ``defaults``  ->  ``algos[<algo>]``  ->  ``envs[<env id>]``  ->  ``envs[<env id>].algos[<algo>]``
+    ->  command-line overrides
 
 The resolved object is what gets logged to MLflow as params, written next to the
 checkpoint as ``meta.json`` and used to name the run.
@@ -119,12 +120,16 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """Read ``harness/presets/<name>.yaml``: ``description``, ``defaults``, per-algo ``algos`` and per-env ``envs``."""
+    """Read ``harness/presets/<name>.yaml``: ``description``, ``defaults``, per-algo ``algos`` and per-env
+    ``envs`` (an env section may have per-algo ``algos`` of its own)."""
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise HarnessError(f"unknown preset '{name}'; available: {', '.join(available_presets())}")
     preset = yaml.safe_load(path.read_text()) or {}
-    sections = [preset.get("defaults", {}), *preset.get("algos", {}).values(), *preset.get("envs", {}).values()]
+    env_sections = list(preset.get("envs", {}).values())
+    sections = [preset.get("defaults", {}), *preset.get("algos", {}).values(),
+                *({k: v for k, v in env.items() if k != "algos"} for env in env_sections),
+                *(algo_section for env in env_sections for algo_section in env.get("algos", {}).values())]
     for section in sections:
         unknown = sorted(set(section) - set(FIELD_NAMES))
         if unknown:
@@ -134,14 +139,17 @@ def load_preset(name: str) -> dict[str, Any]:
 
 def resolve_config(preset: str, env_id: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Merge, later winning: the preset's ``defaults``, its ``algos`` section for the chosen algo, its
-    ``envs`` section for ``env_id``, and the overrides (None = not given). The algo is the first
-    one named by the overrides, the env section or the defaults."""
+    ``envs`` section for ``env_id``, that env section's ``algos`` section for the chosen algo, and the
+    overrides (None = not given). The algo is the first one named by the overrides, the env section
+    or the defaults."""
     data = load_preset(preset)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    env_section = data.get("envs", {}).get(env_id, {})
+    env_section = dict(data.get("envs", {}).get(env_id, {}))
+    env_algo_sections = env_section.pop("algos", {})
     defaults = data.get("defaults", {})
     algo = given.get("algo", env_section.get("algo", defaults.get("algo", TrainConfig.algo)))
-    values: dict[str, Any] = {**defaults, **data.get("algos", {}).get(algo, {}), **env_section, **given}
+    values: dict[str, Any] = {**defaults, **data.get("algos", {}).get(algo, {}), **env_section,
+                              **env_algo_sections.get(algo, {}), **given}
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
         raise HarnessError(f"unknown config keys {unknown}; known: {', '.join(FIELD_NAMES)}")

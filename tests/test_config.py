@@ -27,14 +27,16 @@ def test_ch04_preset_is_the_chapter_settings():
 
 def test_fast_preset_trains_push_with_the_her_papers_ddpg():
     push = resolve_config("fast", "FetchPush-v4", {"her": True})
-    assert (push.algo, push.n_envs, push.train_freq, push.gradient_steps) == ("ddpg", 2, 50, 40)
-    assert (push.gamma, push.batch_size, push.net_arch, push.normalize_obs) == (0.98, 256, (256, 256, 256), True)
+    # the HER code's 8-worker set-up in one process: 16 envs, batch 8 x 256, 40 steps per 800 env steps
+    assert (push.algo, push.n_envs, push.train_freq, push.gradient_steps) == ("ddpg", 16, 50, 40)
+    assert (push.gamma, push.batch_size, push.net_arch, push.normalize_obs) == (0.98, 2048, (256, 256, 256), True)
+    assert (push.total_steps, push.eval_freq, push.checkpoint_freq) == (600_000, 20_000, 100_000)
     assert (push.random_eps, push.action_noise, push.action_l2) == (0.3, 0.2, 1.0)
     assert resolve_config("fast", "FetchReach-v4").algo == "sac"
     reach = resolve_config("fast", "FetchReach-v4", {"algo": "ddpg"})  # the preset's algos.ddpg section
     assert (reach.n_envs, reach.gradient_steps, reach.gamma, reach.total_steps) == (2, 40, 0.98, 10_000)
     sac_push = resolve_config("fast", "FetchPush-v4", {"algo": "sac"})  # no ddpg settings for another algo
-    assert (sac_push.n_envs, sac_push.gradient_steps, sac_push.total_steps) == (1, 1, 400_000)
+    assert (sac_push.n_envs, sac_push.batch_size, sac_push.gradient_steps, sac_push.total_steps) == (1, 256, 1, 600_000)
 
 
 def test_set_parses_values_as_yaml():
@@ -48,7 +50,7 @@ def test_set_parses_values_as_yaml():
 def test_overrides_beat_env_section_beats_defaults(tmp_path, monkeypatch):
     preset = {"defaults": {"gamma": 0.9, "batch_size": 64, "total_steps": 100},
               "algos": {"tqc": {"gamma": 0.8, "batch_size": 32}},
-              "envs": {"FetchPush-v4": {"batch_size": 128, "total_steps": 200}}}
+              "envs": {"FetchPush-v4": {"batch_size": 128, "total_steps": 200, "algos": {"ddpg": {"tau": 0.5}}}}}
     monkeypatch.setattr("harness.config.PRESET_DIR", tmp_path)
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(preset))
     config = resolve_config("mine", "FetchPush-v4", {"total_steps": 300, "her": None})
@@ -56,7 +58,17 @@ def test_overrides_beat_env_section_beats_defaults(tmp_path, monkeypatch):
     assert config.preset == "mine" and config.env_id == "FetchPush-v4"
     assert resolve_config("mine", "FetchReach-v4").batch_size == 64
     tqc = resolve_config("mine", "FetchPush-v4", {"algo": "tqc"})
-    assert (tqc.gamma, tqc.batch_size) == (0.8, 128)  # algos section under the env section
+    assert (tqc.gamma, tqc.batch_size, tqc.tau) == (0.8, 128, 0.005)  # the env section beats the algos section
+    ddpg = resolve_config("mine", "FetchPush-v4", {"algo": "ddpg"})
+    assert (ddpg.batch_size, ddpg.tau) == (128, 0.5)  # the env section's own algos section comes last
+    assert resolve_config("mine", "FetchReach-v4", {"algo": "ddpg"}).tau == 0.005
+
+
+def test_unknown_keys_in_a_preset_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr("harness.config.PRESET_DIR", tmp_path)
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"envs": {"FetchPush-v4": {"algos": {"ddpg": {"batchsize": 8}}}}}))
+    with pytest.raises(HarnessError, match=r"preset 'typo' has unknown keys \['batchsize'\]"):
+        resolve_config("typo", "FetchReach-v4")
 
 
 def test_run_name_and_tensorboard_dir_follow_the_chapter():
