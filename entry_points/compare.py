@@ -11,7 +11,8 @@ from harness.config import ALGOS
 @click.command(name="compare")
 @click.option("--env", "env_id", required=True, help="Env id whose runs to compare, e.g. FetchPush-v4.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
-@click.option("--algo", type=click.Choice(ALGOS), default="sac", show_default=True)
+@click.option("--algo", type=click.Choice((*ALGOS, "auto")), default="auto", show_default=True,
+              help="sac, tqc or ddpg, or auto: the algo of the newest evaluated training run for --env.")
 @click.option("--experiment", default=None, help="Only runs in this MLflow experiment [default: all].")
 def compare_command(env_id, seeds, algo, experiment):
     """Compare HER and no-HER: mean +/- 95% CI over seeds (Student's t), in the chapter's table.
@@ -21,7 +22,7 @@ def compare_command(env_id, seeds, algo, experiment):
     """
     from harness.comparison import compare
 
-    report = compare(env_id, parse_seeds(seeds), algo=algo, experiment=experiment)
+    report = compare(env_id, parse_seeds(seeds), algo=None if algo == "auto" else algo, experiment=experiment)
     click.echo(report["table"])
     click.echo(f"\nwrote {report['results_file']} and {report['plot_file']}; compare run {report['compare_run_id']}")
 

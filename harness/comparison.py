@@ -53,6 +53,16 @@ def find_evaluated_runs(env_id: str, her: bool, seed: int, algo: str, experiment
     )
 
 
+def newest_evaluated_algo(env_id: str, experiment_ids: Sequence[str]) -> str | None:
+    """The algo of the newest finished, evaluated training run for ``env_id`` (None: there is none)."""
+    tags = {"harness.kind": "train", "harness.env": env_id, "harness.evaluated": "true"}
+    runs = MlflowClient().search_runs(
+        experiment_ids, filter_string=tracking.tag_filter(tags) + " and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0].data.tags.get("harness.algo") if runs else None
+
+
 def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str | None) -> dict[bool, list]:
     """One run per (condition, seed), or one error line naming every missing (env, her, seed)."""
     ids = tracking.experiment_ids(experiment)
@@ -162,10 +172,17 @@ def comparison_path(env_id: str) -> Path:
     return RESULTS_DIR / f"ch04_{env_id.lower()}_comparison.json"
 
 
-def compare(env_id: str, seeds: Sequence[int], algo: str = "sac", experiment: str | None = None) -> dict[str, Any]:
-    """``harness compare``: the table, ``results/ch04_<env>_comparison.json`` and a compare run."""
+def compare(env_id: str, seeds: Sequence[int], algo: str | None = None, experiment: str | None = None) -> dict[str, Any]:
+    """``harness compare``: the table, ``results/ch04_<env>_comparison.json`` and a compare run.
+    ``algo`` None: the algo of the newest evaluated training run for the env (the ``fast`` preset
+    trains Push with ddpg, the chapter with sac)."""
     if not seeds:
         raise HarnessError("--seeds is empty; give a comma-separated list such as 0,1,2")
+    if algo is None:
+        algo = newest_evaluated_algo(env_id, tracking.experiment_ids(experiment))
+        if algo is None:
+            raise HarnessError(f"no finished, evaluated training run for {env_id} in {mlflow.get_tracking_uri()}; "
+                               "train it (harness train) and evaluate it (harness eval) first")
     found = collect_runs(env_id, seeds, algo, experiment)
     return report_comparison(env_id, seeds, found, algo, experiment)
 

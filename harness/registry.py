@@ -100,16 +100,18 @@ def signature_for(env_id: str):
     return ModelSignature(inputs=inputs, outputs=outputs), obs_space
 
 
-def best_her_run(env_id: str, algo: str):
+def best_her_run(env_id: str, algo: str | None = None):
+    """The finished, evaluated HER training run with the best eval success (ties: return); of any algo if None."""
     client = MlflowClient()
-    tags = {"harness.kind": "train", "harness.env": env_id, "harness.her": "true", "harness.algo": algo,
-            "harness.evaluated": "true"}
+    tags = {"harness.kind": "train", "harness.env": env_id, "harness.her": "true", "harness.evaluated": "true"}
+    if algo is not None:
+        tags["harness.algo"] = algo
     runs = client.search_runs(
         tracking.experiment_ids(None), tracking.tag_filter(tags) + " and attributes.status = 'FINISHED'",
         order_by=["metrics.`eval/success_rate` DESC", "metrics.`eval/mean_return` DESC"], max_results=1,
     )
     if not runs:
-        raise HarnessError(f"no finished, evaluated {algo} HER training run for {env_id} in {mlflow.get_tracking_uri()}; "
+        raise HarnessError(f"no finished, evaluated {algo + ' ' if algo else ''}HER training run for {env_id} in {mlflow.get_tracking_uri()}; "
                            "train and evaluate one first (harness train --her, harness eval)")
     return runs[0]
 
@@ -119,8 +121,9 @@ def _is_better(candidate: dict[str, float], current: dict[str, float]) -> bool:
     return tuple(candidate[k] for k in key) > tuple(current[k] for k in key)
 
 
-def register(env_id: str | None = None, algo: str = "sac", run_id: str | None = None) -> dict[str, Any]:
-    """Register the best (or the given) evaluated HER run; move ``champion`` only if it is better."""
+def register(env_id: str | None = None, algo: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Register the best (or the given) evaluated HER run, of ``algo`` or (None) of any algo; move
+    ``champion`` only if it is better."""
     from harness.checkpoints import resolve_checkpoint_files
 
     tracking.prepare_store()

@@ -210,3 +210,18 @@ def test_mlflow_ui_shows_the_runs_their_tags_and_learning_curves(workflow, tmp_p
 
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_compare_and_register_default_to_the_algo_that_was_trained(store, tmp_path):
+    """The fast preset trains Push with ddpg: compare/register find those runs without --algo."""
+    for her in ("false", "true"):
+        run_cli(["train", "--env", ENV, "--her", her, "--algo", "ddpg", *TINY], tmp_path, store)
+        name = f"ddpg{'_her' if her == 'true' else ''}_{ENV}_seed0"
+        run_cli(["eval", "--ckpt", f"checkpoints/{name}.zip", "--n-episodes", "2"], tmp_path, store)
+    run_cli(["compare", "--env", ENV, "--seeds", "0"], tmp_path, store)
+    report = json.loads((tmp_path / "results" / "ch04_fetchreach-v4_comparison.json").read_text())
+    assert report["algo"] == "ddpg" and report["conditions"]["her"]["summary"]["eval/success_rate"]["n"] == 1
+    sac = run_cli(["compare", "--env", ENV, "--seeds", "0", "--algo", "sac"], tmp_path, store, check=False)
+    assert sac.returncode == 1 and "no finished, evaluated sac training run for (env=FetchReach-v4, her=false, seed=0)" in sac.stderr
+    registered = run_cli(["register", "--env", ENV], tmp_path, store)
+    assert "registered ch04-ddpg-her-FetchReach-v4 version 1" in registered.stdout

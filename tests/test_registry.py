@@ -101,7 +101,7 @@ def test_register_errors(registry_store):
     cwd, uri, runs = registry_store
     for args, expected in (
         (["register"], "give --env (register its best HER run) or --run-id (register that run)"),
-        (["register", "--env", "FetchPush-v4"], "no finished, evaluated sac HER training run for FetchPush-v4"),
+        (["register", "--env", "FetchPush-v4"], "no finished, evaluated HER training run for FetchPush-v4"),
         (["register", "--run-id", runs["sac_FetchReach-v4_seed0"].info.run_id], "is not a HER run"),
         (["eval", "--ckpt", "models:/nope@champion"], "registered model 'models:/nope@champion' not found"),
     ):
