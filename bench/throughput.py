@@ -16,7 +16,7 @@ interleaved pairs (a, b, a, b, ...), each pair's ratio b/a taken right after eac
 figures printed are medians over rounds. The last line is ``equal-config speedup: X.XX``, the median
 of the paired ratios (b) / (a).
 
-    python bench/throughput.py                           # ~3-4 minutes on 2 cores
+    python bench/throughput.py                           # ~4-5 minutes on 2 cores
     python bench/throughput.py --steps 5000 --rounds 5   # longer, steadier figures
 
 (b) and (c) are MLflow runs in the experiment ``bench-throughput`` of the working directory's store.
