@@ -64,7 +64,9 @@ def test_fast_sac_step_changes_the_weights():
 
 def ddpg_model(tmp_path, monkeypatch, **overrides):
     monkeypatch.chdir(tmp_path)
-    config = resolve_config("fast", "FetchPush-v4", dict(her=True, total_steps=400, learning_starts=100, **overrides))
+    # the one-worker layout (2 envs, batch 256): small and quick, and what the tests below index
+    config = resolve_config("fast", "FetchPush-v4", dict(her=True, total_steps=400, learning_starts=100, n_envs=2,
+                                                         batch_size=256, **overrides))
     env, vecnormalize = build_env(config)
     return build_model(config, env, Logger(folder=None, output_formats=[])), vecnormalize
 
