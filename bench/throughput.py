@@ -124,5 +124,6 @@ def main(steps, rounds, warmup, threads, json_path):
                                          "paired_speedups": speedups, "equal_config_speedup": speedup}, indent=2) + "\n")
     click.echo(f"equal-config speedup: {speedup:.2f}")
 
+
 if __name__ == "__main__":
     main()

@@ -41,26 +41,29 @@ ROWS = (
 )
 
 
-def find_evaluated_runs(env_id: str, her: bool, seed: int, algo: str, experiment_ids: Sequence[str]):
-    """Newest first: FINISHED training runs of (env, her, seed, algo) that ``harness eval`` scored."""
-    tags = {"harness.kind": "train", "harness.env": env_id, "harness.her": str(her).lower(),
-            "harness.seed": str(seed), "harness.algo": algo, "harness.evaluated": "true"}
-    return MlflowClient().search_runs(
+def newest_evaluated_run(tags: dict[str, str], experiment_ids: Sequence[str]):
+    """The newest FINISHED training run that ``harness eval`` scored and that has ``tags`` (None: none)."""
+    tags = {"harness.kind": "train", "harness.evaluated": "true", **tags}
+    runs = MlflowClient().search_runs(
         experiment_ids,
         filter_string=tracking.tag_filter(tags) + " and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
+    return runs[0] if runs else None
+
+
+def find_evaluated_runs(env_id: str, her: bool, seed: int, algo: str, experiment_ids: Sequence[str]):
+    """The newest evaluated training run of (env, her, seed, algo), as a list of at most one."""
+    run = newest_evaluated_run({"harness.env": env_id, "harness.her": str(her).lower(), "harness.seed": str(seed),
+                                "harness.algo": algo}, experiment_ids)
+    return [run] if run else []
 
 
 def newest_evaluated_algo(env_id: str, experiment_ids: Sequence[str]) -> str | None:
     """The algo of the newest finished, evaluated training run for ``env_id`` (None: there is none)."""
-    tags = {"harness.kind": "train", "harness.env": env_id, "harness.evaluated": "true"}
-    runs = MlflowClient().search_runs(
-        experiment_ids, filter_string=tracking.tag_filter(tags) + " and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1,
-    )
-    return runs[0].data.tags.get("harness.algo") if runs else None
+    run = newest_evaluated_run({"harness.env": env_id}, experiment_ids)
+    return run.data.tags.get("harness.algo") if run else None
 
 
 def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str | None) -> dict[bool, list]:
