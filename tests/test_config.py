@@ -27,16 +27,16 @@ def test_ch04_preset_is_the_chapter_settings():
 
 def test_fast_preset_trains_push_with_the_her_papers_ddpg():
     push = resolve_config("fast", "FetchPush-v4", {"her": True})
-    # the HER code's 8-worker set-up in one process: 16 envs, batch 8 x 256, 40 steps per 800 env steps
-    assert (push.algo, push.n_envs, push.train_freq, push.gradient_steps) == ("ddpg", 16, 50, 40)
+    # the HER code's 8-worker set-up in one process: 16 envs, batch 8 x 256, 20 steps per 800 env steps
+    assert (push.algo, push.n_envs, push.train_freq, push.gradient_steps) == ("ddpg", 16, 50, 20)
     assert (push.gamma, push.batch_size, push.net_arch, push.normalize_obs) == (0.98, 2048, (256, 256, 256), True)
-    assert (push.total_steps, push.eval_freq, push.checkpoint_freq) == (600_000, 20_000, 100_000)
+    assert (push.total_steps, push.eval_freq, push.checkpoint_freq) == (900_000, 20_000, 100_000)
     assert (push.random_eps, push.action_noise, push.action_l2) == (0.3, 0.2, 1.0)
     assert resolve_config("fast", "FetchReach-v4").algo == "sac"
     reach = resolve_config("fast", "FetchReach-v4", {"algo": "ddpg"})  # the preset's algos.ddpg section
     assert (reach.n_envs, reach.gradient_steps, reach.gamma, reach.total_steps) == (2, 40, 0.98, 10_000)
     sac_push = resolve_config("fast", "FetchPush-v4", {"algo": "sac"})  # no ddpg settings for another algo
-    assert (sac_push.n_envs, sac_push.batch_size, sac_push.gradient_steps, sac_push.total_steps) == (1, 256, 1, 600_000)
+    assert (sac_push.n_envs, sac_push.batch_size, sac_push.gradient_steps, sac_push.total_steps) == (1, 256, 1, 900_000)
 
 
 def test_set_parses_values_as_yaml():
