@@ -103,7 +103,10 @@ def plot(runs, path: Path, title: str, thresholds: list[float]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for run in runs:
         curve = success_curve(run.info.run_id)
-        label = f"{run.info.run_name} ({run.data.tags.get('harness.preset')})"
+        # the preset's budget tells apart runs of one name made under different preset versions
+        steps = run.data.params.get("total_steps")
+        budget = f", {int(steps) // 1000}k steps" if steps else ""
+        label = f"{run.info.run_name} ({run.data.tags.get('harness.preset')}{budget})"
         ax.plot([m for _, m, _ in curve], [100 * v for _, _, v in curve], label=label)
     for threshold in thresholds:
         ax.axhline(100 * threshold, color="gray", linestyle="--", linewidth=0.8)
