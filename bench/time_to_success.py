@@ -34,6 +34,8 @@ def success_curve(run_id: str) -> list[tuple[int, float, float]]:
     client = MlflowClient()
     run = client.get_run(run_id)
     history = sorted(client.get_metric_history(run_id, METRIC), key=lambda m: (m.step, m.timestamp))
+    if run.info.end_time:  # `harness eval` scores logged to a run after it ended are not on its learning curve
+        history = [m for m in history if m.timestamp <= run.info.end_time]
     return [(m.step, (m.timestamp - run.info.start_time) / 60_000, m.value) for m in history]
 
 
