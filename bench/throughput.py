@@ -111,7 +111,12 @@ def main(steps, rounds, warmup, threads, json_path):
     a, b, speedup = statistics.median(a_rates), statistics.median(b_rates), statistics.median(speedups)
     click.echo(f"(a) chapter config, plain SB3 SAC+HER:        {a:7.1f} env steps/s  (median)")
     click.echo(f"(b) chapter config, harness training path:    {b:7.1f} env steps/s  (median; runs {', '.join(b_run_ids)})")
-    fast_overrides = dict(her=True, learning_starts=warmup, total_steps=warmup + steps, eval_freq=0, checkpoint_freq=0)
+    from harness.config import resolve_config
+
+    # HER samples only finished episodes: the warm-up covers one 50-step episode in each of the preset's envs
+    fast_warmup = max(warmup, 50 * resolve_config("fast", ENV_ID, {"her": True}).n_envs)
+    fast_overrides = dict(her=True, learning_starts=fast_warmup, total_steps=fast_warmup + steps, eval_freq=0,
+                          checkpoint_freq=0)
     c, c_config = harness_path("fast", fast_overrides, "bench_fast_preset")
     click.echo(f"(c) fast preset ({c_config['algo']}, {c_config['n_envs']} envs, batch {c_config['batch_size']}, "
                f"{c_config['gradient_steps']} grad steps / {c_config['train_freq'] * c_config['n_envs']} env steps): "

@@ -4,7 +4,7 @@ Reads the ``eval/success_rate`` learning curves that training logs to MLflow (th
 deterministic evaluation, ``eval_freq`` env steps apart), so it measures runs that already
 exist, finished or still running:
 
-    python bench/time_to_success.py --env FetchPush-v4 --algo ddpg --preset fast
+    python bench/time_to_success.py --env FetchPush-v4 --preset fast          # the fast preset's SAC (--algo ddpg: the HER paper's DDPG)
     python bench/time_to_success.py --run-id <id> --run-id <id>
 
 Wall-clock is counted from the run's start to the timestamp of the evaluation that first reached
@@ -125,7 +125,7 @@ def plot(runs, path: Path, title: str, thresholds: list[float]) -> None:
 
 @click.command()
 @click.option("--env", "env_id", default="FetchPush-v4", show_default=True)
-@click.option("--algo", default="ddpg", show_default=True, help="harness.algo tag of the runs.")
+@click.option("--algo", default="sac", show_default=True, help="harness.algo tag of the runs.")
 @click.option("--preset", default=None, help="harness.preset tag of the runs [default: any].")
 @click.option("--her/--no-her", default=True, show_default=True)
 @click.option("--run-id", "run_ids", multiple=True, help="Measure these runs instead of searching by tags.")

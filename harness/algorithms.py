@@ -33,13 +33,22 @@ from stable_baselines3.common.utils import polyak_update
 from harness.errors import HarnessError
 
 ALGOS = ("sac", "tqc", "ddpg")
+PRECISIONS = ("fp32", "bf16")
+
+
+def layer_precision(precision: str):
+    """Where the networks' layers run during gradient steps: ``fp32``, or ``bf16`` through CPU autocast
+    (matrix multiplies in bfloat16, weights, gradients and optimizer state stay fp32). Callers turn a
+    layer's output back to fp32 before any loss, log or tanh math, which bfloat16's 8-bit mantissa
+    would spoil (``log(1 - tanh^2 + 1e-6)`` loses its epsilon)."""
+    return th.autocast("cpu", dtype=th.bfloat16, enabled=precision == "bf16")
 
 
 class HerDDPG(TD3):
     """DDPG with the HER paper's exploration, action penalty and target clipping (see module doc)."""
 
     def __init__(self, policy, env, *, random_eps: float = 0.3, action_noise_std: float = 0.2,
-                 action_l2: float = 1.0, clip_target: bool = True, **kwargs):
+                 action_l2: float = 1.0, clip_target: bool = True, precision: str = "fp32", **kwargs):
         kwargs.setdefault("policy_delay", 1)
         kwargs.setdefault("target_policy_noise", 0.0)
         kwargs.setdefault("target_noise_clip", 0.0)
@@ -47,6 +56,7 @@ class HerDDPG(TD3):
         self.action_noise_std = action_noise_std
         self.action_l2 = action_l2
         self.clip_target = clip_target
+        self.precision = precision
         super().__init__(policy, env, **kwargs)
         if self.action_noise is None and action_noise_std > 0 and self.action_space is not None:
             n_actions = self.action_space.shape[-1]
@@ -71,19 +81,24 @@ class HerDDPG(TD3):
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
             with th.no_grad():
-                next_q = self.critic_target.q1_forward(data.next_observations, self.actor_target(data.next_observations))
-                target_q = data.rewards + (1 - data.dones) * self.gamma * next_q
+                with layer_precision(self.precision):
+                    next_q = self.critic_target.q1_forward(data.next_observations,
+                                                           self.actor_target(data.next_observations))
+                target_q = data.rewards + (1 - data.dones) * self.gamma * next_q.float()
                 if self.clip_target:
                     target_q.clamp_(lowest_return, 0.0)
-            critic_loss = F.mse_loss(self.critic.q1_forward(data.observations, data.actions), target_q)
+            with layer_precision(self.precision):
+                current_q = self.critic.q1_forward(data.observations, data.actions)
+            critic_loss = F.mse_loss(current_q.float(), target_q)
             self.critic.optimizer.zero_grad()
             critic_loss.backward()
             self.critic.optimizer.step()
 
             # The actor's loss needs gradients through the critic's input only, not its weights.
             self.critic.requires_grad_(False)
-            actions_pi = self.actor(data.observations)
-            q_pi = self.critic.q1_forward(data.observations, actions_pi)
+            with layer_precision(self.precision):
+                actions_pi = self.actor(data.observations).float()
+                q_pi = self.critic.q1_forward(data.observations, actions_pi).float()
             actor_loss = -q_pi.mean() + self.action_l2 * actions_pi.pow(2).mean()
             self.actor.optimizer.zero_grad()
             actor_loss.backward()
@@ -125,7 +140,14 @@ class FastSAC(SAC):
     ``SquashedDiagGaussianDistribution`` does), freezes the critics during the actor's backward,
     uses Adam's fused implementation and a multi-tensor Polyak update.
     Falls back to SB3's own step for gSDE and for feature extractors with weights.
+
+    ``precision="bf16"`` runs the layers of the gradient step in bfloat16 (:func:`layer_precision`);
+    acting, evaluation and saved weights stay fp32. The default ``fp32`` is SB3's arithmetic.
     """
+
+    def __init__(self, *args, precision: str = "fp32", **kwargs):
+        self.precision = precision
+        super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -145,9 +167,10 @@ class FastSAC(SAC):
 
     def _actor_sample(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Reparameterized tanh-squashed Gaussian action and its log-probability (SB3's formulas)."""
-        latent = self.actor.latent_pi(features)
-        mean = self.actor.mu(latent)
-        log_std = th.clamp(self.actor.log_std(latent), -20, 2)
+        with layer_precision(self.precision):
+            latent = self.actor.latent_pi(features)
+            mean, log_std = self.actor.mu(latent).float(), self.actor.log_std(latent).float()
+        log_std = th.clamp(log_std, -20, 2)
         std = log_std.exp()
         gaussian = mean + std * th.randn_like(mean)
         action = th.tanh(gaussian)
@@ -155,10 +178,10 @@ class FastSAC(SAC):
         log_prob = normal_log_prob.sum(dim=1) - th.log(1 - action**2 + 1e-6).sum(dim=1)
         return action, log_prob.reshape(-1, 1)
 
-    @staticmethod
-    def _q_values(critic, features: th.Tensor, actions: th.Tensor) -> list[th.Tensor]:
+    def _q_values(self, critic, features: th.Tensor, actions: th.Tensor) -> list[th.Tensor]:
         q_input = th.cat([features, actions], dim=1)
-        return [q_net(q_input) for q_net in critic.q_networks]
+        with layer_precision(self.precision):
+            return [q_net(q_input).float() for q_net in critic.q_networks]
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         if not self._fast_path():

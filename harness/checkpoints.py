@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3 import HerReplayBuffer
+
 from harness.algorithms import algo_class
 from harness.errors import HarnessError
 
@@ -140,7 +142,7 @@ def describe_zip(data: dict[str, Any]) -> dict[str, Any]:
     buffer_class = data.get("replay_buffer_class")
     return {
         "algo": "tqc" if "tqc" in policy_module else "sac",
-        "her": bool(buffer_class) and buffer_class.__name__ == "HerReplayBuffer",
+        "her": isinstance(buffer_class, type) and issubclass(buffer_class, HerReplayBuffer),
         "seed": data.get("seed"),
     }
 

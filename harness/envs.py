@@ -46,6 +46,22 @@ def validate_env_id(env_id: str, her: bool = False) -> None:
         )
 
 
+def episode_steps(env_id: str) -> int | None:
+    """The env's time limit (50 on the Fetch tasks), or None where it has none."""
+    return gym.spec(env_id).max_episode_steps
+
+
+def validate_her_start(env_id: str, n_envs: int, learning_starts: int) -> None:
+    """SB3's HerReplayBuffer samples only from finished episodes: the first gradient step must come after
+    every env has ended one (all the envs of a DummyVecEnv end their fixed-length episodes together)."""
+    steps = episode_steps(env_id)
+    if steps and learning_starts < steps * n_envs:
+        raise HarnessError(
+            f"--her with {n_envs} env(s) needs learning_starts >= {steps * n_envs} (one finished {steps}-step "
+            f"episode in every env before HER can sample), got {learning_starts}"
+        )
+
+
 def is_goal_conditioned(env_id: str) -> bool:
     env = gym.make(env_id)
     try:

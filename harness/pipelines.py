@@ -37,12 +37,14 @@ from mlflow.tracking import MlflowClient
 from harness import resume, tracking
 from harness.checkpoints import CHECKPOINT_DIR
 from harness.config import TrainConfig, resolve_config
+from harness.envs import validate_her_start
 from harness.errors import HarnessError
 from harness.evaluation import RESULTS_DIR
 from harness.provenance import code_version
 from harness.statistics import summarize
 
 EXECUTORS = ("local", "ray")
+ALGO_NAMES = {"sac": "SAC", "tqc": "TQC", "ddpg": "DDPG"}
 OVERVIEW_SECONDS = 15.0
 
 
@@ -83,6 +85,8 @@ def chapter_jobs(env_id: str, seeds: Sequence[int], preset: str, overrides: dict
     for her in (False, True):
         for seed in seeds:
             config = resolve_config(preset, env_id, {**overrides, "her": her, "seed": seed})
+            if her:
+                validate_her_start(env_id, config.n_envs, config.learning_starts)
             jobs.append(Job(config, config.run_name, n_eval_episodes))
     return jobs
 
@@ -94,6 +98,7 @@ def ablation_jobs(env_id: str, nsg_values: Sequence[int], seeds: Sequence[int], 
     for nsg in nsg_values:
         for seed in seeds:
             config = resolve_config(preset, env_id, {**overrides, "her": True, "seed": seed, "n_sampled_goal": nsg})
+            validate_her_start(env_id, config.n_envs, config.learning_starts)
             jobs.append(Job(config, f"{config.algo}_her_nsg{nsg}_{env_id}_seed{seed}", n_eval_episodes))
     return jobs
 
@@ -366,7 +371,7 @@ def chapter_report(env_id: str, seeds: Sequence[int], algo: str) -> Callable:
         comparison = report_comparison(env_id, seeds, found, algo, parent_run_id=parent_id)
         md_path = RESULTS_DIR / f"ch04_{env_id.lower()}_report.md"
         plot = Path(comparison["plot_file"]).name
-        lines = [f"# {env_id}: SAC without and with HER, seeds {', '.join(map(str, seeds))}", "",
+        lines = [f"# {env_id}: {ALGO_NAMES.get(algo, algo)} without and with HER, seeds {', '.join(map(str, seeds))}", "",
                  comparison["markdown_table"], "",
                  "Mean +/- 95% confidence interval (Student's t, n-1 degrees of freedom) over seeds; "
                  "each seed scored on the same deterministic evaluation episodes.", "",

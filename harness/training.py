@@ -29,9 +29,10 @@ from harness import resume, tracking
 from harness.algorithms import algo_class
 from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, local_paths, write_atomically, write_json_atomically
 from harness.config import TrainConfig
-from harness.envs import make_vec_env, validate_env_id
+from harness.envs import make_vec_env, validate_env_id, validate_her_start
 from harness.evaluation import deterministic_policy, run_episodes
 from harness.provenance import code_version, git_state, package_versions
+from harness.replay import her_buffer
 from harness.seeding import seed_everything
 
 
@@ -137,13 +138,10 @@ def build_model(config: TrainConfig, env, logger: Logger):
         kwargs["policy_kwargs"]["n_critics"] = 1
     else:
         kwargs["ent_coef"] = config.ent_coef
+    if config.algo in ("sac", "ddpg"):
+        kwargs["precision"] = config.precision
     if config.her:
-        from stable_baselines3 import HerReplayBuffer
-
-        kwargs["replay_buffer_class"] = HerReplayBuffer
-        kwargs["replay_buffer_kwargs"] = dict(
-            n_sampled_goal=config.n_sampled_goal, goal_selection_strategy=config.goal_selection_strategy
-        )
+        kwargs.update(her_buffer(config.n_sampled_goal, config.goal_selection_strategy, config.desired_goal_share))
     policy = "MultiInputPolicy" if isinstance(env.observation_space, gym.spaces.Dict) else "MlpPolicy"
     model = algo_class(config.algo)(policy, env, **kwargs)
     model.set_logger(logger)
@@ -183,6 +181,8 @@ def train(
     and the pipelines, which look for ``train`` runs, never pick their runs up.
     """
     validate_env_id(config.env_id, her=config.her)
+    if config.her:
+        validate_her_start(config.env_id, config.n_envs, config.learning_starts)
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     seed_everything(config.seed)

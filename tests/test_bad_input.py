@@ -26,6 +26,8 @@ from tests.conftest import TINY, all_runs, clean_env, run_cli
     (["train", "--preset", "turbo"], "Invalid value for '--preset': 'turbo' is not one of 'ch04', 'fast'"),
     (["train", "--her", "maybe"], "Invalid value for '--her': 'maybe' is not a valid boolean"),
     (["train", "--her", "--no-her"], "--her and --no-her contradict each other"),
+    (["train", "--her", "--total-steps", "300", "--learning-starts", "100"],  # ch04: 8 envs
+     "--her with 8 env(s) needs learning_starts >= 400 (one finished 50-step episode in every env before HER can sample), got 100"),
     (["eval", "--ckpt", "checkpoints/nothing.zip"], "checkpoint 'checkpoints/nothing.zip' not found; give a .zip path"),
     (["eval", "--ckpt", "corrupt.zip"], "checkpoint 'corrupt.zip' is not a readable SB3 checkpoint"),
     (["eval", "--ckpt", "0123456789abcdef0123456789abcdef"], "no MLflow run with id '0123456789abcdef0123456789abcdef'"),

@@ -25,18 +25,23 @@ def test_ch04_preset_is_the_chapter_settings():
     assert (config.normalize_obs, config.buffer_size) == (False, 1_000_000)
 
 
-def test_fast_preset_trains_push_with_the_her_papers_ddpg():
+def test_fast_preset_trains_push_with_sac_in_the_her_papers_layout():
     push = resolve_config("fast", "FetchPush-v4", {"her": True})
     # the HER code's 8-worker set-up in one process: 16 envs, batch 8 x 256, 20 steps per 800 env steps
-    assert (push.algo, push.n_envs, push.train_freq, push.gradient_steps) == ("ddpg", 16, 50, 20)
+    assert (push.algo, push.n_envs, push.train_freq, push.gradient_steps) == ("sac", 16, 50, 20)
     assert (push.gamma, push.batch_size, push.net_arch, push.normalize_obs) == (0.98, 2048, (256, 256, 256), True)
-    assert (push.total_steps, push.eval_freq, push.checkpoint_freq) == (900_000, 20_000, 100_000)
-    assert (push.random_eps, push.action_noise, push.action_l2) == (0.3, 0.2, 1.0)
+    assert (push.tau, push.precision, push.desired_goal_share) == (0.0025, "bf16", 0.0)
+    assert (push.total_steps, push.eval_freq, push.checkpoint_freq) == (380_000, 20_000, 100_000)
+    # --algo ddpg: the previous default, unchanged (the HER paper's DDPG, 900k steps)
+    ddpg = resolve_config("fast", "FetchPush-v4", {"her": True, "algo": "ddpg"})
+    assert (ddpg.n_envs, ddpg.batch_size, ddpg.train_freq, ddpg.gradient_steps) == (16, 2048, 50, 20)
+    assert (ddpg.gamma, ddpg.tau, ddpg.net_arch, ddpg.normalize_obs) == (0.98, 0.05, (256, 256, 256), True)
+    assert (ddpg.total_steps, ddpg.precision, ddpg.desired_goal_share) == (900_000, "fp32", 0.0)
+    assert (ddpg.random_eps, ddpg.action_noise, ddpg.action_l2) == (0.3, 0.2, 1.0)
     assert resolve_config("fast", "FetchReach-v4").algo == "sac"
     reach = resolve_config("fast", "FetchReach-v4", {"algo": "ddpg"})  # the preset's algos.ddpg section
     assert (reach.n_envs, reach.gradient_steps, reach.gamma, reach.total_steps) == (2, 40, 0.98, 10_000)
-    sac_push = resolve_config("fast", "FetchPush-v4", {"algo": "sac"})  # no ddpg settings for another algo
-    assert (sac_push.n_envs, sac_push.batch_size, sac_push.gradient_steps, sac_push.total_steps) == (1, 256, 1, 900_000)
+    assert resolve_config("ch04", "FetchPush-v4").precision == "fp32"  # the chapter's path stays fp32
 
 
 def test_set_parses_values_as_yaml():
@@ -91,6 +96,9 @@ def test_run_name_and_tensorboard_dir_follow_the_chapter():
     ({"gamma": 1.5}, "gamma must be in (0, 1], got 1.5"),
     ({"ent_coef": "sometimes"}, "ent_coef must be a number"),
     ({"bogus": 1}, "unknown config keys ['bogus']"),
+    ({"precision": "fp16"}, "precision must be one of fp32, bf16, got 'fp16'"),
+    ({"algo": "tqc", "precision": "bf16"}, "precision bf16 is for sac and ddpg; tqc trains in fp32"),
+    ({"desired_goal_share": 1.5}, "desired_goal_share must be in [0, 1], got 1.5"),
 ])
 def test_bad_values_name_the_value_and_what_is_accepted(overrides, message):
     with pytest.raises(HarnessError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
