@@ -44,33 +44,53 @@ def _run(kind, jobs, report, workers, executor, ray_address, experiment):
                f"wall-clock {result.wall_time_s / 60:.1f} min")
 
 
-def chapter_pipeline(name: str, env_id: str, default_nsg_help: str):
-    @click.command(name=name)
-    @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
-    @click.option("--n-sampled-goal", type=IntOrPreset(0), help=f"HER relabeled goals per transition {default_nsg_help}.")
-    @pipeline_options
-    def command(seeds, n_sampled_goal, total_steps, preset, learning_starts, algo, eval_freq, checkpoint_freq,
-                n_eval_episodes, workers, executor, ray_address, experiment):
-        from harness.pipelines import chapter_jobs, chapter_report
+def chapter_options(command):
+    """What the chapter's pipelines add to the shared options: the seeds and HER's k."""
+    command = pipeline_options(command)
+    command = click.option("--n-sampled-goal", type=IntOrPreset(0),
+                           help="HER relabeled goals per transition [default: the preset's, 4; the chapter's "
+                                "tuned Push run: 8].")(command)
+    return click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")(command)
 
-        seed_list = parse_seeds(seeds)
-        overrides = dict(total_steps=total_steps, n_sampled_goal=n_sampled_goal, learning_starts=learning_starts, algo=algo,
-                         eval_freq=eval_freq, checkpoint_freq=checkpoint_freq)
-        jobs = chapter_jobs(env_id, seed_list, preset, overrides, n_eval_episodes)
-        report = chapter_report(env_id, seed_list, jobs[0].config.algo)
-        _run(name, jobs, report, workers, executor, ray_address, experiment)
 
-    command.help = (
-        f"The chapter's pipeline on {env_id}: train no-HER per seed, evaluate each, train HER per seed, evaluate "
-        "each, compare. One parent MLflow run with child runs; re-running the same command reuses finished runs, "
-        "resumes interrupted ones and runs only what is missing. Writes results/ch04_<env>_report.md, "
-        "the comparison JSON and PNG."
-    )
+CHAPTER_STEPS = ("train no-HER per seed, evaluate each, train HER per seed, evaluate each, compare. One parent MLflow "
+                 "run with child runs; re-running the same command reuses finished runs, resumes interrupted ones and "
+                 "runs only what is missing. Writes results/ch04_<env>_report.md, the comparison JSON and PNG.")
+
+
+def run_chapter(name, env_id, seeds, n_sampled_goal, total_steps, preset, learning_starts, algo, eval_freq,
+                checkpoint_freq, n_eval_episodes, workers, executor, ray_address, experiment):
+    from harness.envs import validate_env_id
+    from harness.pipelines import chapter_jobs, chapter_report
+
+    seed_list = parse_seeds(seeds)
+    validate_env_id(env_id, her=True)
+    overrides = dict(total_steps=total_steps, n_sampled_goal=n_sampled_goal, learning_starts=learning_starts, algo=algo,
+                     eval_freq=eval_freq, checkpoint_freq=checkpoint_freq)
+    jobs = chapter_jobs(env_id, seed_list, preset, overrides, n_eval_episodes)
+    report = chapter_report(env_id, seed_list, jobs[0].config.algo)
+    _run(name, jobs, report, workers, executor, ray_address, experiment)
+
+
+def chapter_pipeline(name: str, env_id: str):
+    @click.command(name=name, help=f"The chapter's pipeline on {env_id}: {CHAPTER_STEPS}")
+    @chapter_options
+    def command(**options):
+        run_chapter(name, env_id, **options)
+
     return command
 
 
-reach_all_command = chapter_pipeline("reach-all", "FetchReach-v4", "[default: the preset's, 4]")
-push_all_command = chapter_pipeline("push-all", "FetchPush-v4", "[default: the preset's, 4; the chapter's tuned run: 8]")
+reach_all_command = chapter_pipeline("reach-all", "FetchReach-v4")
+push_all_command = chapter_pipeline("push-all", "FetchPush-v4")
+
+
+@click.command(name="experiment", help=f"The chapter's pipeline on any goal-conditioned env (FetchPickAndPlace-v4, "
+                                       f"FetchSlide-v4, ...): {CHAPTER_STEPS}")
+@click.option("--env", "env_id", required=True, help="Env id, e.g. FetchPickAndPlace-v4 or FetchSlide-v4.")
+@chapter_options
+def experiment_command(env_id, **options):
+    run_chapter("experiment", env_id, **options)
 
 
 @click.command(name="ablation")
@@ -103,7 +123,8 @@ def ablation_command(env_id, nsg_values, seed, seeds, total_steps, preset, learn
 if __name__ == "__main__":
     import sys
 
-    commands = {"reach-all": reach_all_command, "push-all": push_all_command, "ablation": ablation_command}
+    commands = {"reach-all": reach_all_command, "push-all": push_all_command, "experiment": experiment_command,
+                "ablation": ablation_command}
     name = sys.argv[1] if len(sys.argv) > 1 else ""
     if name not in commands:
         sys.exit(f"usage: python -m entry_points.pipelines {{{'|'.join(commands)}}} [OPTIONS]")

@@ -8,7 +8,7 @@ import yaml
 from entry_points.compare import compare_command
 from entry_points.eval import eval_command
 from entry_points.lab import lab_command
-from entry_points.pipelines import ablation_command, push_all_command, reach_all_command
+from entry_points.pipelines import ablation_command, experiment_command, push_all_command, reach_all_command
 from entry_points.train import train_command
 from tests.conftest import PROJECT_ROOT
 
@@ -25,7 +25,8 @@ def test_conda_yaml_pins_the_same_dependencies_as_pyproject():
 def test_mlproject_parameters_map_onto_cli_options():
     project = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
     commands = {"train": train_command, "eval": eval_command, "compare": compare_command, "her-lab": lab_command,
-                "reach-all": reach_all_command, "push-all": push_all_command, "ablation": ablation_command}
+                "reach-all": reach_all_command, "push-all": push_all_command, "experiment": experiment_command,
+                "ablation": ablation_command}
     for name, command in commands.items():
         entry = project["entry_points"][name]
         options = {opt for p in command.params for opt in p.opts}

@@ -101,9 +101,26 @@ def test_ablation_table_across_values(store, tmp_path):
     assert (tmp_path / "results" / "ch04_sac_her_nsg2_fetchreach-v4_seed0_eval.json").is_file()
 
 
+def test_experiment_runs_the_chapters_pipeline_on_any_fetch_task(store, tmp_path):
+    proc = run_cli(["experiment", "--env", "FetchPickAndPlace-v4", "--seeds", "0", "--workers", "2", *TINY_PIPELINE],
+                   tmp_path, store, timeout=600)
+    assert "experiment: 2 trainings: 2 to train" in proc.stdout
+    (parent,) = runs_by_kind("pipeline")
+    assert parent.info.status == "FINISHED" and parent.data.tags["harness.pipeline"] == "experiment"
+    assert parent.info.run_name == "experiment_FetchPickAndPlace-v4"
+    trains = sorted(r.info.run_name for r in runs_by_kind("train"))
+    assert trains == ["sac_FetchPickAndPlace-v4_seed0", "sac_her_FetchPickAndPlace-v4_seed0"]
+    (compare,) = runs_by_kind("compare")
+    assert compare.data.tags["harness.env"] == "FetchPickAndPlace-v4"
+    report = (tmp_path / "results" / "ch04_fetchpickandplace-v4_report.md").read_text()
+    assert report.startswith("# FetchPickAndPlace-v4: SAC without and with HER, seeds 0")
+
+
 def test_pipeline_bad_input(store, tmp_path):
     for args, expected in ((["ablation", "--nsg-values", "2,x"], "'2,x' is not a comma-separated list of integers"),
                            (["reach-all", "--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1"),
-                           (["ablation", "--seed", "0", "--seeds", "1,2"], "give --seed or --seeds, not both")):
+                           (["ablation", "--seed", "0", "--seeds", "1,2"], "give --seed or --seeds, not both"),
+                           (["experiment", "--env", "Pendulum-v1"], "--her needs a goal-conditioned env"),
+                           (["experiment", "--seeds", "0"], "Missing option '--env'")):
         proc = run_cli(args, tmp_path, store, check=False)
-        assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
