@@ -44,7 +44,6 @@ from harness.provenance import code_version
 from harness.statistics import summarize
 
 EXECUTORS = ("local", "ray")
-ALGO_NAMES = {"sac": "SAC", "tqc": "TQC", "ddpg": "DDPG"}
 OVERVIEW_SECONDS = 15.0
 
 
@@ -371,7 +370,7 @@ def chapter_report(env_id: str, seeds: Sequence[int], algo: str) -> Callable:
         comparison = report_comparison(env_id, seeds, found, algo, parent_run_id=parent_id)
         md_path = RESULTS_DIR / f"ch04_{env_id.lower()}_report.md"
         plot = Path(comparison["plot_file"]).name
-        lines = [f"# {env_id}: {ALGO_NAMES.get(algo, algo)} without and with HER, seeds {', '.join(map(str, seeds))}", "",
+        lines = [f"# {env_id}: {algo.upper()} without and with HER, seeds {', '.join(map(str, seeds))}", "",
                  comparison["markdown_table"], "",
                  "Mean +/- 95% confidence interval (Student's t, n-1 degrees of freedom) over seeds; "
                  "each seed scored on the same deterministic evaluation episodes.", "",
