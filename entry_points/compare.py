@@ -15,15 +15,21 @@ from harness.config import ALGOS
               help="sac, tqc or ddpg, or auto: the algo of the newest evaluated training run for --env.")
 @click.option("--experiment", default=None, help="Only runs in this MLflow experiment [default: all].")
 def compare_command(env_id, seeds, algo, experiment):
-    """Compare HER and no-HER: mean +/- 95% CI over seeds (Student's t), in the chapter's table.
+    """Compare HER and no-HER: the chapter's table (mean +/- 95% CI over seeds, Student's t), then
+    per-seed values, IQM with bootstrap CIs, Wilson CIs of pooled episodes, one-sided tests of
+    HER > no-HER, the probability of improvement, env steps and minutes to 50%/90%, the env's
+    do-nothing floor and the chapter's "clear separation" verdict.
 
     Reads the newest finished, evaluated training run per (condition, seed) from MLflow by tags,
-    writes results/ch04_<env>_comparison.json (+ .png) and logs a compare run with the table and plot.
+    measures the floor once per env (a harness.kind=floor run), writes
+    results/ch04_<env>_comparison.json (+ .png) and logs a compare run with all of it.
     """
     from harness.comparison import compare
 
     report = compare(env_id, parse_seeds(seeds), algo=None if algo == "auto" else algo, experiment=experiment)
     click.echo(report["table"])
+    click.echo("")
+    click.echo(report["details"])
     click.echo(f"\nwrote {report['results_file']} and {report['plot_file']}; compare run {report['compare_run_id']}")
 
 

@@ -36,6 +36,9 @@ def eval_command(ckpt, n_episodes, env_id, video):
         click.echo(f"wrote {path}")
     if report["logged_to_run"]:
         click.echo(f"logged eval/* to training run {report['logged_to_run']}")
+    elif report["trained_on"] not in (None, report["env_id"]):
+        click.echo(f"note: trained on {report['trained_on']}, scored on {report['env_id']}: not logged as the "
+                   "training run's evaluation (compare and register read that)")
     else:
         click.echo("note: the training run is not in this tracking store; nothing was logged to MLflow")
 

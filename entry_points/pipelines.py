@@ -40,6 +40,9 @@ def _run(kind, jobs, report, workers, executor, ray_address, experiment):
                           experiment=experiment)
     click.echo("")
     click.echo(result.report["table"])
+    if result.report.get("details"):
+        click.echo("")
+        click.echo(result.report["details"])
     click.echo(f"\nreport: {result.report['report_file']}; pipeline run {result.parent_run_id}; "
                f"wall-clock {result.wall_time_s / 60:.1f} min")
 

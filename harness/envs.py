@@ -46,6 +46,15 @@ def validate_env_id(env_id: str, her: bool = False) -> None:
         )
 
 
+def her_reward_warning(env_id: str, her: bool) -> str | None:
+    """The chapter's first "Common Issue": HER relabels goals for a sparse reward (-1 until the goal
+    is reached); on a Dense env the reward already says how close each step got."""
+    if her and "Dense" in env_id:
+        return (f"--her on {env_id}: HER needs the sparse reward; the chapter uses {env_id.replace('Dense', '')} "
+                "(a dense reward already tells the agent how close it got)")
+    return None
+
+
 def episode_steps(env_id: str) -> int | None:
     """The env's time limit (50 on the Fetch tasks), or None where it has none."""
     return gym.spec(env_id).max_episode_steps

@@ -1,11 +1,18 @@
-"""The one exception type a user is meant to see.
+"""The one exception type a user is meant to see, and warnings.
 
 Anything raised as :class:`HarnessError` is a problem with the user's input or
 environment (a bad value, a missing checkpoint, no matching runs). The CLIs print
 its message as a single line and exit non-zero; every other exception is a bug and
-keeps its traceback.
+keeps its traceback. A warning is one line on stderr for something that runs but is likely a
+mistake (HER on a dense reward).
 """
+
+import sys
 
 
 class HarnessError(Exception):
     """A user-facing error: its message names the bad value and what is accepted."""
+
+
+def warn(message: str) -> None:
+    print(f"harness: warning: {message}", file=sys.stderr, flush=True)

@@ -18,6 +18,14 @@ from harness.envs import goal_distance, make_env
 
 EVAL_RESET_SEED = 10_000
 RESULTS_DIR = Path("results")
+# Evaluations during training log the env steps and minutes at which success first reached these.
+SUCCESS_THRESHOLDS = (0.5, 0.9)
+
+
+def threshold_metrics(threshold: float) -> tuple[str, str]:
+    """The metric names for the first time success reached ``threshold``: ``eval/steps_to_90``, ``eval/minutes_to_90``."""
+    percent = round(100 * threshold)
+    return f"eval/steps_to_{percent}", f"eval/minutes_to_{percent}"
 
 
 @dataclass
@@ -122,6 +130,13 @@ def evaluate_checkpoint(
         raise HarnessError(f"--video must be between 0 and --n-episodes ({n_episodes}), got {video}")
     loaded = load_checkpoint(ckpt, env_id=env_id)
     config = loaded.config
+    run_name = loaded.meta.get("run_name")
+    trained_on = (loaded.meta.get("config") or {}).get("env_id")
+    # Scored on another env (--env FetchReachDense-v4 for a FetchReach-v4 policy): a result of its
+    # own, never the training run's evaluation, which compare and register would then report.
+    elsewhere = trained_on is not None and trained_on != config["env_id"]
+    if elsewhere:
+        run_name = f"{run_name or config['algo']}_on_{config['env_id']}"
     policy = deterministic_policy(loaded.model, loaded.normalize)
     episodes = run_episodes(policy, config["env_id"], n_episodes)
     videos = []
@@ -130,13 +145,14 @@ def evaluate_checkpoint(
         # replay them exactly, and the scored run above stays free of rendering cost.
         frames: list[list[np.ndarray]] = []
         run_episodes(policy, config["env_id"], video, frames=frames)
-        videos = write_videos(frames, results_path(config, loaded.meta.get("run_name")).stem.removesuffix("_eval"))
+        videos = write_videos(frames, results_path(config, run_name).stem.removesuffix("_eval"))
     summary = episodes.summary()
     step = int(loaded.model.num_timesteps)
     report = {
         "checkpoint": ckpt,
         "run_id": loaded.run_id,
         "env_id": config["env_id"],
+        "trained_on": trained_on,
         "algo": config["algo"],
         "her": bool(config.get("her")),
         "seed": config.get("seed"),
@@ -151,7 +167,7 @@ def evaluate_checkpoint(
             "final_distance": episodes.final_distances.tolist(),
         },
     }
-    out = results_path(config, loaded.meta.get("run_name"))
+    out = results_path(config, run_name)
     write_json_atomically(out, report)
     report["results_file"] = str(out)
     report["videos"] = [str(p) for p in videos]
@@ -160,7 +176,7 @@ def evaluate_checkpoint(
 
     client = mlflow.MlflowClient()
     metrics = {f"eval/{key}": value for key, value in summary.items()}
-    training_run = _training_run_in_store(loaded.run_id)
+    training_run = None if elsewhere else _training_run_in_store(loaded.run_id)
     if training_run is not None:
         tracking.log_metrics_at(training_run, metrics, step)
         client.log_artifact(training_run, str(out), artifact_path="eval")
@@ -174,8 +190,8 @@ def evaluate_checkpoint(
     if parent_run_id or (attached and attached != training_run):
         tags = {"harness.kind": "eval", "harness.env": config["env_id"], "harness.her": str(bool(config.get("her"))).lower(),
                 "harness.seed": str(config.get("seed")), "harness.algo": config["algo"]}
-        if training_run:
-            tags["harness.source_run_id"] = training_run
+        if loaded.run_id:
+            tags["harness.source_run_id"] = loaded.run_id
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         with tracking.tracked_run(f"eval_{Path(out).stem}", tags) as run:
@@ -202,3 +218,40 @@ def _training_run_in_store(run_id: str | None) -> str | None:
     except MlflowException:
         return None
     return run_id
+
+
+def floor_run(env_id: str, n_episodes: int, experiment_id: str) -> dict[str, Any]:
+    """The env's do-nothing floor: success of zero actions on the evaluation episodes
+    (``reset(seed=EVAL_RESET_SEED + i)``, i < ``n_episodes``), which every policy is scored on.
+
+    Measured once per (env, episodes) and kept in the store as its own FINISHED run
+    (``harness.kind=floor``, in ``experiment_id``); later calls read that run back. The run is
+    logged only once the episodes are done, so an interrupted measurement leaves nothing behind.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from harness import tracking
+
+    tags = {"harness.kind": "floor", "harness.env": env_id, "harness.eval_episodes": str(n_episodes),
+            "harness.eval_reset_seed": str(EVAL_RESET_SEED)}
+    client = MlflowClient()
+    found = client.search_runs(tracking.all_experiment_ids(),
+                               filter_string=tracking.tag_filter(tags) + " and attributes.status = 'FINISHED'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        run = found[0]
+        return {**{key.removeprefix("eval/"): value for key, value in run.data.metrics.items()},
+                "run_id": run.info.run_id, "n_episodes": n_episodes, "measured": False}
+    env = make_env(env_id)
+    zero = np.zeros(env.action_space.shape, dtype=env.action_space.dtype)
+    env.close()
+    summary = run_episodes(lambda obs: zero, env_id, n_episodes).summary()
+    run = client.create_run(experiment_id, run_name=f"floor_{env_id}",
+                            tags={"mlflow.runName": f"floor_{env_id}", **tracking.provenance_tags(), **tags})
+    try:
+        tracking.log_metrics_at(run.info.run_id, {f"eval/{key}": value for key, value in summary.items()}, 0)
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return {**summary, "run_id": run.info.run_id, "n_episodes": n_episodes, "measured": True}

@@ -29,8 +29,9 @@ from harness import resume, tracking
 from harness.algorithms import algo_class
 from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, local_paths, write_atomically, write_json_atomically
 from harness.config import TrainConfig
-from harness.envs import make_vec_env, validate_env_id, validate_her_start
-from harness.evaluation import deterministic_policy, run_episodes
+from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
+from harness.errors import warn
+from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
 from harness.provenance import code_version, git_state, package_versions
 from harness.replay import her_buffer
 from harness.seeding import seed_everything
@@ -67,15 +68,22 @@ def next_multiple(steps: int, freq: int) -> int:
 
 class PeriodicEvaluation(BaseCallback):
     """Every ``eval_freq`` env steps, score the deterministic policy and dump ``eval/*`` through
-    the SB3 logger (so MLflow and TensorBoard both get it at step = env steps)."""
+    the SB3 logger (so MLflow and TensorBoard both get it at step = env steps). The first time
+    success reaches 50% and 90%, also ``eval/steps_to_<pct>`` and ``eval/minutes_to_<pct>``
+    (wall-clock since the run started; a resumed run counts its pause)."""
 
-    def __init__(self, config: TrainConfig, vecnormalize=None):
+    def __init__(self, config: TrainConfig, run_id: str, vecnormalize=None):
         super().__init__()
         self.config = config
+        self.run_id = run_id
         self.vecnormalize = vecnormalize
 
     def _on_training_start(self) -> None:
         self.next_eval = next_multiple(self.num_timesteps, self.config.eval_freq)
+        run = mlflow.MlflowClient().get_run(self.run_id)
+        self.run_started_ms = run.info.start_time
+        # A resumed run already logged the thresholds it reached before the interruption.
+        self.pending = [t for t in SUCCESS_THRESHOLDS if threshold_metrics(t)[0] not in run.data.metrics]
 
     def _on_step(self) -> bool:
         if self.config.eval_freq and self.num_timesteps >= self.next_eval:
@@ -89,6 +97,11 @@ class PeriodicEvaluation(BaseCallback):
         summary = episodes.summary()
         for key in ("success_rate", "mean_return", "final_distance"):
             self.logger.record(f"eval/{key}", summary[key])
+        for threshold in [t for t in self.pending if summary["success_rate"] >= t]:
+            steps_key, minutes_key = threshold_metrics(threshold)
+            self.logger.record(steps_key, self.num_timesteps)
+            self.logger.record(minutes_key, (time.time() * 1000 - self.run_started_ms) / 60_000)
+            self.pending.remove(threshold)
         self.logger.dump(self.num_timesteps)
 
 
@@ -188,6 +201,10 @@ def train(
     seed_everything(config.seed)
     run_name = run_name or config.run_name
     tags = {**run_tags(config, kind), "harness.torch_threads": str(torch.get_num_threads())}
+    warning = her_reward_warning(config.env_id, config.her)
+    if warning:
+        warn(warning)
+        tags["harness.warnings"] = warning
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     with tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id) as run:
@@ -210,7 +227,7 @@ def train(
             mlflow.set_tag("harness.resumed_from_step", str(model.num_timesteps))
         else:
             model = build_model(config, env, logger)
-        callbacks = [PeriodicEvaluation(config, vecnormalize), ResumableCheckpoint(config, run_id, vecnormalize)]
+        callbacks = [PeriodicEvaluation(config, run_id, vecnormalize), ResumableCheckpoint(config, run_id, vecnormalize)]
 
         started = time.perf_counter()
         remaining = config.total_steps - model.num_timesteps

@@ -34,6 +34,7 @@ from tests.conftest import TINY, all_runs, clean_env, run_cli
     (["eval", "--ckpt", "x.zip", "--n-episodes", "0"], "Invalid value for '--n-episodes': 0 is not in the range x>=1"),
     (["compare", "--env", "FetchPush-v4", "--seeds", "0,1,2"], "no finished, evaluated training run for FetchPush-v4 in "),
     (["compare", "--env", "FetchPush-v4", "--seeds", "a,b"], "'a,b' is not a comma-separated list of integers"),
+    (["compare", "--env", "FetchPush-v4", "--seeds", "0,0"], "'0,0' lists 0 more than once; give distinct integers"),
     (["nonsense"], "No such command 'nonsense'"),
 ])
 def test_bad_input_is_one_clear_line(store, tmp_path, args, expected):

@@ -42,7 +42,8 @@ def test_one_finished_run_per_training_named_like_the_checkpoint(workflow):
     runs = train_runs(workflow)
     assert sorted(runs) == sorted(f"sac{h}_{ENV}_seed{s}" for h in ("", "_her") for s in SEEDS)
     assert all(r.info.status == "FINISHED" for r in workflow["runs"])
-    assert len(workflow["runs"]) == 5  # 4 trainings + 1 compare; eval logs into the training runs
+    # 4 trainings + 1 compare + the env's do-nothing floor; eval logs into the training runs
+    assert len(workflow["runs"]) == 6
 
 
 def test_params_are_the_resolved_config_and_tags_identify_the_run(workflow):
@@ -225,3 +226,93 @@ def test_compare_and_register_default_to_the_algo_that_was_trained(store, tmp_pa
     assert sac.returncode == 1 and "no finished, evaluated sac training run for (env=FetchReach-v4, her=false, seed=0)" in sac.stderr
     registered = run_cli(["register", "--env", ENV], tmp_path, store)
     assert "registered ch04-ddpg-her-FetchReach-v4 version 1" in registered.stdout
+
+
+def test_compare_adds_the_statistics_the_floor_and_the_verdict(workflow):
+    stdout = workflow["compare"].stdout
+    table_end = stdout.index("Final Distance")
+    assert stdout.index("Per seed") > table_end  # the chapter's table comes first, unchanged
+    for text in ("IQM success [bootstrap 95% CI over seeds]", "Pooled episodes [Wilson 95% CI]",
+                 "Env steps to 90%", "Do-nothing floor of FetchReach-v4", "Probability of improvement",
+                 "Mann-Whitney U"):
+        assert text in stdout, text
+    report = json.loads((workflow["cwd"] / "results" / "ch04_fetchreach-v4_comparison.json").read_text())
+    verdict = report["statistics"]["separation"]
+    assert ("**Clear separation: yes**" if verdict["clear_separation"] else "**Clear separation: no**") in stdout
+    runs = train_runs(workflow)
+    her = report["statistics"]["conditions"]["her"]
+    assert her["success"] == [runs[f"sac_her_{ENV}_seed{s}"].data.metrics["eval/success_rate"] for s in SEEDS]
+    assert her["episodes"] == [4, 4] and her["pooled_episodes"] == 8
+    assert verdict["difference_points"] == pytest.approx(100 * report["delta"]["eval/success_rate"])
+
+    (compare_run,) = [r for r in workflow["runs"] if r.data.tags.get("harness.kind") == "compare"]
+    tags, metrics = compare_run.data.tags, compare_run.data.metrics
+    assert tags["harness.clear_separation"] == ("yes" if verdict["clear_separation"] else "no")
+    assert tags["harness.separation_consistent"] == ("yes" if verdict["consistent"] else "no")
+    assert "Clear separation" in tags["mlflow.note.content"]  # the run's description in the UI
+    assert metrics["separation/difference_points"] == pytest.approx(verdict["difference_points"])
+    assert metrics["separation/clear"] == float(verdict["clear_separation"])
+    assert metrics["test/p_value"] == pytest.approx(report["statistics"]["tests"]["p_value"])
+    assert metrics["her/success_iqm"] == pytest.approx(her["iqm"])
+
+    (floor,) = [r for r in workflow["runs"] if r.data.tags.get("harness.kind") == "floor"]
+    assert floor.info.status == "FINISHED" and floor.data.tags["harness.env"] == ENV
+    assert floor.data.tags["harness.eval_episodes"] == "4"
+    assert metrics["floor/success_rate"] == floor.data.metrics["eval/success_rate"]
+    assert report["statistics"]["floor"]["run_id"] == floor.info.run_id
+
+
+def test_the_floor_is_measured_once_and_reused(workflow):
+    again = run_cli(["compare", "--env", ENV, "--seeds", "0,1"], workflow["cwd"], workflow["uri"])
+    client = workflow["client"]
+    ids = [e.experiment_id for e in client.search_experiments()]
+    floors = client.search_runs(ids, filter_string="tags.\"harness.kind\" = 'floor'")
+    assert len(floors) == 1
+    report = json.loads((workflow["cwd"] / "results" / "ch04_fetchreach-v4_comparison.json").read_text())
+    assert report["statistics"]["floor"]["run_id"] == floors[0].info.run_id
+    assert report["statistics"]["floor"]["measured"] is False
+    assert floors[0].info.run_id in again.stdout
+
+
+def test_training_logs_when_eval_success_first_reached_50_and_90_percent(store, tmp_path):
+    # The fast preset's DDPG + HER reaches 95% on FetchReach-v4 within 3,000 steps (seeds 0-2).
+    run_cli(["train", "--env", ENV, "--her", "--preset", "fast", "--algo", "ddpg", "--total-steps", "3000",
+             "--eval-freq", "500", "--eval-episodes", "10", "--threads", "1", "--no-progress"], tmp_path, store)
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    curve = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/success_rate"))
+    for percent in (50, 90):
+        first = next(step for step, value in curve if value >= percent / 100)
+        assert run.data.metrics[f"eval/steps_to_{percent}"] == first
+        (logged,) = client.get_metric_history(run.info.run_id, f"eval/steps_to_{percent}")  # once, not every eval
+        assert logged.step == first
+        minutes = run.data.metrics[f"eval/minutes_to_{percent}"]
+        assert 0 < minutes <= (run.info.end_time - run.info.start_time) / 60_000
+
+
+def test_her_on_a_dense_env_warns_that_it_needs_the_sparse_reward(store, tmp_path):
+    proc = run_cli(["train", "--env", "FetchReachDense-v4", "--her", *TINY], tmp_path, store)
+    assert "harness: warning: --her on FetchReachDense-v4: HER needs the sparse reward" in proc.stderr
+    assert "FetchReach-v4" in proc.stderr
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert "HER needs the sparse reward" in run.data.tags["harness.warnings"]
+    sparse = run_cli(["train", "--env", ENV, "--her", *TINY], tmp_path, store)
+    assert "warning" not in sparse.stderr
+
+
+def test_eval_on_another_env_never_replaces_the_runs_evaluation(workflow):
+    cwd, client = workflow["cwd"], workflow["client"]
+    run = train_runs(workflow)[f"sac_her_{ENV}_seed0"]
+    def history():
+        return [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run.info.run_id, "eval/success_rate")]
+
+    before = history()
+    own_result = (cwd / "results" / "ch04_sac_her_fetchreach-v4_seed0_eval.json").read_text()
+    proc = run_cli(["eval", "--ckpt", f"checkpoints/sac_her_{ENV}_seed0.zip", "--env", "FetchReachDense-v4",
+                    "--n-episodes", "2"], cwd, workflow["uri"])
+    assert "trained on FetchReach-v4, scored on FetchReachDense-v4: not logged" in proc.stdout
+    assert history() == before
+    assert (cwd / "results" / "ch04_sac_her_fetchreach-v4_seed0_eval.json").read_text() == own_result
+    other = json.loads((cwd / "results" / "ch04_sac_her_fetchreach-v4_seed0_on_fetchreachdense-v4_eval.json").read_text())
+    assert other["env_id"] == "FetchReachDense-v4" and other["trained_on"] == ENV and other["n_episodes"] == 2

@@ -36,6 +36,10 @@ def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_
     assert {"ch04_fetchreach-v4_report.md", "ch04_fetchreach-v4_comparison.png", "ch04_fetchreach-v4_comparison.json"} <= artifacts
     report = (tmp_path / "results" / "ch04_fetchreach-v4_report.md").read_text()
     assert "| Success Rate |" in report and "![eval success](ch04_fetchreach-v4_comparison.png)" in report
+    # the statistics and the chapter's verdict follow the table, in the report and on the parent run's page
+    assert "IQM success [bootstrap 95% CI over seeds]" in report and "**Clear separation: " in report
+    assert "**Clear separation: " in parent.data.tags["mlflow.note.content"]
+    assert "Do-nothing floor of FetchReach-v4" in first.stdout
     table = first.stdout.split("Metric ", 1)[1].split("report:")[0]
 
     second = run_cli(["reach-all", "--seeds", "0,1", "--workers", "2", *TINY_PIPELINE], tmp_path, store, timeout=600)
@@ -94,6 +98,9 @@ def test_ablation_table_across_values(store, tmp_path):
                    tmp_path, store, timeout=600)
     lines = proc.stdout.split("n_sampled_goal ", 1)[1].splitlines()
     assert lines[2].startswith("2 ") and lines[3].startswith("4 ")
+    assert "IQM [bootstrap 95% CI]" in proc.stdout and "Do-nothing floor (zero actions" in proc.stdout
+    (floor,) = runs_by_kind("floor")
+    assert floor.data.tags["harness.env"] == "FetchReach-v4" and floor.info.status == "FINISHED"
     trains = runs_by_kind("train")
     assert sorted(r.info.run_name for r in trains) == ["sac_her_nsg2_FetchReach-v4_seed0", "sac_her_nsg4_FetchReach-v4_seed0"]
     assert sorted(r.data.params["n_sampled_goal"] for r in trains) == ["2", "4"]
