@@ -26,6 +26,8 @@ from harness.errors import HarnessError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 GOAL_SELECTION_STRATEGIES = ("future", "final", "episode")
+# Envs whose gripper can pick the object up (Push and Slide keep the fingers blocked).
+HELD_OBJECT_ENVS = ("FetchPickAndPlace-v4", "FetchPickAndPlaceDense-v4")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class TrainConfig:
     """HER: share of the relabeled goals replaced by the desired goal of a random stored transition
     (mostly another episode's real goal; spitis/mrl's 'futureactual' mix is 0.5 with n_sampled_goal 4).
     0 keeps SB3's HerReplayBuffer exactly."""
+    held_object_start: float = 0.0
+    """FetchPickAndPlace only: share of the training episodes that start with the object held in the
+    gripper (the HER paper's pick-and-place setting, :class:`harness.envs.HeldObjectStart`);
+    evaluation always starts from the env's own reset. 0 leaves the training envs as they are."""
     learning_starts: int = 10_000
     """Environment steps of random actions before the first gradient step."""
     batch_size: int = 256
@@ -252,6 +258,11 @@ def validate_config(config: TrainConfig) -> None:
         raise HarnessError(f"net_arch must be positive layer sizes, got {list(config.net_arch)}")
     if not 0.0 <= config.desired_goal_share <= 1.0:
         raise HarnessError(f"desired_goal_share must be in [0, 1], got {config.desired_goal_share}")
+    if not 0.0 <= config.held_object_start <= 1.0:
+        raise HarnessError(f"held_object_start must be in [0, 1], got {config.held_object_start}")
+    if config.held_object_start > 0 and config.env_id not in HELD_OBJECT_ENVS:
+        raise HarnessError(f"held_object_start needs an env whose gripper can hold the object "
+                           f"({', '.join(HELD_OBJECT_ENVS)}), not {config.env_id}")
     if config.precision not in PRECISIONS:
         raise HarnessError(f"precision must be one of {', '.join(PRECISIONS)}, got '{config.precision}'")
     if config.precision != "fp32" and config.algo == "tqc":

@@ -89,11 +89,51 @@ def make_env(env_id: str, render: bool = False) -> gym.Env:
     return env
 
 
-def make_vec_env(env_id: str, n_envs: int, seed: int):
-    """``n_envs`` copies in one process, seeded ``seed, seed+1, ...``, with SB3's Monitor for episode stats."""
+def make_vec_env(env_id: str, n_envs: int, seed: int, held_object_start: float = 0.0):
+    """``n_envs`` copies in one process, seeded ``seed, seed+1, ...``, with SB3's Monitor for episode stats;
+    ``held_object_start`` > 0 (training envs of PickAndPlace) wraps each in :class:`HeldObjectStart`."""
     from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 
+    if held_object_start > 0:
+        return sb3_make_vec_env(lambda: HeldObjectStart(make_env(env_id), held_object_start), n_envs=n_envs, seed=seed)
     return sb3_make_vec_env(lambda: make_env(env_id), n_envs=n_envs, seed=seed)
+
+
+class HeldObjectStart(gym.Wrapper):
+    """Training envs only: a share of the episodes start with the object held between the fingers.
+
+    The HER paper (Andrychowicz et al. 2017) started half of its pick-and-place training episodes
+    this way. About half of PickAndPlace's goals are in the air; a policy whose exploration never
+    closes the gripper around the object learns to push it to the table goals and stops there. At
+    reset the object is moved to the grip site and the fingers close over a few physics steps
+    before the first observation; the goal and the episode's 50 steps are the env's own. The share
+    is drawn from the env's own seeded generator, so runs stay reproducible.
+    """
+
+    CLOSE_STEPS = 10  # env-step-long physics rounds with the gripper commanded shut
+
+    def __init__(self, env: gym.Env, share: float):
+        super().__init__(env)
+        self.share = share
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        robot = self.env.unwrapped
+        if robot.np_random.uniform() < self.share:
+            obs = self._hold_object(robot)
+        return obs, info
+
+    @staticmethod
+    def _hold_object(robot):
+        qpos = robot._utils.get_joint_qpos(robot.model, robot.data, "object0:joint").copy()
+        qpos[:3] = robot._utils.get_site_xpos(robot.model, robot.data, "robot0:grip")
+        robot._utils.set_joint_qpos(robot.model, robot.data, "object0:joint", qpos)
+        robot._utils.set_joint_qvel(robot.model, robot.data, "object0:joint", np.zeros(6))
+        close = np.array([0.0, 0.0, 0.0, -1.0])
+        for _ in range(HeldObjectStart.CLOSE_STEPS):
+            robot._set_action(close)
+            robot._mujoco_step(close)
+        return robot._get_obs()
 
 
 def goal_distance(obs) -> float:

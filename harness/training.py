@@ -162,7 +162,7 @@ def build_model(config: TrainConfig, env, logger: Logger):
 
 
 def build_env(config: TrainConfig):
-    env = make_vec_env(config.env_id, config.n_envs, config.seed)
+    env = make_vec_env(config.env_id, config.n_envs, config.seed, config.held_object_start)
     if not config.normalize_obs:
         return env, None
     from stable_baselines3.common.vec_env import VecNormalize

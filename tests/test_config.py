@@ -99,6 +99,9 @@ def test_run_name_and_tensorboard_dir_follow_the_chapter():
     ({"precision": "fp16"}, "precision must be one of fp32, bf16, got 'fp16'"),
     ({"algo": "tqc", "precision": "bf16"}, "precision bf16 is for sac and ddpg; tqc trains in fp32"),
     ({"desired_goal_share": 1.5}, "desired_goal_share must be in [0, 1], got 1.5"),
+    ({"held_object_start": -0.1}, "held_object_start must be in [0, 1], got -0.1"),
+    ({"held_object_start": 0.5}, "held_object_start needs an env whose gripper can hold the object "
+                                 "(FetchPickAndPlace-v4, FetchPickAndPlaceDense-v4), not FetchReach-v4"),
 ])
 def test_bad_values_name_the_value_and_what_is_accepted(overrides, message):
     with pytest.raises(HarnessError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
