@@ -170,8 +170,10 @@ def _load_files(ckpt: str, zip_path: Path, meta: dict[str, Any], env_id: str | N
     if not env_id:
         raise HarnessError(f"checkpoint '{ckpt}' has no meta.json naming its env; pass --env")
     validate_env_id(env_id)
+    # The env it was trained on stays known when --env scores it on another one.
+    trained_env_id = meta.get("config", {}).get("env_id")
     config["env_id"] = env_id
-    meta = {**meta, "config": config}
+    meta = {**meta, "config": config, "trained_env_id": trained_env_id}
 
     env = make_vec_env(env_id, n_envs=1, seed=0)
     vecnormalize = None

@@ -131,7 +131,7 @@ def evaluate_checkpoint(
     loaded = load_checkpoint(ckpt, env_id=env_id)
     config = loaded.config
     run_name = loaded.meta.get("run_name")
-    trained_on = (loaded.meta.get("config") or {}).get("env_id")
+    trained_on = loaded.meta.get("trained_env_id")
     # Scored on another env (--env FetchReachDense-v4 for a FetchReach-v4 policy): a result of its
     # own, never the training run's evaluation, which compare and register would then report.
     elsewhere = trained_on is not None and trained_on != config["env_id"]
