@@ -445,7 +445,8 @@ def report_comparison(env_id: str, seeds: Sequence[int], found: dict[bool, list]
     png_path = json_path.with_suffix(".png")
     write_json_atomically(json_path, report)
     plot_comparison(env_id, found, statistics, png_path)
-    markdown = markdown_table(summaries) + "\n\n" + details + "\n"
+    chapter_table = markdown_table(summaries)
+    markdown = chapter_table + "\n\n" + details + "\n"
 
     tags = {"harness.kind": "compare", "harness.env": env_id, "harness.algo": algo,
             "harness.seeds": ",".join(str(s) for s in seeds),
@@ -467,7 +468,7 @@ def report_comparison(env_id: str, seeds: Sequence[int], found: dict[bool, list]
         report["compare_run_id"] = run.info.run_id
     report["results_file"] = str(json_path)
     report["plot_file"] = str(png_path)
-    report["markdown_table"] = markdown_table(summaries)
+    report["markdown_table"] = chapter_table
     report["markdown"] = markdown
     return report
 
