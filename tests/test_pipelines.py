@@ -109,14 +109,16 @@ def test_ablation_table_across_values(store, tmp_path):
 
 
 def test_experiment_runs_the_chapters_pipeline_on_any_fetch_task(store, tmp_path):
-    proc = run_cli(["experiment", "--env", "FetchPickAndPlace-v4", "--seeds", "0", "--workers", "2", *TINY_PIPELINE],
-                   tmp_path, store, timeout=600)
+    # the fast preset's PickAndPlace section: 16 envs, so HER can sample once 800 steps (one episode per env) are in
+    proc = run_cli(["experiment", "--env", "FetchPickAndPlace-v4", "--seeds", "0", "--workers", "2", *TINY_PIPELINE,
+                    "--total-steps", "1600", "--learning-starts", "800"], tmp_path, store, timeout=600)
     assert "experiment: 2 trainings: 2 to train" in proc.stdout
     (parent,) = runs_by_kind("pipeline")
     assert parent.info.status == "FINISHED" and parent.data.tags["harness.pipeline"] == "experiment"
     assert parent.info.run_name == "experiment_FetchPickAndPlace-v4"
     trains = sorted(r.info.run_name for r in runs_by_kind("train"))
     assert trains == ["sac_FetchPickAndPlace-v4_seed0", "sac_her_FetchPickAndPlace-v4_seed0"]
+    assert {(r.data.params["n_envs"], r.data.params["held_object_start"]) for r in runs_by_kind("train")} == {("16", "0.5")}
     (compare,) = runs_by_kind("compare")
     assert compare.data.tags["harness.env"] == "FetchPickAndPlace-v4"
     report = (tmp_path / "results" / "ch04_fetchpickandplace-v4_report.md").read_text()
