@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Terminated
 
 
 def run_command(command: click.Command, args: list[str] | None = None) -> None:
     """Run a click command so that every expected failure is one line on stderr and a non-zero exit.
 
-    Bad options (click), bad values found later (HarnessError), Ctrl-C and SIGTERM never show a
-    traceback. The MLflow run, if one was started, has already been ended as FAILED or KILLED.
+    Bad options (click), bad values found later (HarnessError), Ctrl-C, SIGTERM and SIGHUP, and
+    faults of the machine or the store (a full disk, a store that refuses a write) never show a
+    traceback; HARNESS_TRACEBACK=1 shows it for the last two. The MLflow run, if one was
+    started, has already been ended as FAILED or KILLED.
     """
-    from harness.tracking import Terminated
-
     name = command.name or "harness"
     try:
         code = command.main(args=args, prog_name=name, standalone_mode=False)
@@ -26,15 +27,42 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
         click.echo(f"{name}: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code or 2)
     except HarnessError as exc:
-        click.echo(f"{name}: error: {exc}", err=True)
+        click.echo(f"{name}: error: {exc}{_ended_runs_note()}", err=True)
         sys.exit(1)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo(f"{name}: interrupted; the MLflow run was marked KILLED", err=True)
+        click.echo(f"{name}: interrupted{_ended_runs_note('; no MLflow run was open')}", err=True)
         sys.exit(130)
     except Terminated:
-        click.echo(f"{name}: terminated; the MLflow run was marked KILLED", err=True)
+        click.echo(f"{name}: terminated{_ended_runs_note('; no MLflow run was open')}", err=True)
         sys.exit(143)
+    except Exception as exc:
+        fault = environment_fault(exc)
+        if fault is None or os.environ.get("HARNESS_TRACEBACK"):
+            raise  # a bug: its traceback is what a report needs
+        click.echo(f"{name}: error: {fault}{_ended_runs_note()}", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _ended_runs_note(default: str = "") -> str:
+    # harness.tracking is only imported by commands that start runs; never imported, nothing was started.
+    tracking = sys.modules.get("harness.tracking")
+    ended = tracking.ended_early if tracking is not None else {}
+    return "".join(f"; MLflow run {run_id} was marked {status}" for run_id, status in ended.items()) or default
+
+
+def environment_fault(exc: Exception) -> str | None:
+    """One line for a fault of the machine or the tracking store, None for anything else (a bug)."""
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+    if mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException):
+        # SQLAlchemy's messages open with how the failing query was triggered; the cause comes after.
+        lines = [line for line in str(exc.message).splitlines()
+                 if line.strip() and not line.startswith("(raised as a result of")]
+        return f"the MLflow tracking store failed: {lines[0] if lines else type(exc).__name__}"
+    return None
 
 
 def parse_int_list(text: str, example: str = "0,1,2") -> list[int]:

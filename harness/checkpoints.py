@@ -38,13 +38,27 @@ def local_paths(run_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Pa
     }
 
 
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` and make sure a file can be written there, before work whose result
+    would have nowhere to go."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        raise HarnessError(f"cannot write to {directory}/ ({exc.strerror}); run from a directory you can write to") from None
+
+
 def write_atomically(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file
     where a reader would take it for a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill leaves no partial file behind
+        raise
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
@@ -90,7 +104,7 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
         if not zips:
             raise HarnessError(f"run {run_id} has no checkpoint: no '{ARTIFACT_DIR}/*.zip' artifact (is it a training run?)")
         meta_path = local / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"run_id": run_id}
+        meta = read_meta(meta_path) if meta_path.is_file() else {"run_id": run_id}
         return zips[0], meta
 
     if ckpt.startswith("models:/"):
@@ -114,13 +128,20 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
             f"checkpoint '{ckpt}' not found; give a .zip path, an MLflow run id, a runs:/<run id> or a models:/<name>@<alias> URI"
         )
     meta_path = path.with_name(path.name[: -len(".zip")] + ".meta.json") if path.name.endswith(".zip") else None
-    meta = {}
-    if meta_path is not None and meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            raise HarnessError(f"checkpoint metadata '{meta_path}' is not valid JSON") from None
+    meta = read_meta(meta_path) if meta_path is not None and meta_path.is_file() else {}
     return path, meta
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's meta.json, or a clear error when it is not what ``harness train`` writes."""
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HarnessError(f"checkpoint metadata '{path}' is not valid JSON; delete it and pass --env") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
+        raise HarnessError(f"checkpoint metadata '{path}' is not a harness meta.json (a JSON object with a "
+                           "'config' object); delete it and pass --env")
+    return meta
 
 
 def read_zip_data(path: Path) -> dict[str, Any]:

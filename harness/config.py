@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,6 +29,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 GOAL_SELECTION_STRATEGIES = ("future", "final", "episode")
 # Envs whose gripper can pick the object up (Push and Slide keep the fingers blocked).
 HELD_OBJECT_ENVS = ("FetchPickAndPlace-v4", "FetchPickAndPlaceDense-v4")
+MAX_SEED = 2**32 - 1  # numpy seeds its generators from 32 bits
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,27 @@ def validate_config(config: TrainConfig) -> None:
         raise HarnessError(f"precision must be one of {', '.join(PRECISIONS)}, got '{config.precision}'")
     if config.precision != "fp32" and config.algo == "tqc":
         raise HarnessError(f"precision {config.precision} is for sac and ddpg; tqc trains in fp32")
-    ent = config.ent_coef
-    if isinstance(ent, str) and not (ent == "auto" or ent.startswith("auto_")):
-        raise HarnessError(f"ent_coef must be a number, 'auto' or 'auto_<init>', got '{ent}'")
+    if config.seed > MAX_SEED:
+        raise HarnessError(f"seed must be in [0, {MAX_SEED}] (numpy's seed range), got {config.seed}")
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise HarnessError(f"{field.name} must be a finite number, got {value}")
+    validate_ent_coef(config.ent_coef)
+
+
+def validate_ent_coef(ent: float | str) -> None:
+    """SB3's spellings: a fixed coefficient >= 0, 'auto', or 'auto_<initial value > 0>'."""
+    accepted = "a number >= 0, 'auto' or 'auto_<initial value>' such as auto_0.1"
+    if isinstance(ent, str):
+        if ent == "auto":
+            return
+        initial = ent[len("auto_"):] if ent.startswith("auto_") else None
+        try:
+            valid = initial is not None and math.isfinite(float(initial)) and float(initial) > 0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise HarnessError(f"ent_coef must be {accepted}, got '{ent}'")
+    elif not (math.isfinite(ent) and ent >= 0):
+        raise HarnessError(f"ent_coef must be {accepted}, got {ent}")

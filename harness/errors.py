@@ -14,5 +14,9 @@ class HarnessError(Exception):
     """A user-facing error: its message names the bad value and what is accepted."""
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM or SIGHUP (a closed terminal), so the run can be marked KILLED."""
+
+
 def warn(message: str) -> None:
     print(f"harness: warning: {message}", file=sys.stderr, flush=True)

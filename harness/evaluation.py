@@ -121,7 +121,7 @@ def evaluate_checkpoint(
     (the run ``mlflow run`` created) and in a pipeline (a child of ``parent_run_id``).
     """
     from harness import tracking
-    from harness.checkpoints import load_checkpoint, write_json_atomically
+    from harness.checkpoints import check_writable, load_checkpoint, write_json_atomically
     from harness.errors import HarnessError
 
     if n_episodes <= 0:
@@ -137,6 +137,10 @@ def evaluate_checkpoint(
     elsewhere = trained_on is not None and trained_on != config["env_id"]
     if elsewhere:
         run_name = f"{run_name or config['algo']}_on_{config['env_id']}"
+    # Found before the episodes run: a deleted run or an unwritable results/ fails at once, not after.
+    training_run = None if elsewhere else _training_run_in_store(loaded.run_id)
+    out = results_path(config, run_name)
+    check_writable(out.parent)
     policy = deterministic_policy(loaded.model, loaded.normalize)
     episodes = run_episodes(policy, config["env_id"], n_episodes)
     videos = []
@@ -167,7 +171,6 @@ def evaluate_checkpoint(
             "final_distance": episodes.final_distances.tolist(),
         },
     }
-    out = results_path(config, run_name)
     write_json_atomically(out, report)
     report["results_file"] = str(out)
     report["videos"] = [str(p) for p in videos]
@@ -176,7 +179,6 @@ def evaluate_checkpoint(
 
     client = mlflow.MlflowClient()
     metrics = {f"eval/{key}": value for key, value in summary.items()}
-    training_run = None if elsewhere else _training_run_in_store(loaded.run_id)
     if training_run is not None:
         tracking.log_metrics_at(training_run, metrics, step)
         client.log_artifact(training_run, str(out), artifact_path="eval")
@@ -204,20 +206,11 @@ def evaluate_checkpoint(
 
 
 def _training_run_in_store(run_id: str | None) -> str | None:
-    """The run id if that run is in the current tracking store (a copied checkpoint may not be)."""
-    if not run_id:
-        return None
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    """The run id if that run is in the current tracking store (a copied checkpoint may not be);
+    a HarnessError if it is there but deleted, since its evaluation could not be logged."""
+    from harness.tracking import find_run
 
-    from harness.tracking import prepare_store
-
-    prepare_store()
-    try:
-        MlflowClient().get_run(run_id)
-    except MlflowException:
-        return None
-    return run_id
+    return run_id if run_id and find_run(run_id) is not None else None
 
 
 def floor_run(env_id: str, n_episodes: int, experiment_id: str) -> dict[str, Any]:

@@ -23,49 +23,132 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from stable_baselines3.common.logger import KVWriter
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Terminated
 from harness.provenance import provenance_tags
 
 DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
 
 # MLflow announces at INFO level that it creates or migrates the SQLite schema, on every new
-# store; an error line of ours would drown in it.
-for _noisy in ("mlflow.store.db.utils", "alembic"):
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
+# store, and logs a full traceback at ERROR level for every refused write (a read-only store, or a
+# "database is locked" that with_retry retries); the one line the CLI prints says what went wrong.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # Checkpoints are a few MB; MLflow's per-download progress bars only clutter the pipeline overview.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 RUN_ID_LENGTH = 32
 
 
 def prepare_store() -> None:
-    """Create or migrate a SQLite store under a file lock, once per process.
-
-    MLflow builds (or upgrades) the SQLite schema on first use; two processes doing that at once
-    on a new ``mlflow.db`` fail with "table _alembic_tmp_experiments already exists".
-    """
+    """Check that the tracking store can be used, once per process, before any work starts:
+    a server must answer within seconds; a SQLite store is created or migrated (see
+    :func:`prepare_sqlite`)."""
     global _store_ready
     if _store_ready:
         return
     uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        db_path = Path(uri[len("sqlite:///") :])
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(db_path.with_name(db_path.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            MlflowClient().search_experiments(max_results=1)
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    elif uri.startswith("sqlite:///"):
+        prepare_sqlite(Path(uri[len("sqlite:///") :]))
     _store_ready = True
+
+
+def check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """MLflow retries a silent server for minutes before it fails; one request says it at once."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+    except requests.RequestException as exc:
+        reason = "no answer within %gs" % timeout_s if isinstance(exc, requests.Timeout) else "connection failed"
+        raise HarnessError(f"tracking server {uri} does not answer ({reason}); start it, or point MLFLOW_TRACKING_URI "
+                           "at a running server or at a sqlite:///path/mlflow.db file") from None
+
+
+def prepare_sqlite(db_path: Path) -> None:
+    """Create or migrate a SQLite store under a file lock.
+
+    MLflow builds (or upgrades) the schema on first use; two processes doing that at once on a new
+    ``mlflow.db`` fail with "table _alembic_tmp_experiments already exists". A new store is built
+    under another name and renamed into place, so an interruption (Ctrl-C) never leaves a
+    half-made schema that every later command would trip on.
+    """
+    where = "point MLFLOW_TRACKING_URI at a usable sqlite:///path/mlflow.db"
+    if db_path.is_dir():
+        raise HarnessError(f"tracking store {db_path} is a directory, not an SQLite file; {where}")
+    exists = db_path.is_file() and db_path.stat().st_size > 0
+    if exists:
+        try:
+            with open(db_path, "rb") as db:
+                header = db.read(16)
+        except OSError as exc:
+            raise HarnessError(f"tracking store {db_path} cannot be read ({exc.strerror}); {where}") from None
+        if header != b"SQLite format 3\x00":
+            raise HarnessError(f"tracking store {db_path} is not an SQLite database; move it away or {where}")
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(db_path.with_name(db_path.name + ".lock"), "w")
+    except OSError as exc:
+        if not exists:
+            raise HarnessError(f"cannot create tracking store {db_path} ({exc.strerror}); {where}") from None
+        lock = None  # a read-only directory: an existing store can still be read
+    try:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if exists:
+            MlflowClient().search_experiments(max_results=1)  # migrates an older schema
+        else:
+            building = db_path.with_name(f".{db_path.name}.creating")
+            building.unlink(missing_ok=True)  # what an interrupted creation left
+            MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
+            os.replace(building, db_path)
+    except MlflowException as exc:
+        raise HarnessError(f"tracking store {db_path} cannot be used ({first_line(exc.message)}); {where}") from None
+    finally:
+        if lock is not None:
+            lock.close()  # closing releases the flock
+
+
+def first_line(text: str) -> str:
+    return str(text).strip().splitlines()[0] if str(text).strip() else ""
 
 
 _store_ready = False
 
 
-class Terminated(BaseException):
-    """Raised in the main thread when the process gets SIGTERM, so the run can be marked KILLED."""
+def use_experiment(name: str) -> None:
+    """Make ``name`` the active experiment, creating it if needed; a deleted one is refused with
+    how to restore it (MLflow keeps its name reserved until it is purged)."""
+    found = MlflowClient().get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise HarnessError(f"MLflow experiment '{name}' is deleted in {mlflow.get_tracking_uri()}; restore it "
+                           f"(mlflow experiments restore --experiment-id {found.experiment_id}) or pick another name")
+    mlflow.set_experiment(name)
 
 
 def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
     raise Terminated(f"received signal {signum}")
+
+
+def _stop_signals() -> list[signal.Signals]:
+    """SIGTERM, and SIGHUP (the terminal was closed) unless the user ran us under nohup."""
+    return [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
+
+
+# Runs this process ended as KILLED or FAILED (run id -> status), so that the one line the CLI prints
+# for an interruption or a fault says which run it affected.
+ended_early: dict[str, str] = {}
+
+
+def check_attachable(run_id: str) -> None:
+    """``MLFLOW_RUN_ID`` is how ``mlflow run`` hands its entry point the run it started (RUNNING).
+    One left over in a shell would make a new training write into an old, finished run."""
+    run = find_run(run_id)
+    leftover = "it is how `mlflow run` hands over the run it starts; unset MLFLOW_RUN_ID to start a new run"
+    if run is None:
+        raise HarnessError(f"MLFLOW_RUN_ID={run_id} names no run in {mlflow.get_tracking_uri()}; {leftover}")
+    if run.info.status != "RUNNING":
+        raise HarnessError(f"MLFLOW_RUN_ID={run_id} names a {run.info.status} run, not one being started; {leftover}")
 
 
 @contextlib.contextmanager
@@ -75,31 +158,36 @@ def tracked_run(
     """Start (or, under ``mlflow run``, attach to; or with ``run_id``, reopen) a run and always end
     it with a status.
 
-    Normal exit: FINISHED. Ctrl-C or SIGTERM: KILLED. Any other exception: FAILED. The
+    Normal exit: FINISHED. Ctrl-C, SIGTERM or SIGHUP: KILLED. Any other exception: FAILED. The
     exception is re-raised so the caller decides what the user sees.
     """
     prepare_store()
     # MLflow deletes MLFLOW_RUN_ID once start_run has attached to it, so a run started inside
     # an active one (a pipeline's compare run) is a new nested run, never the parent again.
     nested = mlflow.active_run() is not None
+    if os.environ.get("MLFLOW_RUN_ID") and not nested:
+        check_attachable(os.environ["MLFLOW_RUN_ID"])
     attached = bool(os.environ.get("MLFLOW_RUN_ID")) or run_id is not None
     if not attached and not nested and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(experiment or DEFAULT_EXPERIMENT)
+        use_experiment(experiment or DEFAULT_EXPERIMENT)
     run = mlflow.start_run(run_id=run_id, run_name=None if attached else run_name, nested=nested)
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_handlers = {sig: signal.signal(sig, _raise_terminated) for sig in _stop_signals()}
     try:
         mlflow.set_tags({"mlflow.runName": run_name, **provenance_tags(), **tags})
         yield run
     except (KeyboardInterrupt, Terminated):
         mlflow.end_run("KILLED")
+        ended_early[run.info.run_id] = "KILLED"
         raise
     except BaseException:
         mlflow.end_run("FAILED")
+        ended_early[run.info.run_id] = "FAILED"
         raise
     else:
         mlflow.end_run("FINISHED")
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
 
 
 def log_params_once(run_id: str, params: Mapping[str, Any]) -> None:
@@ -183,11 +271,24 @@ def looks_like_run_id(text: str) -> bool:
 
 def get_run(run_id: str):
     """The run with this id, or a HarnessError naming the store that was searched."""
+    run = find_run(run_id)
+    if run is None:
+        raise HarnessError(f"no MLflow run with id '{run_id}' in tracking store {mlflow.get_tracking_uri()}")
+    return run
+
+
+def find_run(run_id: str):
+    """The run with this id, None when the store has no such run, or a HarnessError when it is
+    deleted (nothing can be logged to it, and its artifacts may be gone)."""
     prepare_store()
     try:
-        return MlflowClient().get_run(run_id)
+        run = MlflowClient().get_run(run_id)
     except MlflowException:
-        raise HarnessError(f"no MLflow run with id '{run_id}' in tracking store {mlflow.get_tracking_uri()}") from None
+        return None
+    if run.info.lifecycle_stage == "deleted":
+        raise HarnessError(f"MLflow run '{run_id}' is deleted in {mlflow.get_tracking_uri()}; restore it first "
+                           f"(mlflow runs restore --run-id {run_id})")
+    return run
 
 
 def all_experiment_ids() -> list[str]:
@@ -206,4 +307,9 @@ def experiment_ids(experiment: str | None) -> list[str]:
 
 
 def tag_filter(tags: Mapping[str, str]) -> str:
+    """An MLflow search filter matching runs with all these tags. A quote cannot be escaped in
+    MLflow's filter grammar, and no harness tag holds one, so a value with one is refused."""
+    for key, value in tags.items():
+        if "'" in value or '"' in value:
+            raise HarnessError(f"{key.removeprefix('harness.')} {value!r} contains a quote; no harness run has one")
     return " and ".join(f"tags.\"{k}\" = '{v}'" for k, v in tags.items())

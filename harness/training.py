@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,10 +28,10 @@ from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from harness import resume, tracking
 from harness.algorithms import algo_class
-from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, local_paths, write_atomically, write_json_atomically
+from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, local_paths, write_atomically, write_json_atomically
 from harness.config import TrainConfig
 from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
-from harness.errors import warn
+from harness.errors import HarnessError, warn
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
 from harness.provenance import code_version, git_state, package_versions
 from harness.replay import her_buffer
@@ -207,7 +208,11 @@ def train(
         tags["harness.warnings"] = warning
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    with tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id) as run:
+    for directory in (CHECKPOINT_DIR, config.tensorboard_dir):  # before a run exists that could not finish
+        check_writable(directory)
+    if resume_run_id and resume.trained_elsewhere(resume_run_id):
+        raise HarnessError(f"run {resume_run_id} is being trained by another process right now")
+    with tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id) as run, resume.owned(run.info.run_id):
         run_id = run.info.run_id
         tracking.log_params_once(run_id, config.to_dict())
         if resume_run_id is None:
@@ -252,6 +257,37 @@ def train(
         mlflow.log_metric("time/wall_time_s", wall_time, step=int(model.num_timesteps))
     resume.discard(run_id)  # finished: the final checkpoint supersedes the resumable ones
     return TrainResult(run_id=run_id, run_name=run_name, checkpoint=paths["model"], meta=meta)
+
+
+def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple[str, int] | None:
+    """(run id, env steps) of the newest run of this config that a crash, a kill or a closed
+    terminal cut short and that can continue from this directory: same run name and config hash,
+    not FINISHED, not a pipeline's, no process training it, a resumable checkpoint here. Runs found
+    RUNNING with their process gone and no checkpoint to continue from are marked KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    tracking.prepare_store()
+    client = MlflowClient()
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        experiment_ids = [os.environ["MLFLOW_EXPERIMENT_ID"]]
+    else:
+        found = client.get_experiment_by_name(experiment or tracking.DEFAULT_EXPERIMENT)
+        experiment_ids = [found.experiment_id] if found is not None and found.lifecycle_stage == "active" else []
+    if not experiment_ids:
+        return None
+    tags = {"harness.kind": "train", "harness.config_hash": config.config_hash, "mlflow.runName": config.run_name}
+    runs = client.search_runs(experiment_ids, tracking.tag_filter(tags), order_by=["attributes.start_time DESC"])
+    for run in runs:
+        run_id = run.info.run_id
+        if run.info.status == "FINISHED" or "mlflow.parentRunId" in run.data.tags or not resume.abandoned(run_id):
+            continue
+        saved = resume.latest(run_id)
+        if saved is not None:
+            return run_id, int(saved.name.removeprefix("step_"))
+        if run.info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+        resume.discard(run_id)  # only its owner lock is left
+    return None
 
 
 def training_meta(config: TrainConfig, run_id: str, run_name: str, model, wall_time: float,

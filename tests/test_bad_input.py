@@ -49,7 +49,8 @@ def test_bad_input_is_one_clear_line(store, tmp_path, args, expected):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_sigterm_marks_the_run_killed(store, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: the terminal was closed
+def test_sigterm_or_sighup_marks_the_run_killed(store, tmp_path, stop):
     proc = subprocess.Popen(
         [sys.executable, "-m", "entry_points.cli", "train", *TINY, "--total-steps", "100000"],
         cwd=tmp_path, env=clean_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -60,13 +61,13 @@ def test_sigterm_marks_the_run_killed(store, tmp_path):
         if runs and mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "eval/success_rate"):
             break  # training is under way
         time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1] == "harness: terminated; the MLflow run was marked KILLED"
     (run,) = all_runs()
     assert run.info.status == "KILLED"
+    assert stderr.strip().splitlines()[-1] == f"harness: terminated; MLflow run {run.info.run_id} was marked KILLED"
 
 
 def test_an_error_inside_training_marks_the_run_failed(store, tmp_path, monkeypatch):

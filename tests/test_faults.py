@@ -1,0 +1,215 @@
+"""Faults a user meets: interruptions at chosen moments, a dead server, unusable stores and
+directories, a full disk, leftovers in the environment, values that pass the CLI's types.
+
+Each ends with one line on stderr naming what went wrong, a non-zero exit, no traceback, no run
+left RUNNING and nothing half-written. The read-only and full-disk cases mount a read-only bind or
+a tiny tmpfs (root ignores file modes, and this image's Python lives under /root, out of reach of
+an unprivileged user); where mounting is not allowed they are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from harness.config import resolve_config
+from harness.errors import HarnessError
+from tests.conftest import PROJECT_ROOT, TINY, all_runs, clean_env, run_cli
+
+
+def harness(args, cwd, store_uri, **extra_env):
+    env = {**clean_env(store_uri), "PYTHONPATH": str(PROJECT_ROOT), **extra_env}
+    return subprocess.run([sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(proc, expected: str) -> str:
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    return lines[0]
+
+
+def train_tiny(cwd, store, *extra):
+    run_cli(["train", *TINY, *extra], cwd, store)
+    (run,) = [r for r in all_runs() if r.data.tags.get("harness.kind") == "train"]
+    return run
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"ent_coef": "auto_x"}, "ent_coef must be a number >= 0, 'auto' or 'auto_<initial value>' such as auto_0.1, got 'auto_x'"),
+    ({"ent_coef": "auto_0"}, "got 'auto_0'"),
+    ({"ent_coef": -1}, "ent_coef must be a number >= 0, 'auto' or 'auto_<initial value>' such as auto_0.1, got -1.0"),
+    ({"learning_rate": float("inf")}, "learning_rate must be a finite number, got inf"),
+    ({"action_noise": float("nan")}, "action_noise must be a finite number, got nan"),
+    ({"seed": 2**32}, "seed must be in [0, 4294967295] (numpy's seed range), got 4294967296"),
+])
+def test_values_that_pass_the_clis_types_are_checked_before_anything_runs(overrides, expected):
+    with pytest.raises(HarnessError) as raised:
+        resolve_config("fast", "FetchReach-v4", overrides)
+    assert str(raised.value) == expected or expected in str(raised.value)
+    assert resolve_config("fast", "FetchReach-v4", {"ent_coef": "auto_0.1"}).ent_coef == "auto_0.1"
+
+
+def test_a_dead_tracking_server_is_one_line_and_no_training_starts(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    for args in (["train", *TINY], ["eval", "--ckpt", "0123456789abcdef0123456789abcdef"], ["compare", "--env", "FetchReach-v4"]):
+        proc = harness(args, tmp_path, dead)
+        one_line_error(proc, f"tracking server {dead} does not answer (connection failed)")
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "runs").exists()
+
+
+def test_stores_that_cannot_be_used_are_named(tmp_path):
+    (tmp_path / "dir.db").mkdir()
+    (tmp_path / "garbage.db").write_text("not a database")
+    cases = [("dir.db", "is a directory, not an SQLite file"),
+             ("garbage.db", "is not an SQLite database; move it away"),
+             ("garbage.db/sub/mlflow.db", "cannot create tracking store")]
+    for path, expected in cases:
+        proc = harness(["compare", "--env", "FetchReach-v4"], tmp_path, f"sqlite:///{tmp_path / path}")
+        one_line_error(proc, expected)
+    assert (tmp_path / "garbage.db").read_text() == "not a database"
+
+
+def test_ctrl_c_while_a_new_store_is_created_leaves_no_half_made_schema(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", "compare", "--env", "FetchReach-v4"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    building = tmp_path / ".mlflow.db.creating"
+    deadline = time.time() + 120
+    while not building.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert building.exists(), "the store was not built under its temporary name"
+    proc.send_signal(signal.SIGINT)  # while MLflow creates the schema
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "harness: interrupted; no MLflow run was open"
+    assert not (tmp_path / "mlflow.db").exists()
+    # the next command finds a usable store: a fresh one, built from scratch
+    one_line_error(harness(["compare", "--env", "FetchReach-v4"], tmp_path, store), "no finished, evaluated training run")
+    assert not building.exists()
+
+
+def test_a_leftover_mlflow_run_id_never_writes_into_a_finished_run(store, tmp_path):
+    run = train_tiny(tmp_path, store)
+    before = mlflow.MlflowClient().get_run(run.info.run_id)
+    proc = harness(["train", *TINY, "--seed", "1"], tmp_path, store, MLFLOW_RUN_ID=run.info.run_id)
+    one_line_error(proc, f"MLFLOW_RUN_ID={run.info.run_id} names a FINISHED run, not one being started; "
+                         "it is how `mlflow run` hands over the run it starts; unset MLFLOW_RUN_ID")
+    after = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert after.data.params == before.data.params and after.data.tags == before.data.tags
+    assert len(all_runs()) == 1
+
+
+def test_inputs_that_used_to_crash_after_the_work_was_done(store, tmp_path):
+    run = train_tiny(tmp_path, store)
+    ckpt = "checkpoints/sac_FetchReach-v4_seed0.zip"
+    meta = tmp_path / "checkpoints" / "sac_FetchReach-v4_seed0.meta.json"
+    kept = meta.read_text()
+    meta.write_text("[]")
+    one_line_error(harness(["eval", "--ckpt", ckpt], tmp_path, store), "is not a harness meta.json")
+    meta.write_text(kept)
+    one_line_error(harness(["compare", "--env", "Fetch'Reach-v4"], tmp_path, store), "contains a quote")
+    client = mlflow.MlflowClient()
+    gone = client.create_experiment("gone")
+    client.delete_experiment(gone)
+    one_line_error(harness(["train", *TINY, "--experiment", "gone"], tmp_path, store),
+                   f"MLflow experiment 'gone' is deleted in {store}; restore it (mlflow experiments restore --experiment-id {gone})")
+    client.delete_run(run.info.run_id)
+    # refused before 100,000 episodes (hours), not after them
+    one_line_error(harness(["eval", "--ckpt", ckpt, "--n-episodes", "100000"], tmp_path, store),
+                   f"MLflow run '{run.info.run_id}' is deleted in {store}; restore it first")
+    assert not (tmp_path / "results").exists()
+
+
+def test_sigkill_then_the_same_train_command_resumes_the_same_run(store, tmp_path):
+    args = ["train", *TINY, "--total-steps", "1500", "--eval-freq", "500", "--checkpoint-freq", "300"]
+    env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume_dir = tmp_path / "checkpoints" / "resume"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(resume_dir.glob("*/step_*[0-9]")) and proc.poll() is None:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=30)
+    (killed,) = all_runs()
+    assert killed.info.status == "RUNNING"  # what a SIGKILL leaves behind
+    proc = run_cli(args, tmp_path, store)
+    assert f"resuming run {killed.info.run_id} (sac_FetchReach-v4_seed0) from its checkpoint at step" in proc.stderr
+    (run,) = all_runs()  # the same run, finished; no second one
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert int(run.data.tags["harness.resumed_from_step"]) >= 300
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval/success_rate")]
+    assert steps == sorted(set(steps)) and max(steps) >= 1500
+    assert not any(resume_dir.iterdir())  # no checkpoints pile up
+    # --no-resume, and a run that finished, start anew
+    run_cli([*args, "--no-resume"], tmp_path, store)
+    assert len(all_runs()) == 2
+
+
+@contextlib.contextmanager
+def mounted(*command_sets):
+    """Run mount commands as root, undo them afterwards; skip the test where mounting is not allowed."""
+    mounted_at = []
+    try:
+        for command in command_sets:
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot mount here ({done.stderr.strip() or done.returncode}): {' '.join(command)}")
+            mounted_at.append(command[-1])
+        yield
+    finally:
+        for target in reversed(mounted_at):
+            subprocess.run(["umount", target], capture_output=True)
+
+
+def read_only(directory: Path):
+    return mounted(["mount", "--bind", str(directory), str(directory)],
+                   ["mount", "-o", "remount,bind,ro", str(directory)])
+
+
+def test_read_only_store_and_directory(store, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    train_tiny(work, store)
+    db = tmp_path / "mlflow.db"
+    before = db.read_bytes()
+    with read_only(db):
+        # reading needs no lock file
+        one_line_error(harness(["compare", "--env", "FetchReach-v4", "--seeds", "0"], work, store),
+                       "no finished, evaluated training run for FetchReach-v4")
+        one_line_error(harness(["train", *TINY, "--seed", "1"], work, store),
+                       "the MLflow tracking store failed: (sqlite3.OperationalError) attempt to write a readonly database")
+    assert db.read_bytes() == before
+    with read_only(work):  # nowhere to write results or checkpoints: refused before the episodes run
+        one_line_error(harness(["eval", "--ckpt", "checkpoints/sac_FetchReach-v4_seed0.zip", "--n-episodes", "100000"],
+                               work, store), "cannot write to results/ (Read-only file system)")
+        one_line_error(harness(["train", *TINY, "--seed", "1"], work, store),
+                       "cannot write to checkpoints/ (Read-only file system)")
+    assert [r.info.status for r in all_runs()] == ["FINISHED"]
+
+
+def test_a_full_disk_fails_the_run_with_one_line_and_leaves_no_partial_file(store, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mlflow.MlflowClient().create_experiment("ch04-her-sparse-reach-push")  # MLflow would say it creates it
+    with mounted(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)]):
+        proc = harness(["train", *TINY, "--eval-freq", "0", "--checkpoint-freq", "0"], disk, store)
+        line = one_line_error(proc, "No space left on device")
+        (run,) = all_runs()
+        assert line.endswith(f"; MLflow run {run.info.run_id} was marked FAILED")
+        assert run.info.status == "FAILED"
+        assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]
