@@ -14,6 +14,7 @@ and ``meta.json``. :func:`load_checkpoint` takes a path, a run id, a ``runs:/`` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -28,6 +29,8 @@ from harness.errors import HarnessError
 
 CHECKPOINT_DIR = Path("checkpoints")
 ARTIFACT_DIR = "checkpoint"
+# Tags a training run carries with the sha256 of its checkpoint files (see verify_hashes).
+HASH_TAGS = {"model": "harness.checkpoint_sha256", "vecnormalize": "harness.vecnormalize_sha256"}
 
 
 def local_paths(run_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Path]:
@@ -87,6 +90,55 @@ class LoadedCheckpoint:
         return self.vecnormalize.normalize_obs(obs) if self.vecnormalize is not None else obs
 
 
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_tags(zip_path: Path) -> dict[str, str]:
+    """The content hashes a training run records for its checkpoint files, which hold pickles."""
+    tags = {HASH_TAGS["model"]: sha256_of(zip_path)}
+    stats = zip_path.with_name(zip_path.name[: -len(".zip")] + ".vecnormalize.pkl")
+    if stats.is_file():
+        tags[HASH_TAGS["vecnormalize"]] = sha256_of(stats)
+    return tags
+
+
+def verify_hashes(run_id: str, zip_path: Path) -> None:
+    """Refuse checkpoint files from a store that differ from what their training run recorded.
+
+    An SB3 zip (and VecNormalize's pickle) runs code when loaded, so on a shared tracking server
+    anyone who can write artifacts could run code on whoever evaluates them. Checked before
+    anything is unpickled. Runs trained before hashes were recorded load with a warning.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from harness.errors import warn
+
+    recorded = {k: v for k, v in MlflowClient().get_run(run_id).data.tags.items() if k in HASH_TAGS.values()}
+    if not recorded:
+        warn(f"run {run_id} records no checkpoint hash (trained before hashes were recorded); loading it unverified")
+        return
+    found = hash_tags(zip_path)
+    for tag, expected in recorded.items():
+        if found.get(tag) != expected:
+            raise HarnessError(f"the checkpoint files of run {run_id} differ from the sha256 recorded on the run at "
+                               f"training ({tag}); refusing to load them (an SB3 checkpoint runs code when loaded)")
+
+
+def _source_run_of_model(model_uri: str) -> str | None:
+    """The training run a model registered by ``harness register`` was made from."""
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    name, version = get_model_name_and_version(client, model_uri)
+    return client.get_model_version(name, version).tags.get("source_run_id")
+
+
 def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[str, Any]]:
     """Find the zip and its meta for a path, run id, ``runs:/`` or ``models:/`` URI (downloading if needed)."""
     from harness.tracking import get_run, looks_like_run_id
@@ -103,6 +155,7 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
         zips = sorted((local / ARTIFACT_DIR).glob("*.zip"))
         if not zips:
             raise HarnessError(f"run {run_id} has no checkpoint: no '{ARTIFACT_DIR}/*.zip' artifact (is it a training run?)")
+        verify_hashes(run_id, zips[0])
         meta_path = local / "meta.json"
         meta = read_meta(meta_path) if meta_path.is_file() else {"run_id": run_id}
         return zips[0], meta
@@ -110,9 +163,9 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
     if ckpt.startswith("models:/"):
         import mlflow
 
-        from harness.tracking import prepare_store
+        from harness import tracking
 
-        prepare_store()
+        tracking.prepare_store()
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ckpt, dst_path=str(download_dir)))
         except Exception as exc:  # unknown name, version or alias
@@ -120,6 +173,12 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
         zips = sorted(local.glob("artifacts/checkpoint/*.zip"))
         if not zips:
             raise HarnessError(f"registered model '{ckpt}' holds no harness checkpoint (artifacts/checkpoint/*.zip)")
+        source_run = _source_run_of_model(ckpt)
+        if source_run is None:
+            raise HarnessError(f"registered model '{ckpt}' names no source run (source_run_id tag), so its checkpoint "
+                               "cannot be verified; register it again with harness register")
+        tracking.get_run(source_run)
+        verify_hashes(source_run, zips[0])
         ckpt = str(zips[0])
 
     path = Path(ckpt)

@@ -28,7 +28,8 @@ from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from harness import resume, tracking
 from harness.algorithms import algo_class
-from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, local_paths, write_atomically, write_json_atomically
+from harness.checkpoints import (ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, hash_tags, local_paths, write_atomically,
+                                 write_json_atomically)
 from harness.config import TrainConfig
 from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import HarnessError, warn
@@ -247,13 +248,15 @@ def train(
         write_atomically(paths["model"], lambda tmp: model.save(tmp))
         if vecnormalize is not None:
             write_atomically(paths["vecnormalize"], lambda tmp: vecnormalize.save(str(tmp)))
-        meta = training_meta(config, run_id, run_name, model, wall_time, to_mlflow.latest)
+        hashes = hash_tags(paths["model"])
+        meta = {**training_meta(config, run_id, run_name, model, wall_time, to_mlflow.latest), "sha256": hashes}
         write_json_atomically(paths["meta"], meta)
 
         mlflow.log_artifact(str(paths["model"]), ARTIFACT_DIR)
         if vecnormalize is not None:
             mlflow.log_artifact(str(paths["vecnormalize"]), ARTIFACT_DIR)
         mlflow.log_dict(meta, "meta.json")
+        mlflow.set_tags(hashes)
         mlflow.log_metric("time/wall_time_s", wall_time, step=int(model.num_timesteps))
     resume.discard(run_id)  # finished: the final checkpoint supersedes the resumable ones
     return TrainResult(run_id=run_id, run_name=run_name, checkpoint=paths["model"], meta=meta)

@@ -10,6 +10,7 @@ an unprivileged user); where mounting is not allowed they are skipped with that 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import socket
 import subprocess
@@ -132,6 +133,17 @@ def test_inputs_that_used_to_crash_after_the_work_was_done(store, tmp_path):
     one_line_error(harness(["eval", "--ckpt", ckpt, "--n-episodes", "100000"], tmp_path, store),
                    f"MLflow run '{run.info.run_id}' is deleted in {store}; restore it first")
     assert not (tmp_path / "results").exists()
+
+
+def test_checkpoint_files_changed_in_the_store_are_refused_before_unpickling(store, tmp_path):
+    run = train_tiny(tmp_path, store)
+    assert run.data.tags["harness.checkpoint_sha256"] == hashlib.sha256(
+        (tmp_path / "checkpoints" / "sac_FetchReach-v4_seed0.zip").read_bytes()).hexdigest()
+    (artifact,) = Path(run.info.artifact_uri.removeprefix("file://")).glob("checkpoint/*.zip")
+    with open(artifact, "ab") as f:  # anyone who can write the artifact store could put code here
+        f.write(b"\0")
+    one_line_error(harness(["eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint", "--n-episodes", "1"], tmp_path, store),
+                   f"the checkpoint files of run {run.info.run_id} differ from the sha256 recorded on the run at training")
 
 
 def test_sigkill_then_the_same_train_command_resumes_the_same_run(store, tmp_path):
