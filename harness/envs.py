@@ -7,6 +7,7 @@ registration, the env-id checks and the vectorization live in one place.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 
@@ -39,6 +40,7 @@ def validate_env_id(env_id: str, her: bool = False) -> None:
             f"unknown env '{env_id}'; the Fetch tasks are: {', '.join(FETCH_ENV_IDS)} "
             "(any registered Gymnasium env with continuous actions works without --her)"
         )
+    spaces(env_id)  # an env that cannot be built (a missing extra such as Box2D) fails here, before a run
     if her and not is_goal_conditioned(env_id):
         raise HarnessError(
             f"--her needs a goal-conditioned env (dict observations with {', '.join(GOAL_KEYS)}); "
@@ -71,13 +73,23 @@ def validate_her_start(env_id: str, n_envs: int, learning_starts: int) -> None:
         )
 
 
-def is_goal_conditioned(env_id: str) -> bool:
-    env = gym.make(env_id)
+@functools.lru_cache(maxsize=None)
+def spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
+    """The env's (observation, action) spaces, from one env built and closed; a HarnessError naming
+    what is missing when Gymnasium cannot build it."""
     try:
-        space = env.observation_space
-        return isinstance(space, gym.spaces.Dict) and all(k in space.spaces for k in GOAL_KEYS)
+        env = gym.make(env_id)
+    except (gym.error.Error, ImportError) as exc:
+        raise HarnessError(f"env '{env_id}' cannot be built: {exc}") from None
+    try:
+        return env.observation_space, env.action_space
     finally:
         env.close()
+
+
+def is_goal_conditioned(env_id: str) -> bool:
+    space = spaces(env_id)[0]
+    return isinstance(space, gym.spaces.Dict) and all(k in space.spaces for k in GOAL_KEYS)
 
 
 def make_env(env_id: str, render: bool = False) -> gym.Env:

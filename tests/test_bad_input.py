@@ -14,6 +14,7 @@ from tests.conftest import TINY, all_runs, clean_env, run_cli
 @pytest.mark.parametrize("args, expected", [
     (["train", "--env", "FetchPush-v9"], "unknown env 'FetchPush-v9'; the Fetch tasks are: FetchReach-v4"),
     (["train", "--env", "Pendulum-v1", "--her"], "--her needs a goal-conditioned env"),
+    (["train", "--env", "CarRacing-v3"], "env 'CarRacing-v3' cannot be built: Box2D is not installed"),  # an extra not installed
     (["train", "--total-steps", "0"], "Invalid value for '--total-steps': 0 is not >= 1"),
     (["train", "--total-steps", "lots"], "Invalid value for '--total-steps': 'lots' is not an integer"),
     (["train", "--n-sampled-goal", "-1"], "Invalid value for '--n-sampled-goal': -1 is not >= 0"),
