@@ -10,6 +10,11 @@ normalized, the VecNormalize statistics. Locally it lives in the chapter's layou
 and in its MLflow run as artifacts ``checkpoint/<name>.zip``, ``checkpoint/<name>.vecnormalize.pkl``
 and ``meta.json``. :func:`load_checkpoint` takes a path, a run id, a ``runs:/`` URI or a
 ``models:/`` URI of a model registered by ``harness register``.
+
+SB3 zips and VecNormalize files are pickles: loading one runs whatever code it holds. A registered
+model therefore carries the policy as plain data instead (:func:`export_weights`): the policy's
+tensors (``policy.pt``, read with ``torch.load(weights_only=True)``), the normalization statistics as
+JSON and ``meta.json``; :func:`load_weights` rebuilds the SB3 model from the config around them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from stable_baselines3 import HerReplayBuffer
 
 from harness.algorithms import algo_class
@@ -129,18 +135,8 @@ def verify_hashes(run_id: str, zip_path: Path) -> None:
                                f"training ({tag}); refusing to load them (an SB3 checkpoint runs code when loaded)")
 
 
-def _source_run_of_model(model_uri: str) -> str | None:
-    """The training run a model registered by ``harness register`` was made from."""
-    from mlflow.store.artifact.utils.models import get_model_name_and_version
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    name, version = get_model_name_and_version(client, model_uri)
-    return client.get_model_version(name, version).tags.get("source_run_id")
-
-
 def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Find the zip and its meta for a path, run id, ``runs:/`` or ``models:/`` URI (downloading if needed)."""
+    """Find the zip and its meta for a path, run id or ``runs:/`` URI (downloading if needed)."""
     from harness.tracking import get_run, looks_like_run_id
 
     if ckpt.startswith("runs:/") or looks_like_run_id(ckpt):
@@ -159,27 +155,6 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
         meta_path = local / "meta.json"
         meta = read_meta(meta_path) if meta_path.is_file() else {"run_id": run_id}
         return zips[0], meta
-
-    if ckpt.startswith("models:/"):
-        import mlflow
-
-        from harness import tracking
-
-        tracking.prepare_store()
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ckpt, dst_path=str(download_dir)))
-        except Exception as exc:  # unknown name, version or alias
-            raise HarnessError(f"registered model '{ckpt}' not found in {mlflow.get_tracking_uri()} ({exc})") from None
-        zips = sorted(local.glob("artifacts/checkpoint/*.zip"))
-        if not zips:
-            raise HarnessError(f"registered model '{ckpt}' holds no harness checkpoint (artifacts/checkpoint/*.zip)")
-        source_run = _source_run_of_model(ckpt)
-        if source_run is None:
-            raise HarnessError(f"registered model '{ckpt}' names no source run (source_run_id tag), so its checkpoint "
-                               "cannot be verified; register it again with harness register")
-        tracking.get_run(source_run)
-        verify_hashes(source_run, zips[0])
-        ckpt = str(zips[0])
 
     path = Path(ckpt)
     if not path.is_file():
@@ -227,6 +202,69 @@ def describe_zip(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+WEIGHTS_FILE = "policy.pt"
+NORMALIZATION_FILE = "normalization.json"
+WEIGHTS_ARTIFACT = "weights"  # the registered model's artifact folder holding them
+WEIGHTS_HASH_TAG = "weights_sha256"  # on the model version: {file name: sha256}
+
+
+def export_weights(loaded: LoadedCheckpoint, directory: Path) -> dict[str, str]:
+    """Write the policy as plain data into ``directory``; returns the sha256 of each file."""
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(loaded.model.policy.state_dict(), directory / WEIGHTS_FILE)
+    if loaded.vecnormalize is not None:
+        rms = loaded.vecnormalize.obs_rms
+        stats = {"clip_obs": loaded.vecnormalize.clip_obs, "epsilon": loaded.vecnormalize.epsilon,
+                 "obs_rms": {key: {"mean": r.mean.tolist(), "var": r.var.tolist(), "count": float(r.count)}
+                             for key, r in rms.items()}}
+        (directory / NORMALIZATION_FILE).write_text(json.dumps(stats))
+    meta = {**loaded.meta, "num_timesteps": int(loaded.model.num_timesteps)}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return {path.name: sha256_of(path) for path in sorted(directory.iterdir())}
+
+
+def load_weights(directory: Path, source: str, env_id: str | None = None) -> LoadedCheckpoint:
+    """The model :func:`export_weights` wrote, rebuilt from its config (on ``env_id`` if given, for
+    scoring it on another env); nothing is unpickled."""
+    import torch
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from harness.envs import make_vec_env
+
+    meta = read_meta(directory / "meta.json")
+    config = dict(meta.get("config", {}))
+    trained_env_id = config["env_id"]
+    config["env_id"] = env_id or trained_env_id
+    env = make_vec_env(config["env_id"], n_envs=1, seed=0)
+    policy_kwargs: dict[str, Any] = {"net_arch": list(config["net_arch"])}
+    if config["algo"] == "ddpg":
+        policy_kwargs["n_critics"] = 1
+    model = algo_class(config["algo"])("MultiInputPolicy", env, buffer_size=1, policy_kwargs=policy_kwargs,
+                                       device="cpu", verbose=0)
+    try:
+        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        model.policy.load_state_dict(state)
+    except Exception as exc:  # torch raises several types for a file that is not plain tensors
+        raise HarnessError(f"'{source}' holds no loadable policy weights ({type(exc).__name__}: {exc})") from None
+    model.policy.set_training_mode(False)
+    model.num_timesteps = int(meta.get("num_timesteps", 0))
+    vecnormalize = None
+    stats_path = directory / NORMALIZATION_FILE
+    if stats_path.is_file():
+        stats = json.loads(stats_path.read_text())
+        vecnormalize = VecNormalize(env, training=False, norm_obs=True, norm_reward=False,
+                                    clip_obs=stats["clip_obs"], epsilon=stats["epsilon"])
+        for key, saved in stats["obs_rms"].items():
+            rms = RunningMeanStd(shape=vecnormalize.obs_rms[key].mean.shape)
+            rms.mean, rms.var, rms.count = np.asarray(saved["mean"]), np.asarray(saved["var"]), saved["count"]
+            vecnormalize.obs_rms[key] = rms
+    return LoadedCheckpoint(model=model, meta={**meta, "config": config, "trained_env_id": trained_env_id},
+                            vecnormalize=vecnormalize, source=source)
+
+
 def load_checkpoint(ckpt: str, env_id: str | None = None) -> LoadedCheckpoint:
     """Load a checkpoint for evaluation from a path, run id, ``runs:/`` or ``models:/`` URI.
 
@@ -235,8 +273,36 @@ def load_checkpoint(ckpt: str, env_id: str | None = None) -> LoadedCheckpoint:
     """
     # Downloaded files are only needed while loading: the model lives in memory afterwards.
     with tempfile.TemporaryDirectory(prefix="harness-ckpt-") as download_dir:
+        if ckpt.startswith("models:/"):
+            return _load_registered(ckpt, Path(download_dir), env_id)
         zip_path, meta = resolve_checkpoint_files(ckpt, Path(download_dir))
         return _load_files(ckpt, zip_path, meta, env_id)
+
+
+def _load_registered(model_uri: str, download_dir: Path, env_id: str | None) -> LoadedCheckpoint:
+    """A model ``harness register`` logged: plain weights, checked against the sha256 that
+    registration recorded on the model version."""
+    import mlflow
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    from harness import tracking
+
+    tracking.prepare_store()
+    client = mlflow.MlflowClient()
+    try:
+        name, version = get_model_name_and_version(client, model_uri)
+        recorded = client.get_model_version(name, version).tags.get(WEIGHTS_HASH_TAG)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(download_dir)))
+    except Exception as exc:  # unknown name, version or alias
+        raise HarnessError(f"registered model '{model_uri}' not found in {mlflow.get_tracking_uri()} ({exc})") from None
+    weights = local / "artifacts" / WEIGHTS_ARTIFACT
+    if recorded is None or not (weights / WEIGHTS_FILE).is_file():
+        raise HarnessError(f"registered model '{model_uri}' holds no plain policy weights with a recorded sha256 "
+                           "(an older harness registered a pickled checkpoint); register it again with harness register")
+    if {path.name: sha256_of(path) for path in sorted(weights.iterdir())} != json.loads(recorded):
+        raise HarnessError(f"the files of registered model '{model_uri}' differ from the sha256 recorded when it was "
+                           "registered; refusing to load them")
+    return load_weights(weights, model_uri, env_id)
 
 
 def _load_files(ckpt: str, zip_path: Path, meta: dict[str, Any], env_id: str | None) -> LoadedCheckpoint:

@@ -1,9 +1,10 @@
 """Later weeks: the best HER policy in the MLflow Model Registry, and loading a policy from anywhere.
 
 ``harness register --env FetchPush-v4`` picks the best evaluated HER training run of that env (by
-``eval/success_rate``, ties by ``eval/mean_return``), logs its checkpoint as an ``mlflow.pyfunc``
-model (the SB3 zip, its normalization statistics if any, and ``meta.json``), registers it as
-``ch04-<algo>-her-<env>`` and points the alias ``champion`` at it when it beats the current champion.
+``eval/success_rate``, ties by ``eval/mean_return``), logs its policy as an ``mlflow.pyfunc`` model
+(plain weights, normalization statistics as JSON and ``meta.json``; the pyfunc as code, so loading
+it unpickles nothing), registers it as ``ch04-<algo>-her-<env>`` and points the alias ``champion`` at
+it when it beats the current champion.
 
 ``load_policy(uri)`` returns the SB3 model for a checkpoint path, a run id, a ``runs:/`` URI or a
 ``models:/`` URI, ready for ``predict``.
@@ -12,13 +13,13 @@ model (the SB3 zip, its normalization statistics if any, and ``meta.json``), reg
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness import tracking
@@ -43,10 +44,9 @@ class SB3Policy(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        from harness.checkpoints import load_checkpoint
+        from harness.checkpoints import WEIGHTS_ARTIFACT, load_weights
 
-        (zip_path,) = Path(context.artifacts["checkpoint"]).glob("*.zip")
-        self.policy = load_checkpoint(str(zip_path))
+        self.policy = load_weights(Path(context.artifacts[WEIGHTS_ARTIFACT]), "the registered model")
         self.shapes = {key: space.shape for key, space in self.policy.model.observation_space.spaces.items()}
 
     def predict(self, context, model_input, params=None):
@@ -124,7 +124,7 @@ def _is_better(candidate: dict[str, float], current: dict[str, float]) -> bool:
 def register(env_id: str | None = None, algo: str | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Register the best (or the given) evaluated HER run, of ``algo`` or (None) of any algo; move
     ``champion`` only if it is better."""
-    from harness.checkpoints import resolve_checkpoint_files
+    from harness.checkpoints import WEIGHTS_ARTIFACT, WEIGHTS_HASH_TAG, export_weights, load_checkpoint
 
     tracking.prepare_store()
     run = tracking.get_run(run_id) if run_id else best_her_run(env_id, algo)
@@ -137,27 +137,18 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
     metrics = {k: run.data.metrics[k] for k in ("eval/success_rate", "eval/mean_return", "eval/final_distance")}
     name = model_name(algo, env_id)
 
+    loaded = load_checkpoint(run.info.run_id)  # its files checked against the sha256 the run recorded
+    meta = loaded.meta
     with tempfile.TemporaryDirectory(prefix="harness-register-") as tmp:
-        workdir = Path(tmp)
-        zip_path, meta = resolve_checkpoint_files(run.info.run_id, workdir / "download")
-        # The chapter's layout in one folder (zip, <name>.meta.json, <name>.vecnormalize.pkl), so the
-        # pyfunc model and `harness eval --ckpt models:/...` load it like any local checkpoint.
-        bundle = workdir / "checkpoint"
-        bundle.mkdir()
-        stem = zip_path.name[: -len(".zip")]
-        shutil.copy(zip_path, bundle / zip_path.name)
-        stats = zip_path.with_name(f"{stem}.vecnormalize.pkl")
-        if stats.is_file():
-            shutil.copy(stats, bundle / stats.name)
-        (bundle / f"{stem}.meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        artifacts = {"checkpoint": str(bundle)}
+        weights = Path(tmp) / WEIGHTS_ARTIFACT
+        hashes = export_weights(loaded, weights)
         signature, obs_space = signature_for(env_id)
         example = {key: np.zeros((1, *space.shape)) for key, space in obs_space.spaces.items()}
         with tracking.tracked_run(f"register_{name}", {"harness.kind": "register", "harness.env": env_id,
                                                        "harness.source_run_id": run.info.run_id}):
             info = mlflow.pyfunc.log_model(
-                name=POLICY_ARTIFACT, python_model=SB3Policy(), artifacts=artifacts, signature=signature,
-                input_example=example,
+                name=POLICY_ARTIFACT, python_model=str(Path(__file__).with_name("registry_model.py")),
+                artifacts={WEIGHTS_ARTIFACT: str(weights)}, signature=signature, input_example=example,
                 metadata={"observation_shapes": {k: list(v.shape) for k, v in obs_space.spaces.items()}},
                 code_paths=[str(Path(__file__).resolve().parent)],
                 pip_requirements=_requirements(),
@@ -165,22 +156,31 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
     client = MlflowClient()
     version = mlflow.register_model(info.model_uri, name)
     version_tags = {"source_run_id": run.info.run_id, "config": json.dumps(meta.get("config", {}), sort_keys=True),
+                    WEIGHTS_HASH_TAG: json.dumps(hashes, sort_keys=True),
                     **{k.replace("/", "_"): str(v) for k, v in metrics.items()}}
     for key, value in version_tags.items():
         client.set_model_version_tag(name, version.version, key, value)
 
-    moved = True
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
-        current_metrics = {k: float(current.tags[k.replace("/", "_")]) for k in metrics}
-        moved = _is_better(metrics, current_metrics)
-    except Exception:  # no champion yet
+    except MlflowException:  # no champion yet
         current = None
+    moved = current is None or _is_better(metrics, champion_metrics(current, metrics))
     if moved:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     return {"name": name, "version": version.version, "source_run_id": run.info.run_id, "metrics": metrics,
             "champion_moved": moved, "previous_champion": current.version if current else None,
             "uri": f"models:/{name}@{CHAMPION}"}
+
+
+def champion_metrics(current, metrics: dict[str, float]) -> dict[str, float]:
+    """The current champion's eval metrics, from the tags registration put on its version."""
+    try:
+        return {k: float(current.tags[k.replace("/", "_")]) for k in metrics}
+    except (KeyError, ValueError):
+        raise HarnessError(f"the champion, version {current.version} of {current.name}, has no eval_* tags to compare "
+                           "with (not registered by harness register); move the alias by hand "
+                           "(MlflowClient().set_registered_model_alias)") from None
 
 
 def _requirements() -> list[str]:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -95,6 +96,11 @@ def test_load_policy_and_eval_from_models_uri(registry_store):
     assert same.num_timesteps == 300
     proc = run_cli(["eval", "--ckpt", f"models:/{NAME}@champion", "--n-episodes", "2"], cwd, uri)
     assert "FetchReach-v4 sac + HER" in proc.stdout and "logged eval/* to training run" in proc.stdout
+    # the registered model is tensors, JSON and code: nothing in it is a pickle
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{NAME}@champion", dst_path=str(cwd / "model"))
+    files = [p.name for p in Path(local).rglob("*") if p.is_file()]
+    assert "policy.pt" in files and "registry_model.py" in files
+    assert not [name for name in files if name.endswith((".pkl", ".zip"))], files
 
 
 def test_register_errors(registry_store):
@@ -108,3 +114,32 @@ def test_register_errors(registry_store):
         proc = run_cli(args, cwd, uri, check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("algo", ["sac", "tqc", "ddpg"])
+def test_plain_weights_rebuild_the_same_policy_without_unpickling(tmp_path, algo):
+    """What a registered model carries: tensors and JSON, from which the same policy is rebuilt."""
+    from stable_baselines3.common.logger import configure
+
+    from harness.checkpoints import LoadedCheckpoint, export_weights, load_weights
+    from harness.config import resolve_config
+    from harness.envs import make_env
+    from harness.training import build_env, build_model
+
+    config = resolve_config("fast", "FetchReach-v4", {"algo": algo, "her": True, "n_envs": 1, "total_steps": 100,
+                                                      "normalize_obs": True, "net_arch": [32, 16]})
+    env, vecnormalize = build_env(config)
+    model = build_model(config, env, configure(None, []))
+    vecnormalize.reset()
+    for _ in range(5):  # statistics that are not the defaults
+        vecnormalize.step([env.action_space.sample()])
+    model.num_timesteps = 123
+    hashes = export_weights(LoadedCheckpoint(model, {"config": config.to_dict()}, vecnormalize, "test"), tmp_path)
+    assert sorted(hashes) == ["meta.json", "normalization.json", "policy.pt"]
+    loaded = load_weights(tmp_path, "test")
+    assert loaded.model.num_timesteps == 123 and loaded.meta["trained_env_id"] == "FetchReach-v4"
+    obs = {k: v[None] for k, v in make_env("FetchReach-v4").reset(seed=3)[0].items()}
+    assert loaded.normalize(obs)["observation"].tolist() == vecnormalize.normalize_obs(obs)["observation"].tolist()
+    expected, _ = model.predict(vecnormalize.normalize_obs(obs), deterministic=True)
+    actual, _ = loaded.model.predict(loaded.normalize(obs), deterministic=True)
+    assert actual.tolist() == expected.tolist()
