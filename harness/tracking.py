@@ -50,6 +50,13 @@ def prepare_store() -> None:
         check_server(uri)
     elif uri.startswith("sqlite:///"):
         prepare_sqlite(Path(uri[len("sqlite:///") :]))
+    else:
+        try:  # a database server, a file store, or an unknown scheme
+            MlflowClient().search_experiments(max_results=1)
+        except ImportError as exc:
+            raise HarnessError(f"tracking store {uri} needs the Python module '{exc.name}', which is not installed") from None
+        except MlflowException as exc:
+            raise HarnessError(f"tracking store {uri} cannot be used: {first_line(exc.message)}") from None
     _store_ready = True
 
 

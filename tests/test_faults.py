@@ -81,6 +81,9 @@ def test_stores_that_cannot_be_used_are_named(tmp_path):
         proc = harness(["compare", "--env", "FetchReach-v4"], tmp_path, f"sqlite:///{tmp_path / path}")
         one_line_error(proc, expected)
     assert (tmp_path / "garbage.db").read_text() == "not a database"
+    for uri, expected in (("bogus://store", "tracking store bogus://store cannot be used: "),
+                          ("mysql://user@127.0.0.1:1/db", "needs the Python module 'MySQLdb', which is not installed")):
+        one_line_error(harness(["compare", "--env", "FetchReach-v4"], tmp_path, uri), expected)
 
 
 def test_ctrl_c_while_a_new_store_is_created_leaves_no_half_made_schema(tmp_path):
