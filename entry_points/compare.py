@@ -24,9 +24,10 @@ def compare_command(env_id, seeds, algo, experiment):
     measures the floor once per env (a harness.kind=floor run), writes
     results/ch04_<env>_comparison.json (+ .png) and logs a compare run with all of it.
     """
+    seed_list = parse_seeds(seeds)
     from harness.comparison import compare
 
-    report = compare(env_id, parse_seeds(seeds), algo=None if algo == "auto" else algo, experiment=experiment)
+    report = compare(env_id, seed_list, algo=None if algo == "auto" else algo, experiment=experiment)
     click.echo(report["table"])
     click.echo("")
     click.echo(report["details"])

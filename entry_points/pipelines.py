@@ -63,11 +63,12 @@ CHAPTER_STEPS = ("train no-HER per seed, evaluate each, train HER per seed, eval
 
 def run_chapter(name, env_id, seeds, n_sampled_goal, total_steps, preset, learning_starts, algo, eval_freq,
                 checkpoint_freq, n_eval_episodes, workers, executor, ray_address, experiment):
+    seed_list = parse_seeds(seeds)
     from harness.envs import validate_env_id
+
+    validate_env_id(env_id, her=True)
     from harness.pipelines import chapter_jobs, chapter_report
 
-    seed_list = parse_seeds(seeds)
-    validate_env_id(env_id, her=True)
     overrides = dict(total_steps=total_steps, n_sampled_goal=n_sampled_goal, learning_starts=learning_starts, algo=algo,
                      eval_freq=eval_freq, checkpoint_freq=checkpoint_freq)
     jobs = chapter_jobs(env_id, seed_list, preset, overrides, n_eval_episodes)
@@ -108,14 +109,15 @@ def ablation_command(env_id, nsg_values, seed, seeds, total_steps, preset, learn
 
     Writes results/ch04_<env>_ablation_nsg.{json,md,png} and logs them to the parent MLflow run.
     """
-    from harness.envs import validate_env_id
-    from harness.pipelines import ablation_jobs, ablation_report
-
     if seed is not None and seeds is not None:
         raise click.UsageError("give --seed or --seeds, not both")
     seed_list = parse_seeds(seeds) if seeds is not None else [seed or 0]
     values = parse_int_list(nsg_values, "2,4,8")
+    from harness.envs import validate_env_id
+
     validate_env_id(env_id, her=True)
+    from harness.pipelines import ablation_jobs, ablation_report
+
     overrides = dict(total_steps=total_steps, learning_starts=learning_starts, algo=algo, eval_freq=eval_freq,
                      checkpoint_freq=checkpoint_freq)
     jobs = ablation_jobs(env_id, values, seed_list, preset, overrides, n_eval_episodes)

@@ -17,13 +17,13 @@ def register_command(env_id, algo, run_id):
     """Register a HER policy as ch04-<algo>-her-<env> and move the alias 'champion' if it is better.
 
     The best run is the finished, evaluated HER training run with the highest eval/success_rate
-    (ties: eval/mean_return). The version is an mlflow.pyfunc model wrapping the SB3 checkpoint;
-    its tags hold the source run id, the eval metrics and the resolved config.
+    (ties: eval/mean_return). The version is an mlflow.pyfunc model holding the policy as plain weights
+    (no pickle); its tags hold the source run id, the eval metrics, the resolved config and file hashes.
     """
-    from harness.registry import register
-
     if (env_id is None) == (run_id is None):
         raise click.UsageError("give --env (register its best HER run) or --run-id (register that run)")
+    from harness.registry import register
+
     result = register(env_id=env_id, algo=None if algo == "auto" else algo, run_id=run_id)
     metrics = result["metrics"]
     click.echo(f"registered {result['name']} version {result['version']} from run {result['source_run_id']} "

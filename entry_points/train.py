@@ -77,19 +77,21 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
     TensorBoard logs under runs/, and the checkpoint to checkpoints/<run name>.zip (+ .meta.json)
     and to the run's artifacts. The run is named like the checkpoint: sac_her_FetchPush-v4_seed0.
     """
+    # Cheapest checks first: a bad value is reported before torch and SB3 are even imported.
     from harness.config import parse_settings, resolve_config
-    from harness.envs import validate_env_id
-    from harness.training import interrupted_run, train
 
     if her and no_her:
         raise click.UsageError("--her and --no-her contradict each other; give one")
-    validate_env_id(env_id, her=her)
     overrides = dict(her=her, seed=seed, total_steps=total_steps, n_sampled_goal=n_sampled_goal,
                      goal_selection_strategy=goal_selection_strategy, learning_starts=learning_starts,
                      algo=algo, n_envs=n_envs, eval_freq=eval_freq, eval_episodes=eval_episodes,
                      checkpoint_freq=checkpoint_freq)
     overrides.update(parse_settings(settings))
     config = resolve_config(preset, env_id, overrides)
+    from harness.envs import validate_env_id
+
+    validate_env_id(env_id, her=her)
+    from harness.training import interrupted_run, train
     show_progress = sys.stderr.isatty() if progress is None else progress
     interrupted = interrupted_run(config, experiment) if resume and not os.environ.get("MLFLOW_RUN_ID") else None
     if interrupted:

@@ -30,10 +30,9 @@ from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.utils import polyak_update
 
+from harness.config import ALGOS
 from harness.errors import HarnessError
 
-ALGOS = ("sac", "tqc", "ddpg")
-PRECISIONS = ("fp32", "bf16")
 
 
 def layer_precision(precision: str):

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3 import HerReplayBuffer
 
-from harness.algorithms import algo_class
 from harness.errors import HarnessError
 
 CHECKPOINT_DIR = Path("checkpoints")
 ARTIFACT_DIR = "checkpoint"
+RUN_ID_LENGTH = 32  # an MLflow run id: 32 hex digits
 # Tags a training run carries with the sha256 of its checkpoint files (see verify_hashes).
 HASH_TAGS = {"model": "harness.checkpoint_sha256", "vecnormalize": "harness.vecnormalize_sha256"}
 
@@ -135,11 +134,15 @@ def verify_hashes(run_id: str, zip_path: Path) -> None:
                                f"training ({tag}); refusing to load them (an SB3 checkpoint runs code when loaded)")
 
 
+def looks_like_run_id(text: str) -> bool:
+    return len(text) == RUN_ID_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
 def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[str, Any]]:
     """Find the zip and its meta for a path, run id or ``runs:/`` URI (downloading if needed)."""
-    from harness.tracking import get_run, looks_like_run_id
-
     if ckpt.startswith("runs:/") or looks_like_run_id(ckpt):
+        from harness.tracking import get_run
+
         run_id = ckpt[len("runs:/") :].split("/")[0] if ckpt.startswith("runs:/") else ckpt
         get_run(run_id)  # a clear error for an unknown id
         import mlflow
@@ -193,6 +196,8 @@ def read_zip_data(path: Path) -> dict[str, Any]:
 
 def describe_zip(data: dict[str, Any]) -> dict[str, Any]:
     """algo, her and seed as recorded in the zip itself."""
+    from stable_baselines3 import HerReplayBuffer
+
     policy_module = getattr(data["policy_class"], "__module__", "")
     buffer_class = data.get("replay_buffer_class")
     return {
@@ -232,6 +237,7 @@ def load_weights(directory: Path, source: str, env_id: str | None = None) -> Loa
     from stable_baselines3.common.running_mean_std import RunningMeanStd
     from stable_baselines3.common.vec_env import VecNormalize
 
+    from harness.algorithms import algo_class
     from harness.envs import make_vec_env
 
     meta = read_meta(directory / "meta.json")
@@ -306,6 +312,7 @@ def _load_registered(model_uri: str, download_dir: Path, env_id: str | None) -> 
 
 
 def _load_files(ckpt: str, zip_path: Path, meta: dict[str, Any], env_id: str | None) -> LoadedCheckpoint:
+    from harness.algorithms import algo_class
     from harness.envs import make_vec_env, validate_env_id
 
     described = describe_zip(read_zip_data(zip_path))

@@ -22,7 +22,6 @@ from typing import Any, Mapping
 
 import yaml
 
-from harness.algorithms import ALGOS, PRECISIONS
 from harness.errors import HarnessError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -30,6 +29,10 @@ GOAL_SELECTION_STRATEGIES = ("future", "final", "episode")
 # Envs whose gripper can pick the object up (Push and Slide keep the fingers blocked).
 HELD_OBJECT_ENVS = ("FetchPickAndPlace-v4", "FetchPickAndPlaceDense-v4")
 MAX_SEED = 2**32 - 1  # numpy seeds its generators from 32 bits
+# The --algo choices (classes in harness.algorithms) and the layer precisions of gradient steps; here,
+# not there, so that the CLIs can list them without importing torch and SB3.
+ALGOS = ("sac", "tqc", "ddpg")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)

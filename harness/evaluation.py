@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from harness.envs import goal_distance, make_env
 
 EVAL_RESET_SEED = 10_000
 RESULTS_DIR = Path("results")
@@ -55,6 +54,8 @@ def run_episodes(
 ) -> EpisodeResults:
     """Roll out ``policy(obs) -> action`` for ``n_episodes`` full episodes; with ``frames`` given,
     also render every step of each episode into it (one list of RGB frames per episode)."""
+    from harness.envs import goal_distance, make_env
+
     env = make_env(env_id, render=frames is not None)
     successes, returns, distances = [], [], []
     try:
@@ -120,7 +121,6 @@ def evaluate_checkpoint(
     An eval run of its own (``harness.kind=eval``) gets them too under ``mlflow run -e eval``
     (the run ``mlflow run`` created) and in a pipeline (a child of ``parent_run_id``).
     """
-    from harness import tracking
     from harness.checkpoints import check_writable, load_checkpoint, write_json_atomically
     from harness.errors import HarnessError
 
@@ -176,6 +176,8 @@ def evaluate_checkpoint(
     report["videos"] = [str(p) for p in videos]
 
     import mlflow
+
+    from harness import tracking
 
     client = mlflow.MlflowClient()
     metrics = {f"eval/{key}": value for key, value in summary.items()}
@@ -235,6 +237,8 @@ def floor_run(env_id: str, n_episodes: int, experiment_id: str) -> dict[str, Any
         run = found[0]
         return {**{key.removeprefix("eval/"): value for key, value in run.data.metrics.items()},
                 "run_id": run.info.run_id, "n_episodes": n_episodes, "measured": False}
+    from harness.envs import make_env
+
     env = make_env(env_id)
     zero = np.zeros(env.action_space.shape, dtype=env.action_space.dtype)
     env.close()

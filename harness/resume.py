@@ -19,7 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from harness.checkpoints import CHECKPOINT_DIR, algo_class
+from harness.algorithms import algo_class
+from harness.checkpoints import CHECKPOINT_DIR
 
 RESUME_DIR = CHECKPOINT_DIR / "resume"
 OWNER_LOCK = "owner.lock"

@@ -35,7 +35,6 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # Checkpoints are a few MB; MLflow's per-download progress bars only clutter the pipeline overview.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-RUN_ID_LENGTH = 32
 
 
 def prepare_store() -> None:
@@ -270,10 +269,6 @@ class MLflowOutputFormat(KVWriter):
 
     def close(self) -> None:
         pass
-
-
-def looks_like_run_id(text: str) -> bool:
-    return len(text) == RUN_ID_LENGTH and all(c in "0123456789abcdef" for c in text)
 
 
 def get_run(run_id: str):

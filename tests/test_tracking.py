@@ -62,7 +62,9 @@ def test_sb3_logger_keys_reach_mlflow_unchanged_at_env_steps(store):
 
 
 def test_run_id_lookup(store):
-    assert tracking.looks_like_run_id("0123456789abcdef0123456789abcdef")
-    assert not tracking.looks_like_run_id("checkpoints/x.zip")
+    from harness.checkpoints import looks_like_run_id
+
+    assert looks_like_run_id("0123456789abcdef0123456789abcdef")
+    assert not looks_like_run_id("checkpoints/x.zip")
     with pytest.raises(tracking.HarnessError, match="no MLflow run with id 'ffffffffffffffffffffffffffffffff'"):
         tracking.get_run("f" * 32)
