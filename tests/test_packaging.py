@@ -1,8 +1,11 @@
 """The project's own files agree with each other: pins, MLproject parameters and CLI options."""
 
 import re
+import subprocess
+import sys
 import tomllib
 
+import pytest
 import yaml
 
 from entry_points.compare import compare_command
@@ -40,3 +43,16 @@ def test_mlproject_parameters_map_onto_cli_options():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (PROJECT_ROOT / ".ci" / "run").read_text()
     assert "make test" in (PROJECT_ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["experiment", "--help"],
+                                  ["train", "--set", "gama=0.9"], ["compare", "--env", "FetchPush-v4", "--seeds", "a"],
+                                  ["ablation", "--nsg-values", "2,x"], ["register"]])
+def test_help_and_bad_values_answer_without_importing_torch_sb3_or_mlflow(args):
+    """What makes `harness --help` take seconds is importing torch, SB3 and MLflow (several seconds of CPU);
+    help and values that need no store or model are answered before any of them is imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "entry_points.cli", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert imported, proc.stderr
+    assert not imported & {"torch", "stable_baselines3", "mlflow", "gymnasium"}, args
