@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from harness.errors import HarnessError, Terminated
+from harness.errors import HarnessError, Terminated, first_line
 
 
 def run_command(command: click.Command, args: list[str] | None = None) -> None:
@@ -58,10 +58,7 @@ def environment_fault(exc: Exception) -> str | None:
         return f"{exc.strerror or exc}{where}"
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")
     if mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException):
-        # SQLAlchemy's messages open with how the failing query was triggered; the cause comes after.
-        lines = [line for line in str(exc.message).splitlines()
-                 if line.strip() and not line.startswith("(raised as a result of")]
-        return f"the MLflow tracking store failed: {lines[0] if lines else type(exc).__name__}"
+        return f"the MLflow tracking store failed: {first_line(exc.message) or type(exc).__name__}"
     return None
 
 

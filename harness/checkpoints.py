@@ -46,6 +46,11 @@ def local_paths(run_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Pa
     }
 
 
+def stats_path(zip_path: Path) -> Path:
+    """The VecNormalize statistics saved beside a checkpoint zip (present when observations were normalized)."""
+    return zip_path.with_name(zip_path.name[: -len(".zip")] + ".vecnormalize.pkl")
+
+
 def check_writable(directory: Path) -> None:
     """Create ``directory`` and make sure a file can be written there, before work whose result
     would have nowhere to go."""
@@ -106,7 +111,7 @@ def sha256_of(path: Path) -> str:
 def hash_tags(zip_path: Path) -> dict[str, str]:
     """The content hashes a training run records for its checkpoint files, which hold pickles."""
     tags = {HASH_TAGS["model"]: sha256_of(zip_path)}
-    stats = zip_path.with_name(zip_path.name[: -len(".zip")] + ".vecnormalize.pkl")
+    stats = stats_path(zip_path)
     if stats.is_file():
         tags[HASH_TAGS["vecnormalize"]] = sha256_of(stats)
     return tags
@@ -258,9 +263,9 @@ def load_weights(directory: Path, source: str, env_id: str | None = None) -> Loa
     model.policy.set_training_mode(False)
     model.num_timesteps = int(meta.get("num_timesteps", 0))
     vecnormalize = None
-    stats_path = directory / NORMALIZATION_FILE
-    if stats_path.is_file():
-        stats = json.loads(stats_path.read_text())
+    normalization = directory / NORMALIZATION_FILE
+    if normalization.is_file():
+        stats = json.loads(normalization.read_text())
         vecnormalize = VecNormalize(env, training=False, norm_obs=True, norm_reward=False,
                                     clip_obs=stats["clip_obs"], epsilon=stats["epsilon"])
         for key, saved in stats["obs_rms"].items():
@@ -330,7 +335,7 @@ def _load_files(ckpt: str, zip_path: Path, meta: dict[str, Any], env_id: str | N
 
     env = make_vec_env(env_id, n_envs=1, seed=0)
     vecnormalize = None
-    stats = zip_path.with_name(zip_path.name[: -len(".zip")] + ".vecnormalize.pkl")
+    stats = stats_path(zip_path)
     if stats.is_file():
         from stable_baselines3.common.vec_env import VecNormalize
 

@@ -20,3 +20,11 @@ class Terminated(BaseException):
 
 def warn(message: str) -> None:
     print(f"harness: warning: {message}", file=sys.stderr, flush=True)
+
+
+def first_line(message: object) -> str:
+    """The line of a long library message that says what went wrong. SQLAlchemy's (inside MLflow's)
+    open with how the failing query was triggered; the cause comes after."""
+    lines = [line for line in str(message).splitlines()
+             if line.strip() and not line.startswith("(raised as a result of")]
+    return lines[0].strip() if lines else ""

@@ -54,15 +54,19 @@ def save(run_id: str, model, vecnormalize=None) -> Path:
 @contextlib.contextmanager
 def owned(run_id: str) -> Iterator[None]:
     """Hold the run's owner lock while training it; refuse a run another process is training."""
-    from harness.errors import HarnessError
-
     run_dir(run_id).mkdir(parents=True, exist_ok=True)
     with open(run_dir(run_id) / OWNER_LOCK, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise HarnessError(f"run {run_id} is being trained by another process right now") from None
+            raise busy(run_id) from None
         yield
+
+
+def busy(run_id: str):
+    from harness.errors import HarnessError
+
+    return HarnessError(f"run {run_id} is being trained by another process right now")
 
 
 def abandoned(run_id: str) -> bool:

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from stable_baselines3.common.logger import KVWriter
 
-from harness.errors import HarnessError, Terminated
+from harness.errors import HarnessError, Terminated, first_line
 from harness.provenance import provenance_tags
 
 DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
@@ -113,10 +113,6 @@ def prepare_sqlite(db_path: Path) -> None:
     finally:
         if lock is not None:
             lock.close()  # closing releases the flock
-
-
-def first_line(text: str) -> str:
-    return str(text).strip().splitlines()[0] if str(text).strip() else ""
 
 
 _store_ready = False

@@ -32,7 +32,7 @@ from harness.checkpoints import (ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, h
                                  write_json_atomically)
 from harness.config import TrainConfig
 from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
-from harness.errors import HarnessError, warn
+from harness.errors import warn
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
 from harness.provenance import code_version, git_state, package_versions
 from harness.replay import her_buffer
@@ -211,8 +211,8 @@ def train(
         tags["mlflow.parentRunId"] = parent_run_id
     for directory in (CHECKPOINT_DIR, config.tensorboard_dir):  # before a run exists that could not finish
         check_writable(directory)
-    if resume_run_id and resume.trained_elsewhere(resume_run_id):
-        raise HarnessError(f"run {resume_run_id} is being trained by another process right now")
+    if resume_run_id and resume.trained_elsewhere(resume_run_id):  # refused before the run is reopened
+        raise resume.busy(resume_run_id)
     with tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id) as run, resume.owned(run.info.run_id):
         run_id = run.info.run_id
         tracking.log_params_once(run_id, config.to_dict())
