@@ -38,7 +38,7 @@ from harness import resume, tracking
 from harness.checkpoints import CHECKPOINT_DIR
 from harness.config import TrainConfig, resolve_config
 from harness.envs import validate_her_start
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Terminated
 from harness.evaluation import RESULTS_DIR
 from harness.provenance import code_version
 from harness.statistics import summarize
@@ -172,6 +172,15 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
             "success_rate": report["success_rate"]}
 
 
+def _local_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_job` in a local worker process. Told to stop (SIGTERM, Ctrl-C), the worker ends its
+    run KILLED and exits, rather than take the next job the executor had already queued for it."""
+    try:
+        return run_job(spec)
+    except (KeyboardInterrupt, Terminated):
+        os._exit(143)
+
+
 def _init_worker(env: dict[str, str], torch_threads: int) -> None:
     """Each worker logs to the pipeline's store and experiment, never to the parent run itself,
     uses its share of the cores, and dies with the pipeline process (a SIGKILLed pipeline must not
@@ -200,14 +209,34 @@ def execute_local(specs: list[dict], workers: int, env: dict[str, str], threads:
 
     results = []
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch/MuJoCo/SQLite state
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(env, threads)) as pool:
-        pending = {pool.submit(run_job, spec) for spec in specs}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(env, threads))
+    try:
+        pending = {pool.submit(_local_job, spec) for spec in specs}
         while pending:
             done, pending = wait(pending, timeout=OVERVIEW_SECONDS, return_when=FIRST_COMPLETED)
             for future in done:
                 results.append(future.result())
             progress()
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown()
     return results
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Ctrl-C, SIGTERM or a failed job: stop now. Leaving a ``with ProcessPoolExecutor`` block waits
+    for the queue (``shutdown(wait=True)`` still runs every job not yet started). Queued jobs are
+    cancelled and each worker gets SIGTERM, so the run it trains ends KILLED, not RUNNING."""
+    workers = list((pool._processes or {}).values())  # the executor offers no public handle on them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        if process.is_alive():
+            process.terminate()
+    for process in workers:
+        process.join(timeout=30)
+        if process.is_alive():  # stuck: its run is left for the next attempt to mark KILLED
+            process.kill()
 
 
 def execute_ray(specs: list[dict], address: str | None, env: dict[str, str], threads: int,

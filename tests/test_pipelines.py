@@ -48,6 +48,23 @@ def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_
     assert len(runs_by_kind("train")) == 4 and len(runs_by_kind("pipeline")) == 2
 
 
+def test_sigterm_stops_the_pipeline_at_once_and_leaves_nothing_running(store, tmp_path):
+    """SIGTERM (or Ctrl-C) stops the running trainings and starts none of the queued ones."""
+    args = [sys.executable, "-m", "entry_points.cli", "reach-all", "--seeds", "0,1", "--workers", "2",
+            *TINY_PIPELINE, "--total-steps", "100000", "--eval-freq", "400"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=clean_env(store), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len([r for r in runs_by_kind("train") if r.data.metrics]) < 2:
+        time.sleep(0.5)  # both workers are training
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in stderr
+    runs = all_runs()
+    assert sorted(r.info.status for r in runs) == ["KILLED"] * 3  # the parent and the two trainings
+    assert len(runs_by_kind("train")) == 2  # the queued two never started
+
+
 def test_sigkill_at_any_moment_then_rerun_completes(store, tmp_path):
     args = [sys.executable, "-m", "entry_points.cli", "reach-all", "--seeds", "0,1", "--workers", "2",
             *TINY_PIPELINE, "--total-steps", "1200", "--eval-freq", "400", "--checkpoint-freq", "300"]
