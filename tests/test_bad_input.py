@@ -55,6 +55,8 @@ def test_sigterm_or_sighup_marks_the_run_killed(store, tmp_path, stop):
     proc = subprocess.Popen(
         [sys.executable, "-m", "entry_points.cli", "train", *TINY, "--total-steps", "100000"],
         cwd=tmp_path, env=clean_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as from a terminal: under nohup (inherited SIG_IGN) the harness rightly keeps ignoring SIGHUP
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while time.time() < deadline:
