@@ -74,10 +74,10 @@ def plain_sb3(warmup: int, steps: int) -> float:
 def harness_path(preset: str, overrides: dict, name: str) -> tuple[float, dict]:
     """(b)/(c): a real harness training run; its own wall clock around learn()."""
     from harness.config import resolve_config
-    from harness.training import train
+    from harness.training import RunOptions, train
 
     config = resolve_config(preset, ENV_ID, overrides)
-    result = train(config, experiment=EXPERIMENT, run_name=name, kind="bench")
+    result = train(config, RunOptions(experiment=EXPERIMENT, variant=name, kind="bench"))
     return result.meta["num_timesteps"] / result.meta["wall_time_s"], {"run_id": result.run_id, **config.to_dict()}
 
 
@@ -102,7 +102,7 @@ def main(steps, rounds, warmup, threads, json_path):
     a_rates, b_rates, b_run_ids = [], [], []
     for round_index in range(rounds):
         a = plain_sb3(warmup, steps)
-        b, b_config = harness_path("ch04", chapter_overrides(warmup, steps), "bench_chapter_config")
+        b, b_config = harness_path("ch04", chapter_overrides(warmup, steps), "bench-chapter")
         a_rates.append(a)
         b_rates.append(b)
         b_run_ids.append(b_config["run_id"])
@@ -117,7 +117,7 @@ def main(steps, rounds, warmup, threads, json_path):
     fast_warmup = max(warmup, 50 * resolve_config("fast", ENV_ID, {"her": True}).n_envs)
     fast_overrides = dict(her=True, learning_starts=fast_warmup, total_steps=fast_warmup + steps, eval_freq=0,
                           checkpoint_freq=0)
-    c, c_config = harness_path("fast", fast_overrides, "bench_fast_preset")
+    c, c_config = harness_path("fast", fast_overrides, "bench-fast")
     click.echo(f"(c) fast preset ({c_config['algo']}, {c_config['n_envs']} envs, batch {c_config['batch_size']}, "
                f"{c_config['gradient_steps']} grad steps / {c_config['train_freq'] * c_config['n_envs']} env steps): "
                f"{c:7.1f} env steps/s  (run {c_config['run_id']})")

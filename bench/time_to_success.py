@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import tracking  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
+from harness.identity import ALGO_TAG, ENV_TAG, HER_TAG  # noqa: E402
 
 METRIC = "eval/success_rate"
 
@@ -48,11 +49,10 @@ def first_reaching(curve, threshold: float):
 
 
 def find_runs(env_id: str, algo: str, preset: str | None, her: bool, experiment: str | None) -> list:
-    tags = {"harness.kind": "train", "harness.env": env_id, "harness.algo": algo, "harness.her": str(her).lower()}
+    tags = {"harness.kind": "train", ENV_TAG: env_id, ALGO_TAG: algo, HER_TAG: str(her).lower()}
     if preset:
         tags["harness.preset"] = preset
-    return MlflowClient().search_runs(tracking.experiment_ids(experiment), tracking.tag_filter(tags),
-                                      order_by=["attributes.start_time ASC"])
+    return tracking.search_runs(tags, tracking.experiment_ids(experiment), order_by=("attributes.start_time ASC",))
 
 
 def report(runs, thresholds: list[float]) -> list[dict]:

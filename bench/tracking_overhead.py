@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.config import resolve_config  # noqa: E402
 from harness.seeding import seed_everything  # noqa: E402
-from harness.training import build_env, build_model, train  # noqa: E402
+from harness.training import RunOptions, build_env, build_model, train  # noqa: E402
 
 EXPERIMENT = "bench-tracking-overhead"
 
@@ -48,7 +48,7 @@ def untracked(config) -> float:
 
 def tracked(config) -> tuple[float, str]:
     started = time.perf_counter()
-    result = train(config, experiment=EXPERIMENT, run_name=f"bench_tracking_{config.algo}_{config.env_id}", kind="bench")
+    result = train(config, RunOptions(experiment=EXPERIMENT, variant="bench-tracking", kind="bench"))
     return time.perf_counter() - started, result.run_id
 
 

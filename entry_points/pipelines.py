@@ -37,7 +37,7 @@ def _run(kind, jobs, report, workers, executor, ray_address, experiment):
     from harness.pipelines import run_pipeline
 
     result = run_pipeline(kind, jobs, report, workers=workers, executor=executor, ray_address=ray_address,
-                          experiment=experiment)
+                          experiment=experiment, echo=click.echo)
     click.echo("")
     click.echo(result.report["table"])
     if result.report.get("details"):

@@ -91,14 +91,14 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
     from harness.envs import validate_env_id
 
     validate_env_id(env_id, her=her)
-    from harness.training import interrupted_run, train
+    from harness.training import RunOptions, interrupted_run, train
     show_progress = sys.stderr.isatty() if progress is None else progress
     interrupted = interrupted_run(config, experiment) if resume and not os.environ.get("MLFLOW_RUN_ID") else None
     if interrupted:
         click.echo(f"resuming run {interrupted[0]} ({config.run_name}) from its checkpoint at step {interrupted[1]}; "
                    "--no-resume starts a new run", err=True)
-    result = train(config, experiment=experiment, progress_bar=show_progress, torch_threads=threads,
-                   resume_run_id=interrupted[0] if interrupted else None)
+    result = train(config, RunOptions(experiment=experiment, progress_bar=show_progress, torch_threads=threads,
+                                      resume_run_id=interrupted[0] if interrupted else None))
     final = result.meta["final_metrics"]
     click.echo(f"run {result.run_id} ({result.run_name}) finished: {result.meta['num_timesteps']} steps "
                f"in {result.meta['wall_time_s']:.0f}s ({result.meta['steps_per_second']} steps/s)")

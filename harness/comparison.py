@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from harness import tracking
 from harness.checkpoints import write_json_atomically
 from harness.errors import HarnessError
+from harness.identity import ALGO_TAG, ENV_TAG, VARIANT_TAG, RunIdentity
 from harness.evaluation import RESULTS_DIR, floor_run, threshold_metrics
 from harness.statistics import (
     Separation,
@@ -57,29 +58,10 @@ ROWS = (
 )
 
 
-def newest_evaluated_run(tags: dict[str, str], experiment_ids: Sequence[str]):
-    """The newest FINISHED training run that ``harness eval`` scored and that has ``tags`` (None: none)."""
-    tags = {"harness.kind": "train", "harness.evaluated": "true", **tags}
-    runs = MlflowClient().search_runs(
-        experiment_ids,
-        filter_string=tracking.tag_filter(tags) + " and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
-
-
-def find_evaluated_runs(env_id: str, her: bool, seed: int, algo: str, experiment_ids: Sequence[str]):
-    """The newest evaluated training run of (env, her, seed, algo), as a list of at most one."""
-    run = newest_evaluated_run({"harness.env": env_id, "harness.her": str(her).lower(), "harness.seed": str(seed),
-                                "harness.algo": algo}, experiment_ids)
-    return [run] if run else []
-
-
 def newest_evaluated_algo(env_id: str, experiment_ids: Sequence[str]) -> str | None:
     """The algo of the newest finished, evaluated training run for ``env_id`` (None: there is none)."""
-    run = newest_evaluated_run({"harness.env": env_id}, experiment_ids)
-    return run.data.tags.get("harness.algo") if run else None
+    run = tracking.newest_evaluated_run({ENV_TAG: env_id}, experiment_ids)
+    return run.data.tags.get(ALGO_TAG) if run else None
 
 
 def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str | None) -> dict[bool, list]:
@@ -89,9 +71,12 @@ def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str |
     missing = []
     for _, her in CONDITIONS:
         for seed in seeds:
-            runs = find_evaluated_runs(env_id, her, seed, algo, ids)
-            if runs:
-                found[her].append(runs[0])
+            # The chapter's runs only: an ablation variant of the same (env, algo, her, seed) is not one.
+            run = next((r for r in tracking.search_runs(
+                {"harness.kind": "train", "harness.evaluated": "true", **RunIdentity(env_id, algo, her, seed).tags()},
+                ids, status="FINISHED") if not r.data.tags.get(VARIANT_TAG)), None)
+            if run is not None:
+                found[her].append(run)
             else:
                 missing.append(f"(env={env_id}, her={str(her).lower()}, seed={seed})")
     if missing:
@@ -448,7 +433,7 @@ def report_comparison(env_id: str, seeds: Sequence[int], found: dict[bool, list]
     chapter_table = markdown_table(summaries)
     markdown = chapter_table + "\n\n" + details + "\n"
 
-    tags = {"harness.kind": "compare", "harness.env": env_id, "harness.algo": algo,
+    tags = {"harness.kind": "compare", ENV_TAG: env_id, ALGO_TAG: algo,
             "harness.seeds": ",".join(str(s) for s in seeds),
             "harness.clear_separation": "yes" if verdict.clear else "no",
             "harness.separation_test": verdict.test,

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import yaml
 
 from harness.errors import HarnessError
+from harness.identity import RunIdentity
 
 PRESET_DIR = Path(__file__).parent / "presets"
 GOAL_SELECTION_STRATEGIES = ("future", "final", "episode")
@@ -107,9 +108,8 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """The chapter's checkpoint name, e.g. ``sac_her_FetchPush-v4_seed0``."""
-        her = "_her" if self.her else ""
-        return f"{self.algo}{her}_{self.env_id}_seed{self.seed}"
+        """The chapter's checkpoint name, e.g. ``sac_her_FetchPush-v4_seed0`` (:class:`RunIdentity`)."""
+        return RunIdentity.of(self).name
 
     @property
     def tensorboard_dir(self) -> Path:
@@ -175,6 +175,17 @@ def resolve_config(preset: str, env_id: str, overrides: Mapping[str, Any] | None
     values["env_id"] = env_id
     values["preset"] = preset
     config = TrainConfig(**{name: _coerce(name, value) for name, value in values.items()})
+    validate_config(config)
+    return config
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """A config back from its logged form (:meth:`TrainConfig.to_dict`: a pipeline's job spec, a
+    checkpoint's ``meta.json``), typed and validated as :func:`resolve_config` does."""
+    unknown = sorted(set(data) - set(FIELD_NAMES))
+    if unknown:
+        raise HarnessError(f"unknown config keys {unknown}; known: {', '.join(FIELD_NAMES)}")
+    config = TrainConfig(**{name: _coerce(name, value) for name, value in data.items()})
     validate_config(config)
     return config
 

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from harness.identity import ENV_TAG, RunIdentity
+
 
 EVAL_RESET_SEED = 10_000
 RESULTS_DIR = Path("results")
@@ -88,12 +90,9 @@ def deterministic_policy(model, normalize=None) -> Callable[[Any], np.ndarray]:
     return act
 
 
-def results_path(config: dict[str, Any], run_name: str | None = None) -> Path:
+def results_path(run_name: str) -> Path:
     """The chapter's eval file name, ``ch04_<run name, lower case>_eval.json``, e.g.
     ``results/ch04_sac_her_fetchpush-v4_seed0_eval.json``."""
-    if run_name is None:
-        her = "_her" if config.get("her") else ""
-        run_name = f"{config['algo']}{her}_{config['env_id']}_seed{config['seed']}"
     return RESULTS_DIR / f"ch04_{run_name.lower()}_eval.json"
 
 
@@ -130,16 +129,17 @@ def evaluate_checkpoint(
         raise HarnessError(f"--video must be between 0 and --n-episodes ({n_episodes}), got {video}")
     loaded = load_checkpoint(ckpt, env_id=env_id)
     config = loaded.config
-    run_name = loaded.meta.get("run_name")
     trained_on = loaded.meta.get("trained_env_id")
+    identity = RunIdentity.of({**config, "env_id": trained_on or config["env_id"]}, loaded.meta.get("variant", ""))
+    run_name = loaded.meta.get("run_name") or identity.name  # a checkpoint's meta names it
     # Scored on another env (--env FetchReachDense-v4 for a FetchReach-v4 policy): a result of its
     # own, never the training run's evaluation, which compare and register would then report.
     elsewhere = trained_on is not None and trained_on != config["env_id"]
     if elsewhere:
-        run_name = f"{run_name or config['algo']}_on_{config['env_id']}"
+        run_name = f"{run_name}_on_{config['env_id']}"
     # Found before the episodes run: a deleted run or an unwritable results/ fails at once, not after.
     training_run = None if elsewhere else _training_run_in_store(loaded.run_id)
-    out = results_path(config, run_name)
+    out = results_path(run_name)
     check_writable(out.parent)
     policy = deterministic_policy(loaded.model, loaded.normalize)
     episodes = run_episodes(policy, config["env_id"], n_episodes)
@@ -149,7 +149,7 @@ def evaluate_checkpoint(
         # replay them exactly, and the scored run above stays free of rendering cost.
         frames: list[list[np.ndarray]] = []
         run_episodes(policy, config["env_id"], video, frames=frames)
-        videos = write_videos(frames, results_path(config, run_name).stem.removesuffix("_eval"))
+        videos = write_videos(frames, out.stem.removesuffix("_eval"))
     summary = episodes.summary()
     step = int(loaded.model.num_timesteps)
     report = {
@@ -192,8 +192,7 @@ def evaluate_checkpoint(
 
     attached = os.environ.get("MLFLOW_RUN_ID")
     if parent_run_id or (attached and attached != training_run):
-        tags = {"harness.kind": "eval", "harness.env": config["env_id"], "harness.her": str(bool(config.get("her"))).lower(),
-                "harness.seed": str(config.get("seed")), "harness.algo": config["algo"]}
+        tags = RunIdentity.of(config, identity.variant).tags("eval")
         if loaded.run_id:
             tags["harness.source_run_id"] = loaded.run_id
         if parent_run_id:
@@ -227,12 +226,10 @@ def floor_run(env_id: str, n_episodes: int, experiment_id: str) -> dict[str, Any
 
     from harness import tracking
 
-    tags = {"harness.kind": "floor", "harness.env": env_id, "harness.eval_episodes": str(n_episodes),
+    tags = {"harness.kind": "floor", ENV_TAG: env_id, "harness.eval_episodes": str(n_episodes),
             "harness.eval_reset_seed": str(EVAL_RESET_SEED)}
     client = MlflowClient()
-    found = client.search_runs(tracking.all_experiment_ids(),
-                               filter_string=tracking.tag_filter(tags) + " and attributes.status = 'FINISHED'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
+    found = tracking.search_runs(tags, tracking.all_experiment_ids(), status="FINISHED", max_results=1)
     if found:
         run = found[0]
         return {**{key.removeprefix("eval/"): value for key, value in run.data.metrics.items()},

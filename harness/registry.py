@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import tracking
 from harness.errors import HarnessError
+from harness.identity import ALGO_TAG, ENV_TAG, HER_TAG, RunIdentity
 
 CHAMPION = "champion"
 POLICY_ARTIFACT = "policy"
@@ -102,14 +103,11 @@ def signature_for(env_id: str):
 
 def best_her_run(env_id: str, algo: str | None = None):
     """The finished, evaluated HER training run with the best eval success (ties: return); of any algo if None."""
-    client = MlflowClient()
-    tags = {"harness.kind": "train", "harness.env": env_id, "harness.her": "true", "harness.evaluated": "true"}
+    tags = {"harness.kind": "train", ENV_TAG: env_id, HER_TAG: "true", "harness.evaluated": "true"}
     if algo is not None:
-        tags["harness.algo"] = algo
-    runs = client.search_runs(
-        tracking.experiment_ids(None), tracking.tag_filter(tags) + " and attributes.status = 'FINISHED'",
-        order_by=["metrics.`eval/success_rate` DESC", "metrics.`eval/mean_return` DESC"], max_results=1,
-    )
+        tags[ALGO_TAG] = algo
+    runs = tracking.search_runs(tags, tracking.experiment_ids(None), status="FINISHED", max_results=1,
+                                order_by=("metrics.`eval/success_rate` DESC", "metrics.`eval/mean_return` DESC"))
     if not runs:
         raise HarnessError(f"no finished, evaluated {algo + ' ' if algo else ''}HER training run for {env_id} in {mlflow.get_tracking_uri()}; "
                            "train and evaluate one first (harness train --her, harness eval)")
@@ -131,8 +129,9 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
     tags = run.data.tags
     if tags.get("harness.kind") != "train" or tags.get("harness.evaluated") != "true":
         raise HarnessError(f"run {run.info.run_id} is not an evaluated training run; evaluate it first (harness eval --ckpt {run.info.run_id})")
-    env_id, algo = tags["harness.env"], tags["harness.algo"]
-    if tags.get("harness.her") != "true":
+    identity = RunIdentity.from_tags(tags)
+    env_id, algo = identity.env_id, identity.algo
+    if not identity.her:
         raise HarnessError(f"run {run.info.run_id} is not a HER run; the registry holds HER models (ch04-<algo>-her-<env>)")
     metrics = {k: run.data.metrics[k] for k in ("eval/success_rate", "eval/mean_return", "eval/final_distance")}
     name = model_name(algo, env_id)
@@ -144,7 +143,7 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
         hashes = export_weights(loaded, weights)
         signature, obs_space = signature_for(env_id)
         example = {key: np.zeros((1, *space.shape)) for key, space in obs_space.spaces.items()}
-        with tracking.tracked_run(f"register_{name}", {"harness.kind": "register", "harness.env": env_id,
+        with tracking.tracked_run(f"register_{name}", {"harness.kind": "register", ENV_TAG: env_id,
                                                        "harness.source_run_id": run.info.run_id}):
             info = mlflow.pyfunc.log_model(
                 name=POLICY_ARTIFACT, python_model=str(Path(__file__).with_name("registry_model.py")),

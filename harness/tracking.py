@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import mlflow
 from mlflow.entities import Metric, Param
@@ -311,3 +311,35 @@ def tag_filter(tags: Mapping[str, str]) -> str:
         if "'" in value or '"' in value:
             raise HarnessError(f"{key.removeprefix('harness.')} {value!r} contains a quote; no harness run has one")
     return " and ".join(f"tags.\"{k}\" = '{v}'" for k, v in tags.items())
+
+
+# ---------------------------------------------------------------- finding runs: the one way
+
+NEWEST_FIRST = ("attributes.start_time DESC",)
+
+
+def search_runs(tags: Mapping[str, str], experiment_ids: Sequence[str], *, status: str | None = None,
+                unfinished: bool = False, order_by: Sequence[str] = NEWEST_FIRST, max_results: int | None = None) -> list:
+    """Runs with all these tags (a :meth:`RunIdentity.tags` dict, ``harness.kind``, ``mlflow.parentRunId``,
+    ...), in ``status`` or (``unfinished``) in any status but FINISHED; newest first unless ``order_by``
+    says otherwise. Every search the harness makes goes through here."""
+    clauses = [tag_filter(tags)] if tags else []
+    if status is not None:
+        clauses.append(f"attributes.status = '{status}'")
+    if unfinished:
+        clauses.append("attributes.status != 'FINISHED'")
+    kwargs = {} if max_results is None else {"max_results": max_results}
+    return MlflowClient().search_runs(list(experiment_ids), " and ".join(clauses), order_by=list(order_by), **kwargs)
+
+
+def newest_evaluated_run(tags: Mapping[str, str], experiment_ids: Sequence[str]):
+    """The newest FINISHED training run that ``harness eval`` scored and that has ``tags`` (None: none)."""
+    runs = search_runs({"harness.kind": "train", "harness.evaluated": "true", **tags}, experiment_ids,
+                       status="FINISHED", max_results=1)
+    return runs[0] if runs else None
+
+
+def child_runs(parent_run_id: str, experiment_ids: Sequence[str], kind: str | None = None, status: str | None = None) -> list:
+    """A pipeline's child runs (of one ``harness.kind``, in one status), oldest first."""
+    tags = {"mlflow.parentRunId": parent_run_id, **({"harness.kind": kind} if kind else {})}
+    return search_runs(tags, experiment_ids, status=status, order_by=("attributes.start_time ASC",))

@@ -33,6 +33,7 @@ from harness.checkpoints import (ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, h
 from harness.config import TrainConfig
 from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import warn
+from harness.identity import RunIdentity
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
 from harness.provenance import code_version, git_state, package_versions
 from harness.replay import her_buffer
@@ -47,14 +48,11 @@ class TrainResult:
     meta: dict[str, Any]
 
 
-def run_tags(config: TrainConfig, kind: str = "train") -> dict[str, str]:
-    """The tags ``compare``, the pipelines and the MLflow UI filter on."""
+def run_tags(config: TrainConfig, identity: RunIdentity, kind: str = "train") -> dict[str, str]:
+    """The run's identity (what ``compare``, ``register``, the pipelines and the MLflow UI filter on),
+    and the config facts shown beside it in the UI."""
     return {
-        "harness.kind": kind,
-        "harness.env": config.env_id,
-        "harness.her": str(config.her).lower(),
-        "harness.seed": str(config.seed),
-        "harness.algo": config.algo,
+        **identity.tags(kind),
         "harness.n_sampled_goal": str(config.n_sampled_goal),
         "harness.preset": config.preset,
         "harness.config_hash": config.config_hash,
@@ -175,34 +173,43 @@ def build_env(config: TrainConfig):
     return vecnormalize, vecnormalize
 
 
-def train(
-    config: TrainConfig,
-    experiment: str | None = None,
-    progress_bar: bool = False,
-    torch_threads: int = 0,
-    parent_run_id: str | None = None,
-    resume_run_id: str | None = None,
-    run_name: str | None = None,
-    kind: str = "train",
-) -> TrainResult:
-    """Train one model as one MLflow run; see the module docstring for the stages.
+@dataclass(frozen=True)
+class RunOptions:
+    """How one training is run and filed, beside what it trains (:class:`TrainConfig`): none of these
+    change the trained model, so none is part of the config hash; each shows on the run as a tag."""
 
-    ``torch_threads`` > 0 caps torch's intra-op threads: processes training side by side must
-    share the cores, or their OpenMP threads fight and each runs several times slower.
-    ``parent_run_id`` makes the run a child of a pipeline run. ``resume_run_id`` continues that
-    run from its last resumable checkpoint (same run, metrics continuing at the right steps).
-    ``run_name`` replaces the chapter's name where several runs would share it (ablations).
-    ``kind`` is the ``harness.kind`` tag: benchmarks use ``bench`` so that ``compare``, ``register``
-    and the pipelines, which look for ``train`` runs, never pick their runs up.
-    """
+    experiment: str | None = None
+    """MLflow experiment [None: the default one, or the one ``mlflow run`` or a pipeline chose]."""
+    parent_run_id: str | None = None
+    """Make the run a child of this (pipeline) run."""
+    resume_run_id: str | None = None
+    """Continue this run from its last resumable checkpoint (same run, metrics at the right steps)."""
+    variant: str = ""
+    """Sets the run apart where several share (env, algo, HER, seed): the ablation's ``nsg4``, a
+    benchmark's label; part of the run's name (:class:`RunIdentity`)."""
+    kind: str = "train"
+    """The ``harness.kind`` tag: benchmarks use ``bench`` so that ``compare``, ``register`` and the
+    pipelines, which look for ``train`` runs, never pick their runs up."""
+    torch_threads: int = 0
+    """> 0 caps torch's intra-op threads: processes training side by side must share the cores, or
+    their OpenMP threads fight and each runs several times slower."""
+    progress_bar: bool = False
+    """SB3's progress bar on stderr."""
+
+
+def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:
+    """Train one model as one MLflow run; see the module docstring for the stages."""
+    experiment, parent_run_id, resume_run_id = options.experiment, options.parent_run_id, options.resume_run_id
+    torch_threads, kind = options.torch_threads, options.kind
     validate_env_id(config.env_id, her=config.her)
     if config.her:
         validate_her_start(config.env_id, config.n_envs, config.learning_starts)
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     seed_everything(config.seed)
-    run_name = run_name or config.run_name
-    tags = {**run_tags(config, kind), "harness.torch_threads": str(torch.get_num_threads())}
+    identity = RunIdentity.of(config, options.variant)
+    run_name = identity.name
+    tags = {**run_tags(config, identity, kind), "harness.torch_threads": str(torch.get_num_threads())}
     warning = her_reward_warning(config.env_id, config.her)
     if warning:
         warn(warning)
@@ -238,7 +245,7 @@ def train(
         started = time.perf_counter()
         remaining = config.total_steps - model.num_timesteps
         if remaining > 0:
-            model.learn(total_timesteps=remaining, callback=callbacks, progress_bar=progress_bar,
+            model.learn(total_timesteps=remaining, callback=callbacks, progress_bar=options.progress_bar,
                         reset_num_timesteps=saved is None)
         wall_time = time.perf_counter() - started
         logger.close()
@@ -249,7 +256,7 @@ def train(
         if vecnormalize is not None:
             write_atomically(paths["vecnormalize"], lambda tmp: vecnormalize.save(str(tmp)))
         hashes = hash_tags(paths["model"])
-        meta = {**training_meta(config, run_id, run_name, model, wall_time, to_mlflow.latest), "sha256": hashes}
+        meta = {**training_meta(config, run_id, identity, model, wall_time, to_mlflow.latest), "sha256": hashes}
         write_json_atomically(paths["meta"], meta)
 
         mlflow.log_artifact(str(paths["model"]), ARTIFACT_DIR)
@@ -279,7 +286,7 @@ def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple
     if not experiment_ids:
         return None
     tags = {"harness.kind": "train", "harness.config_hash": config.config_hash, "mlflow.runName": config.run_name}
-    runs = client.search_runs(experiment_ids, tracking.tag_filter(tags), order_by=["attributes.start_time DESC"])
+    runs = tracking.search_runs(tags, experiment_ids)
     for run in runs:
         run_id = run.info.run_id
         if run.info.status == "FINISHED" or "mlflow.parentRunId" in run.data.tags or not resume.abandoned(run_id):
@@ -293,13 +300,14 @@ def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple
     return None
 
 
-def training_meta(config: TrainConfig, run_id: str, run_name: str, model, wall_time: float,
+def training_meta(config: TrainConfig, run_id: str, identity: RunIdentity, model, wall_time: float,
                   final: dict[str, float]) -> dict[str, Any]:
     """What ``meta.json`` records next to the checkpoint: how it was made and how it ended."""
     commit, dirty = git_state()
     return {
         "run_id": run_id,
-        "run_name": run_name,
+        "run_name": identity.name,
+        "variant": identity.variant,
         "tracking_uri": mlflow.get_tracking_uri(),
         "config": config.to_dict(),
         "config_hash": config.config_hash,

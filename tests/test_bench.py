@@ -24,10 +24,12 @@ def test_throughput_prints_the_three_figures_and_the_speedup(store, tmp_path):
     assert lines[-1].startswith("equal-config speedup: ")
     assert abs(float(lines[-1].split(": ")[1]) - sum(ratios) / 2) <= 0.011  # the median of two rounds
     runs = all_runs()
-    assert sorted(r.info.run_name for r in runs) == ["bench_chapter_config"] * 2 + ["bench_fast_preset"]
+    assert sorted(r.data.tags["harness.variant"] for r in runs) == ["bench-chapter"] * 2 + ["bench-fast"]
+    assert {r.info.run_name for r in runs if r.data.tags["harness.variant"] == "bench-chapter"} == {
+        "sac_her_bench-chapter_FetchPush-v4_seed0"}
     assert all(r.info.status == "FINISHED" for r in runs)
     fast_algo = resolve_config("fast", "FetchPush-v4", {"her": True}).algo
-    assert {r.data.tags["harness.algo"] for r in runs if r.info.run_name == "bench_fast_preset"} == {fast_algo}
+    assert {r.data.tags["harness.algo"] for r in runs if r.data.tags["harness.variant"] == "bench-fast"} == {fast_algo}
     assert {r.data.tags["harness.kind"] for r in runs} == {"bench"}  # compare/register never pick them up
 
 

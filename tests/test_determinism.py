@@ -5,7 +5,7 @@ import torch
 from harness.checkpoints import load_checkpoint
 from harness.config import resolve_config
 from harness.evaluation import evaluate_checkpoint
-from harness.training import train
+from harness.training import RunOptions, train
 
 
 def test_same_config_and_seed_give_identical_eval_metrics(store):
@@ -13,7 +13,7 @@ def test_same_config_and_seed_give_identical_eval_metrics(store):
                                                       "learning_starts": 100, "eval_freq": 200, "eval_episodes": 2})
     reports, weights = [], []
     for _ in range(2):
-        result = train(config, experiment="determinism", torch_threads=1)
+        result = train(config, RunOptions(experiment="determinism", torch_threads=1))
         reports.append(evaluate_checkpoint(str(result.checkpoint), n_episodes=5))
         weights.append(torch.cat([p.flatten() for p in load_checkpoint(result.run_id).model.policy.parameters()]))
     assert reports[0]["run_id"] != reports[1]["run_id"]

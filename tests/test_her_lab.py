@@ -91,3 +91,21 @@ def test_cli_verify_and_tracked_demo(store, tmp_path):
     assert "FetchPush-v4/k_16" in run.data.metrics
     bad = run_cli(["lab"], tmp_path, store, check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "harness: error: give --verify or --demo"
+
+
+def test_the_chapters_module_form_runs_without_the_harness_cli(tmp_path):
+    """``python -m harness.labs.her_relabeler`` is the chapter's command; it must not reach into entry_points."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, runpy; sys.argv = ['her_relabeler', '--verify', '--episodes', '5']\n"
+             "try:\n    runpy.run_module('harness.labs.her_relabeler', run_name='__main__')\n"
+             "except SystemExit as stop:\n    print('exit', stop.code)\n"
+             "print('cli loaded:', any(name.startswith(('entry_points', 'click')) for name in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "6 passed, 0 failed" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-2:] == ["exit 0", "cli loaded: False"]
+    bad = subprocess.run([sys.executable, "-m", "harness.labs.her_relabeler", "--demo", "--episodes", "0"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "python -m harness.labs.her_relabeler: error: argument --episodes: expected an integer >= 1, got '0'")

@@ -1,5 +1,6 @@
 """Pipelines: one parent run with child runs, reuse on re-run, SIGKILL then re-run, and Ray."""
 
+import json
 import os
 import signal
 import subprocess
@@ -19,11 +20,18 @@ def runs_by_kind(kind):
     return [r for r in all_runs() if r.data.tags.get("harness.kind") == kind]
 
 
+def planned(parent):
+    """What the pipeline run recorded it would do: {action: number of trainings}."""
+    return {action: int(parent.data.params[f"planned_{action}"]) for action in ("train", "resume", "evaluate", "reuse")}
+
+
 def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_path):
     first = run_cli(["reach-all", "--seeds", "0,1", "--workers", "2", *TINY_PIPELINE], tmp_path, store, timeout=600)
-    assert "4 trainings: 4 to train, 0 to resume, 0 to evaluate, 0 reused; 2 local workers x 1 threads" in first.stdout
     (parent,) = runs_by_kind("pipeline")
     assert parent.info.status == "FINISHED" and parent.data.tags["harness.pipeline"] == "reach-all"
+    assert planned(parent) == {"train": 4, "resume": 0, "evaluate": 0, "reuse": 0}
+    assert set(json.loads(parent.data.tags["harness.actions"]).values()) == {"train"}
+    assert (parent.data.tags["harness.executor"], parent.data.tags["harness.workers"]) == ("local", "2")
     children = [r for r in all_runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     kinds = sorted(r.data.tags["harness.kind"] for r in children)
     assert kinds == ["compare"] + ["eval"] * 4 + ["train"] * 4
@@ -43,9 +51,11 @@ def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_
     table = first.stdout.split("Metric ", 1)[1].split("report:")[0]
 
     second = run_cli(["reach-all", "--seeds", "0,1", "--workers", "2", *TINY_PIPELINE], tmp_path, store, timeout=600)
-    assert "4 trainings: 0 to train, 0 to resume, 0 to evaluate, 4 reused" in second.stdout
     assert second.stdout.split("Metric ", 1)[1].split("report:")[0] == table
     assert len(runs_by_kind("train")) == 4 and len(runs_by_kind("pipeline")) == 2
+    (again,) = [r for r in runs_by_kind("pipeline") if r.info.run_id != parent.info.run_id]
+    assert planned(again) == {"train": 0, "resume": 0, "evaluate": 0, "reuse": 4}
+    assert json.loads(again.data.tags["harness.actions"]) == {name: "reuse" for name in trains}
 
 
 def test_sigterm_stops_the_pipeline_at_once_and_leaves_nothing_running(store, tmp_path):
@@ -80,14 +90,15 @@ def test_sigkill_at_any_moment_then_rerun_completes(store, tmp_path):
     assert any(r.info.status == "RUNNING" for r in all_runs())  # what a SIGKILL leaves behind
 
     rerun = run_cli(args[3:], tmp_path, store, timeout=600)
-    assert "continuing pipeline run" in rerun.stdout and "to resume" in rerun.stdout
+    assert "continuing pipeline run" in rerun.stdout
     runs = all_runs()
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     finished = [r for r in runs if r.data.tags.get("harness.kind") == "train" and r.info.status == "FINISHED"]
     assert sorted(r.info.run_name for r in finished) == ["sac_FetchReach-v4_seed0", "sac_FetchReach-v4_seed1",
                                                           "sac_her_FetchReach-v4_seed0", "sac_her_FetchReach-v4_seed1"]
-    (parent,) = runs_by_kind("pipeline")
+    (parent,) = runs_by_kind("pipeline")  # the same parent run, continued
     assert parent.info.status == "FINISHED"
+    assert "resume" in json.loads(parent.data.tags["harness.actions"]).values()
     resumed = [r for r in finished if "harness.resumed_from_step" in r.data.tags]
     assert resumed, "no training was resumed from its checkpoint"
     client = mlflow.MlflowClient()
@@ -99,38 +110,45 @@ def test_sigkill_at_any_moment_then_rerun_completes(store, tmp_path):
 
 def test_reach_all_through_ray(store, tmp_path):
     pytest.importorskip("ray", reason="Ray is part of the test extra: pip install -e '.[test]'")
-    proc = run_cli(["reach-all", "--seeds", "0", "--executor", "ray", "--workers", "2", *TINY_PIPELINE],
-                   tmp_path, store, timeout=600)
-    assert "2 ray workers x 1 threads" in proc.stdout
+    run_cli(["reach-all", "--seeds", "0", "--executor", "ray", "--workers", "2", *TINY_PIPELINE],
+            tmp_path, store, timeout=600)
     (parent,) = runs_by_kind("pipeline")
     assert parent.info.status == "FINISHED" and parent.data.tags["harness.executor"] == "ray"
+    assert parent.data.tags["harness.workers"] == "2"
     trains = runs_by_kind("train")
     assert sorted(r.info.run_name for r in trains) == ["sac_FetchReach-v4_seed0", "sac_her_FetchReach-v4_seed0"]
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["harness.evaluated"] == "true"
-               for r in trains)
+               and r.data.tags["harness.torch_threads"] == "1" for r in trains)
 
 
 def test_ablation_table_across_values(store, tmp_path):
     proc = run_cli(["ablation", "--env", "FetchReach-v4", "--nsg-values", "2,4", "--seed", "0", *TINY_PIPELINE],
                    tmp_path, store, timeout=600)
-    lines = proc.stdout.split("n_sampled_goal ", 1)[1].splitlines()
-    assert lines[2].startswith("2 ") and lines[3].startswith("4 ")
     assert "IQM [bootstrap 95% CI]" in proc.stdout and "Do-nothing floor (zero actions" in proc.stdout
+    (parent,) = runs_by_kind("pipeline")
+    report = json.loads((tmp_path / "results" / "ch04_fetchreach-v4_ablation_nsg.json").read_text())
+    assert sorted(report["rows"]) == ["2", "4"] and report["nsg_values"] == [2, 4]
+    client = mlflow.MlflowClient()
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"ch04_fetchreach-v4_ablation_nsg.json",
+                                                                           "ch04_fetchreach-v4_ablation_nsg.md"}
+    assert "| 2 |" in parent.data.tags["mlflow.note.content"] and "| 4 |" in parent.data.tags["mlflow.note.content"]
     (floor,) = runs_by_kind("floor")
     assert floor.data.tags["harness.env"] == "FetchReach-v4" and floor.info.status == "FINISHED"
     trains = runs_by_kind("train")
     assert sorted(r.info.run_name for r in trains) == ["sac_her_nsg2_FetchReach-v4_seed0", "sac_her_nsg4_FetchReach-v4_seed0"]
     assert sorted(r.data.params["n_sampled_goal"] for r in trains) == ["2", "4"]
+    assert sorted(r.data.tags["harness.variant"] for r in trains) == ["nsg2", "nsg4"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in trains} == {parent.info.run_id}
     assert (tmp_path / "results" / "ch04_fetchreach-v4_ablation_nsg.png").is_file()
     assert (tmp_path / "results" / "ch04_sac_her_nsg2_fetchreach-v4_seed0_eval.json").is_file()
 
 
 def test_experiment_runs_the_chapters_pipeline_on_any_fetch_task(store, tmp_path):
     # the fast preset's PickAndPlace section: 16 envs, so HER can sample once 800 steps (one episode per env) are in
-    proc = run_cli(["experiment", "--env", "FetchPickAndPlace-v4", "--seeds", "0", "--workers", "2", *TINY_PIPELINE,
-                    "--total-steps", "1600", "--learning-starts", "800"], tmp_path, store, timeout=600)
-    assert "experiment: 2 trainings: 2 to train" in proc.stdout
+    run_cli(["experiment", "--env", "FetchPickAndPlace-v4", "--seeds", "0", "--workers", "2", *TINY_PIPELINE,
+             "--total-steps", "1600", "--learning-starts", "800"], tmp_path, store, timeout=600)
     (parent,) = runs_by_kind("pipeline")
+    assert planned(parent)["train"] == 2
     assert parent.info.status == "FINISHED" and parent.data.tags["harness.pipeline"] == "experiment"
     assert parent.info.run_name == "experiment_FetchPickAndPlace-v4"
     trains = sorted(r.info.run_name for r in runs_by_kind("train"))

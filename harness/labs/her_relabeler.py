@@ -290,12 +290,40 @@ def demo(n_episodes: int = 50, seed: int = 0, track: bool = False, out=sys.stdou
     return tables
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from entry_points.lab import lab_command
-    from entry_points._common import run_command
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.labs.her_relabeler --verify | --demo [--track]``, as the chapter runs its lab
+    script; standalone (argparse), so the lab needs nothing from the harness's CLI (``harness lab`` is that)."""
+    import argparse
 
-    run_command(lab_command, list(argv) if argv is not None else None)
+    from harness.errors import HarnessError
+
+    def count(minimum: int):
+        def parse(text: str) -> int:
+            if not text.isdigit() or int(text) < minimum:
+                raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+            return int(text)
+        return parse
+
+    parser = argparse.ArgumentParser(prog="python -m harness.labs.her_relabeler",
+                                     description="HER relabeling lab: goal sampling and relabeling on random-action Fetch episodes.")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--verify", action="store_true", help="run the sanity checks; exit 1 on any FAIL")
+    mode.add_argument("--demo", action="store_true", help="tables of success share by strategy, k and her_ratio")
+    parser.add_argument("--track", action="store_true", help="with --demo: log the tables to MLflow as a run")
+    parser.add_argument("--episodes", type=count(1), default=50, help="random-action episodes per env (default 50)")
+    parser.add_argument("--seed", type=count(0), default=0, help="seed (default 0)")
+    args = parser.parse_args(argv)
+    if args.track and not args.demo:
+        parser.error("--track goes with --demo")
+    try:
+        if args.verify:
+            return 0 if verify(n_episodes=args.episodes, seed=args.seed) else 1
+        demo(n_episodes=args.episodes, seed=args.seed, track=args.track)
+    except HarnessError as exc:
+        print(f"her_relabeler: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
