@@ -79,3 +79,17 @@ def parse_int_list(text: str, example: str = "0,1,2") -> list[int]:
 
 def parse_seeds(text: str) -> list[int]:
     return parse_int_list(text, "0,1,2")
+
+
+def echo_ui_link(run_id: str | None) -> None:
+    """Where to look next: the run's experiment in the MLflow UI, on the harness's "HER vs no-HER" view."""
+    if not run_id:
+        return
+    import mlflow
+
+    from harness import views
+
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    base = views.ui_base(mlflow.get_tracking_uri())
+    served_by = " (served by: harness ui)" if base == views.DEFAULT_UI else ""
+    click.echo(f"MLflow UI{served_by}: {views.url(base, experiment_id)}")

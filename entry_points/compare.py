@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entry_points._common import parse_seeds, run_command
+from entry_points._common import echo_ui_link, parse_seeds, run_command
 from harness.config import ALGOS
 
 
@@ -32,6 +32,7 @@ def compare_command(env_id, seeds, algo, experiment):
     click.echo("")
     click.echo(report["details"])
     click.echo(f"\nwrote {report['results_file']} and {report['plot_file']}; compare run {report['compare_run_id']}")
+    echo_ui_link(report["compare_run_id"])
 
 
 if __name__ == "__main__":

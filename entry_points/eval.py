@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entry_points._common import run_command
+from entry_points._common import echo_ui_link, run_command
 
 
 @click.command(name="eval")
@@ -36,6 +36,7 @@ def eval_command(ckpt, n_episodes, env_id, video):
         click.echo(f"wrote {path}")
     if report["logged_to_run"]:
         click.echo(f"logged eval/* to training run {report['logged_to_run']}")
+        echo_ui_link(report["logged_to_run"])
     elif report["trained_on"] not in (None, report["env_id"]):
         click.echo(f"note: trained on {report['trained_on']}, scored on {report['env_id']}: not logged as the "
                    "training run's evaluation (compare and register read that)")

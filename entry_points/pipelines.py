@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entry_points._common import parse_int_list, parse_seeds, run_command
+from entry_points._common import echo_ui_link, parse_int_list, parse_seeds, run_command
 from entry_points.train import ChoiceOrPreset, IntOrPreset
 from harness.config import ALGOS, available_presets
 
@@ -45,6 +45,7 @@ def _run(kind, jobs, report, workers, executor, ray_address, experiment):
         click.echo(result.report["details"])
     click.echo(f"\nreport: {result.report['report_file']}; pipeline run {result.parent_run_id}; "
                f"wall-clock {result.wall_time_s / 60:.1f} min")
+    echo_ui_link(result.parent_run_id)
 
 
 def chapter_options(command):

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from entry_points._common import run_command
+from entry_points._common import echo_ui_link, run_command
 from harness.config import ALGOS, GOAL_SELECTION_STRATEGIES, available_presets
 
 PRESET = "preset"  # MLproject's spelling of "not given: take the preset's value"
@@ -105,6 +105,7 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
     if "eval/success_rate" in final:
         click.echo(f"last eval during training: success {100 * final['eval/success_rate']:.1f}%")
     click.echo(f"checkpoint: {result.checkpoint}")
+    echo_ui_link(result.run_id)
 
 
 if __name__ == "__main__":

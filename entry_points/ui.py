@@ -16,16 +16,30 @@ from entry_points._common import run_command
 def ui_command(port, host):
     """Open the MLflow UI on the store the harness logs to (MLFLOW_TRACKING_URI, or ./mlflow.db).
 
-    Training runs: the experiment's Runs tab (filter: tags.harness.kind = 'train'); learning curves:
-    a run's Model metrics tab.
+    Prints, per experiment with training runs, the link to its "HER vs no-HER" view: the
+    Model-training workspace, training runs grouped by condition with seed, algo, env, env steps
+    and eval success as columns, and eval/success_rate against env steps per condition (the view
+    is also in the runs page's view picker; add &compareRunsMode=CHART or not for charts or table).
     """
     from harness.tracking import prepare_store
 
     prepare_store()
     import mlflow
 
+    from harness import tracking, views
+
     uri = mlflow.get_tracking_uri()
-    click.echo(f"MLflow UI on {uri}: http://{host}:{port}", err=True)
+    base = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    click.echo(f"MLflow UI on {uri}: {base}", err=True)
+    client = mlflow.MlflowClient()
+    trained = []
+    for experiment in client.search_experiments():
+        newest = tracking.search_runs({"harness.kind": "train"}, [experiment.experiment_id], max_results=1)
+        if newest:
+            views.publish(experiment.experiment_id)
+            trained.append((newest[0].info.start_time, experiment))
+    for _, experiment in sorted(trained, key=lambda item: -item[0]):  # the newest training's experiment first
+        click.echo(f"  {experiment.name}: {views.url(base, experiment.experiment_id)}", err=True)
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", host, "--port", str(port)])
 

@@ -73,7 +73,7 @@ def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str |
         for seed in seeds:
             # The chapter's runs only: an ablation variant of the same (env, algo, her, seed) is not one.
             run = next((r for r in tracking.search_runs(
-                {"harness.kind": "train", "harness.evaluated": "true", **RunIdentity(env_id, algo, her, seed).tags()},
+                {"harness.kind": "train", "harness.evaluated": "true", **RunIdentity(env_id, algo, her, seed).search_tags()},
                 ids, status="FINISHED") if not r.data.tags.get(VARIANT_TAG)), None)
             if run is not None:
                 found[her].append(run)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 # The tags a training run's identity is written to (and searched by); values are strings in MLflow.
 ENV_TAG, ALGO_TAG, HER_TAG, SEED_TAG, VARIANT_TAG = ("harness.env", "harness.algo", "harness.her", "harness.seed",
                                                       "harness.variant")
+CONDITION_TAG = "harness.condition"  # "HER" / "no-HER": what the MLflow UI's view groups by
 KIND_TAG = "harness.kind"
 
 
@@ -54,12 +55,15 @@ class RunIdentity:
     def condition(self) -> str:
         return "HER" if self.her else "no-HER"
 
-    def tags(self, kind: str | None = None) -> dict[str, str]:
-        """The tags ``compare``, ``register``, the pipelines and the MLflow UI filter on; with ``kind``
-        (train, eval, bench) also ``harness.kind``."""
+    def search_tags(self) -> dict[str, str]:
+        """The tags that find this run: what ``compare``, ``register`` and the pipelines search by."""
         tags = {ENV_TAG: self.env_id, ALGO_TAG: self.algo, HER_TAG: str(self.her).lower(), SEED_TAG: str(self.seed)}
         if self.variant:
             tags[VARIANT_TAG] = self.variant
-        if kind is not None:
-            tags = {KIND_TAG: kind, **tags}
         return tags
+
+    def tags(self, kind: str | None = None) -> dict[str, str]:
+        """The tags a run of this identity carries: :meth:`search_tags`, the condition the MLflow UI's
+        view groups by, and with ``kind`` (train, eval, bench) ``harness.kind``."""
+        tags = {**self.search_tags(), CONDITION_TAG: self.condition}
+        return {KIND_TAG: kind, **tags} if kind is not None else tags

@@ -159,6 +159,9 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
                     **{k.replace("/", "_"): str(v) for k, v in metrics.items()}}
     for key, value in version_tags.items():
         client.set_model_version_tag(name, version.version, key, value)
+    # The version's page in the MLflow UI shows this description first: where the model came from.
+    description = version_description(run, metrics, meta)
+    client.update_model_version(name, version.version, description=description)
 
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
@@ -167,9 +170,31 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
     moved = current is None or _is_better(metrics, champion_metrics(current, metrics))
     if moved:
         client.set_registered_model_alias(name, CHAMPION, version.version)
+        client.update_registered_model(name, description=f"Champion (`models:/{name}@{CHAMPION}`): version "
+                                                          f"{version.version}. {description}")
     return {"name": name, "version": version.version, "source_run_id": run.info.run_id, "metrics": metrics,
             "champion_moved": moved, "previous_champion": current.version if current else None,
             "uri": f"models:/{name}@{CHAMPION}"}
+
+
+def version_description(run, metrics: dict[str, float], meta: dict[str, Any]) -> str:
+    """Markdown for a model version's page: its source run, how it scored, and the config that made it."""
+    from harness import views
+
+    config = meta.get("config", {})
+    identity = RunIdentity.from_tags(run.data.tags)
+    link = views.url(views.ui_base(mlflow.get_tracking_uri()), run.info.experiment_id, run_id=run.info.run_id)
+    shown = ("preset", "total_steps", "n_envs", "batch_size", "gamma", "learning_rate", "n_sampled_goal", "held_object_start")
+    episodes = run.data.tags.get("harness.eval_episodes", "?")
+    lines = [f"**{identity.algo.upper()} + HER on {identity.env_id}, seed {identity.seed}**, from training run "
+             f"[{run.info.run_name}]({link}) (`{run.info.run_id}`).", "",
+             f"Deterministic evaluation on {episodes} episodes: success **{100 * metrics['eval/success_rate']:.1f}%**, "
+             f"return {metrics['eval/mean_return']:.2f}, final distance {metrics['eval/final_distance']:.4f}.", "",
+             "| config | value |", "|---|---|"]
+    lines += [f"| {key} | {config[key]} |" for key in shown if key in config]
+    lines += ["", f"Code: commit `{run.data.tags.get('harness.git_commit', '?')}`; full config in the version's "
+                  "`config` tag and the run's `config.json`."]
+    return "\n".join(lines)
 
 
 def champion_metrics(current, metrics: dict[str, float]) -> dict[str, float]:

@@ -23,10 +23,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from stable_baselines3.common.logger import KVWriter
 
+from harness import views
 from harness.errors import HarnessError, Terminated, first_line
 from harness.provenance import provenance_tags
 
 DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
+# Runs whose experiment gets the MLflow UI's "HER vs no-HER" view (harness.views), where the printed links lead.
+VIEWED_KINDS = ("train", "compare", "pipeline")
 
 # MLflow announces at INFO level that it creates or migrates the SQLite schema, on every new
 # store, and logs a full traceback at ERROR level for every refused write (a read-only store, or a
@@ -176,6 +179,8 @@ def tracked_run(
     previous_handlers = {sig: signal.signal(sig, _raise_terminated) for sig in _stop_signals()}
     try:
         mlflow.set_tags({"mlflow.runName": run_name, **provenance_tags(), **tags})
+        if tags.get("harness.kind") in VIEWED_KINDS:
+            views.publish(run.info.experiment_id)
         yield run
     except (KeyboardInterrupt, Terminated):
         mlflow.end_run("KILLED")

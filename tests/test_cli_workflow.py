@@ -1,6 +1,7 @@
 """The chapter's workflow through the real `harness` CLI: train, eval, compare; then ask MLflow what happened."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -154,21 +155,32 @@ def test_eval_renders_videos_and_logs_them(workflow):
     assert bad.returncode == 1 and "--video must be between 0 and --n-episodes (2), got 3" in bad.stderr
 
 
-def chromium_dom(url: str, profile) -> str:
-    """The page as headless chromium renders it after its JavaScript ran (flags: the env notes')."""
+def chromium(url: str, profile, screenshot=None) -> str:
+    """The page as headless chromium renders it after its JavaScript ran (flags: the env notes'); with
+    ``screenshot``, a 1600x1000 PNG of it instead (what a person sees)."""
     import shutil
     import subprocess
 
     args = [shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", "--window-size=1400,900", "--virtual-time-budget=30000", "--dump-dom", url]
-    return subprocess.run(args, capture_output=True, text=True, timeout=120).stdout
+            f"--user-data-dir={profile}", "--window-size=1600,1000", "--virtual-time-budget=40000"]
+    args += [f"--screenshot={screenshot}", url] if screenshot else ["--dump-dom", url]
+    return subprocess.run(args, capture_output=True, text=True, timeout=180).stdout
+
+
+def visible_text(dom: str) -> str:
+    import re
+
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
 @pytest.mark.browser
-def test_mlflow_ui_shows_the_runs_their_tags_and_learning_curves(workflow, tmp_path):
-    import re
+def test_mlflow_ui_lands_on_her_vs_no_her(workflow, tmp_path):
+    """`harness ui` prints the view's link; the page shows the runs grouped HER / no-HER with the chapter's
+    columns, and the chart of eval/success_rate per condition; the compare run's page shows the verdict."""
+    import os
     import shutil
+    import signal
     import socket
     import subprocess
     import sys
@@ -182,12 +194,14 @@ def test_mlflow_ui_shows_the_runs_their_tags_and_learning_curves(workflow, tmp_p
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "entry_points.cli", "ui", "--port", str(port)], cwd=workflow["cwd"],
-                              env=clean_env(workflow["uri"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    log = tmp_path / "ui.log"
+    with open(log, "w") as stderr:
+        server = subprocess.Popen([sys.executable, "-m", "entry_points.cli", "ui", "--port", str(port)],
+                                  cwd=workflow["cwd"], env=clean_env(workflow["uri"]), stdout=subprocess.DEVNULL,
+                                  stderr=stderr, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
+        deadline = time.time() + 120
         while time.time() < deadline:
             try:
                 if urllib.request.urlopen(f"{base}/health", timeout=2).read() == b"OK":
@@ -196,19 +210,40 @@ def test_mlflow_ui_shows_the_runs_their_tags_and_learning_curves(workflow, tmp_p
                 time.sleep(0.5)
         runs = train_runs(workflow)
         run = runs[f"sac_her_{ENV}_seed0"]
-        experiment = f"{base}/#/experiments/{run.info.experiment_id}"
-        listing = chromium_dom(f"{experiment}/runs", tmp_path / "p1")
-        assert all(name in listing for name in runs), "the experiment page lists every training run"
-        overview = chromium_dom(f"{experiment}/runs/{run.info.run_id}", tmp_path / "p2")
-        assert "harness.env" in overview and "harness.her" in overview and "harness.git_commit" in overview
-        charts = chromium_dom(f"{experiment}/runs/{run.info.run_id}/model-metrics", tmp_path / "p3")
-        # The metric chart sections, named by prefix with their chart counts (eval/* holds 7 charts).
-        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", charts))
-        assert "eval (7)" in text and "rollout (" in text and "train (" in text
-    finally:
-        import os
-        import signal
+        experiment = run.info.experiment_id
+        chart_url = (f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+                     "&viewStateShareKey=her-vs-no-her&compareRunsMode=CHART")
+        assert f"ch04-her-sparse-reach-push: {chart_url}" in log.read_text()  # the link `harness ui` prints
+        for stdout in (workflow["train"]["true", 0].stdout, workflow["compare"].stdout):
+            assert f"MLflow UI (served by: harness ui): {chart_url.replace(base, 'http://127.0.0.1:5000')}" in stdout
 
+        table = visible_text(chromium(chart_url.replace("&compareRunsMode=CHART", ""), tmp_path / "p1"))
+        assert "Group: HER 2" in table and "Group: no-HER 2" in table, "training runs grouped by condition"
+        for column in ("eval/success_rate", "harness.condition", "harness.seed", "harness.algo", "harness.env",
+                       "total_steps"):
+            assert column in table, column
+        assert all(name in table for name in runs) and "4 matching runs" in table  # training runs only
+        assert "HER vs no-HER" in table  # the view, named in the page's view picker
+
+        chart = visible_text(chromium(chart_url, tmp_path / "p2"))
+        # one averaged eval/success_rate curve per condition, against env steps
+        assert "HER (eval/success_rate)" in chart and "no-HER (eval/success_rate)" in chart and "Step" in chart
+
+        (compare_run,) = [r for r in workflow["runs"] if r.data.tags.get("harness.kind") == "compare"]
+        page = visible_text(chromium(f"{base}/#/experiments/{compare_run.info.experiment_id}/runs/"
+                                     f"{compare_run.info.run_id}?workflowType=machine_learning", tmp_path / "p3"))
+        assert "Clear separation:" in page and "Success Rate" in page, "the compare run's description"
+        overview = visible_text(chromium(f"{base}/#/experiments/{experiment}/runs/{run.info.run_id}", tmp_path / "p4"))
+        assert "harness.env" in overview and "harness.her" in overview and "harness.git_commit" in overview
+        charts = visible_text(chromium(f"{base}/#/experiments/{experiment}/runs/{run.info.run_id}/model-metrics",
+                                       tmp_path / "p5"))
+        # The metric chart sections, named by prefix with their chart counts (eval/* holds 7 charts).
+        assert "eval (7)" in charts and "rollout (" in charts and "train (" in charts
+        if os.environ.get("HARNESS_UI_SCREENSHOTS"):  # refresh README's screenshots: a folder to write them to
+            out = Path(os.environ["HARNESS_UI_SCREENSHOTS"])
+            chromium(chart_url, tmp_path / "p6", screenshot=out / "ui-her-vs-no-her.png")
+            chromium(chart_url.replace("&compareRunsMode=CHART", ""), tmp_path / "p7", screenshot=out / "ui-runs.png")
+    finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 

@@ -53,6 +53,13 @@ def test_register_best_then_champion_moves_only_when_better(registry_store):
     assert champion.tags["source_run_id"] == better.info.run_id
     assert float(champion.tags["eval_success_rate"]) == better.data.metrics["eval/success_rate"]
     assert json.loads(champion.tags["config"])["her"] is True
+    # the pages of the version and of the registered model say where the champion came from
+    assert better.info.run_id in champion.description and better.info.run_name in champion.description
+    assert f"success **{100 * better.data.metrics['eval/success_rate']:.1f}%**" in champion.description
+    assert "| total_steps | 300 |" in champion.description
+    model = client.get_registered_model(NAME)
+    assert model.description.startswith(f"Champion (`models:/{NAME}@champion`): version 2.")
+    assert better.info.run_id in model.description
 
 
 def test_pyfunc_predicts_in_a_fresh_process(registry_store):
