@@ -65,12 +65,14 @@ class ChoiceOrPreset(click.Choice):
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="Torch threads; 0 keeps torch's default (all cores). Use 1 per process when training side by side.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on in a terminal].")
+@click.option("--system-metrics/--no-system-metrics", default=True, show_default=True,
+              help="Log MLflow's system metrics (CPU, memory, disk, network) to the run as system/*.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue this config's run if a crash, a kill or a closed terminal cut it short (its resumable "
                    "checkpoint in checkpoints/resume/), instead of starting a new run.")
 def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_selection_strategy, learning_starts,
                   algo, n_envs, eval_freq, eval_episodes, checkpoint_freq, settings, preset, experiment, threads, progress,
-                  resume):
+                  system_metrics, resume):
     """Train SAC, TQC or the HER paper's DDPG, with or without HER, as one MLflow run.
 
     Logs the resolved config as params, SB3's metrics and eval/* learning curves by env step,
@@ -98,7 +100,8 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
         click.echo(f"resuming run {interrupted[0]} ({config.run_name}) from its checkpoint at step {interrupted[1]}; "
                    "--no-resume starts a new run", err=True)
     result = train(config, RunOptions(experiment=experiment, progress_bar=show_progress, torch_threads=threads,
-                                      resume_run_id=interrupted[0] if interrupted else None))
+                                      resume_run_id=interrupted[0] if interrupted else None,
+                                      system_metrics=system_metrics))
     final = result.meta["final_metrics"]
     click.echo(f"run {result.run_id} ({result.run_name}) finished: {result.meta['num_timesteps']} steps "
                f"in {result.meta['wall_time_s']:.0f}s ({result.meta['steps_per_second']} steps/s)")

@@ -36,6 +36,8 @@ VIEWED_KINDS = ("train", "compare", "pipeline")
 # "database is locked" that with_retry retries); the one line the CLI prints says what went wrong.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+# Four INFO lines per run (no GPU found, started, stopping, terminated) about the system metrics sampler.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 # Checkpoints are a few MB; MLflow's per-download progress bars only clutter the pipeline overview.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -158,10 +160,13 @@ def check_attachable(run_id: str) -> None:
 
 @contextlib.contextmanager
 def tracked_run(
-    run_name: str, tags: Mapping[str, str], experiment: str | None = None, run_id: str | None = None
+    run_name: str, tags: Mapping[str, str], experiment: str | None = None, run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, attach to; or with ``run_id``, reopen) a run and always end
-    it with a status.
+    it with a status. ``system_metrics``: MLflow samples CPU, memory, disk and network into
+    ``system/*`` metrics while the run is open (every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
+    seconds, 10 by default).
 
     Normal exit: FINISHED. Ctrl-C, SIGTERM or SIGHUP: KILLED. Any other exception: FAILED. The
     exception is re-raised so the caller decides what the user sees.
@@ -175,7 +180,8 @@ def tracked_run(
     attached = bool(os.environ.get("MLFLOW_RUN_ID")) or run_id is not None
     if not attached and not nested and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         use_experiment(experiment or DEFAULT_EXPERIMENT)
-    run = mlflow.start_run(run_id=run_id, run_name=None if attached else run_name, nested=nested)
+    run = mlflow.start_run(run_id=run_id, run_name=None if attached else run_name, nested=nested,
+                           log_system_metrics=system_metrics)
     previous_handlers = {sig: signal.signal(sig, _raise_terminated) for sig in _stop_signals()}
     try:
         mlflow.set_tags({"mlflow.runName": run_name, **provenance_tags(), **tags})

@@ -195,6 +195,9 @@ class RunOptions:
     their OpenMP threads fight and each runs several times slower."""
     progress_bar: bool = False
     """SB3's progress bar on stderr."""
+    system_metrics: bool = True
+    """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, ...) beside the learning
+    curves, so a slow run shows whether it was starved of CPU."""
 
 
 def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:
@@ -220,7 +223,8 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         check_writable(directory)
     if resume_run_id and resume.trained_elsewhere(resume_run_id):  # refused before the run is reopened
         raise resume.busy(resume_run_id)
-    with tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id) as run, resume.owned(run.info.run_id):
+    with tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id,
+                              system_metrics=options.system_metrics) as run, resume.owned(run.info.run_id):
         run_id = run.info.run_id
         tracking.log_params_once(run_id, config.to_dict())
         if resume_run_id is None:

@@ -25,6 +25,15 @@ def test_conda_yaml_pins_the_same_dependencies_as_pyproject():
     assert "mujoco==3.11.0" in pip_section["pip"] and "torch==2.13.0" in pip_section["pip"]
 
 
+def test_every_package_is_installed_by_a_non_editable_install():
+    """setuptools lists packages explicitly: a new subpackage left out would be missing from a wheel or an image."""
+    listed = set(tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PROJECT_ROOT).parts) for top in ("harness", "entry_points")
+             for p in (PROJECT_ROOT / top).rglob("__init__.py")}
+    found |= {".".join(p.relative_to(PROJECT_ROOT).parts) for p in (PROJECT_ROOT / "harness").rglob("presets")}
+    assert found <= listed, f"packages missing from pyproject.toml's [tool.setuptools] packages: {sorted(found - listed)}"
+
+
 def test_mlproject_parameters_map_onto_cli_options():
     project = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
     commands = {"train": train_command, "eval": eval_command, "compare": compare_command, "her-lab": lab_command,

@@ -68,3 +68,21 @@ def test_run_id_lookup(store):
     assert not looks_like_run_id("checkpoints/x.zip")
     with pytest.raises(tracking.HarnessError, match="no MLflow run with id 'ffffffffffffffffffffffffffffffff'"):
         tracking.get_run("f" * 32)
+
+
+def test_training_runs_log_system_metrics_unless_told_not_to(store, tmp_path):
+    """CPU and memory next to the learning curves (#17); --no-system-metrics leaves them out."""
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY, all_runs, clean_env
+
+    env = {**clean_env(store), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}  # a tiny run lasts seconds, not 10
+    outputs = [subprocess.run([sys.executable, "-m", "entry_points.cli", "train", "--seed", seed, *flags, *TINY],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+               for seed, flags in (("0", []), ("1", ["--no-system-metrics"]))]
+    assert all(proc.returncode == 0 for proc in outputs), [proc.stderr for proc in outputs]
+    assert "system_metrics" not in outputs[0].stderr  # MLflow's sampler says nothing on the console
+    by_seed = {r.data.tags["harness.seed"]: r for r in all_runs()}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(by_seed["0"].data.metrics)
+    assert not [key for key in by_seed["1"].data.metrics if key.startswith("system/")]
