@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient
 from harness import tracking
 from harness.checkpoints import write_json_atomically
 from harness.errors import HarnessError
-from harness.identity import ALGO_TAG, ENV_TAG, VARIANT_TAG, RunIdentity
 from harness.evaluation import RESULTS_DIR, floor_run, threshold_metrics
+from harness.identity import ALGO_TAG, ENV_TAG, VARIANT_TAG, RunIdentity
 from harness.statistics import (
     Separation,
     Summary,

@@ -33,8 +33,8 @@ from harness.checkpoints import (ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, h
 from harness.config import TrainConfig
 from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import warn
-from harness.identity import RunIdentity
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
+from harness.identity import RunIdentity
 from harness.provenance import code_version, git_state, package_versions
 from harness.replay import her_buffer
 from harness.seeding import seed_everything
@@ -176,7 +176,7 @@ def build_env(config: TrainConfig):
 @dataclass(frozen=True)
 class RunOptions:
     """How one training is run and filed, beside what it trains (:class:`TrainConfig`): none of these
-    change the trained model, so none is part of the config hash; each shows on the run as a tag."""
+    changes the trained model, so none is part of the config hash."""
 
     experiment: str | None = None
     """MLflow experiment [None: the default one, or the one ``mlflow run`` or a pipeline chose]."""

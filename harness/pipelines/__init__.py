@@ -3,15 +3,16 @@
 A pipeline is one parent MLflow run (``harness.kind=pipeline``); its trainings, evaluations and the
 comparison are child runs (``mlflow.parentRunId``), so the UI groups them. Its life, one module each:
 
-1. plan (:mod:`~harness.pipelines.plan`): for every training the pipeline needs, look in MLflow for a run with the same resolved
-   config and code version. FINISHED and evaluated: **reuse** it. FINISHED, not evaluated:
-   **evaluate** it. Interrupted with a resumable checkpoint: **resume** it in the same run.
-   Otherwise: **train** it. Runs an earlier, killed attempt left RUNNING are marked KILLED first.
-2. execute (:mod:`~harness.pipelines.execute`) the trainings and evaluations side by side: in local worker processes (``--workers``,
-   torch threads split so the cores are not oversubscribed) or as Ray tasks (``--executor ray``),
-   with a live overview (:mod:`~harness.pipelines.overview`) of queued, running (steps, steps/s, ETA) and finished runs;
-3. report (:mod:`~harness.pipelines.report`): the comparison table, a plot and a markdown report, logged to the parent run and
-   written under ``results/``.
+1. plan (:mod:`~harness.pipelines.plan`): for every training the pipeline needs, look in MLflow for a
+   run with the same resolved config and code version. FINISHED and evaluated: **reuse** it. FINISHED,
+   not evaluated: **evaluate** it. Interrupted with a resumable checkpoint: **resume** it in the same
+   run. Otherwise: **train** it. Runs an earlier, killed attempt left RUNNING are marked KILLED first.
+2. execute (:mod:`~harness.pipelines.execute`) the trainings and evaluations side by side: in local
+   worker processes (``--workers``, torch threads split so the cores are not oversubscribed) or as Ray
+   tasks (``--executor ray``), with a live overview (:mod:`~harness.pipelines.overview`) of queued,
+   running (steps, steps/s, ETA) and finished runs;
+3. report (:mod:`~harness.pipelines.report`): the comparison table, a plot and a markdown report,
+   logged to the parent run and written under ``results/``.
 
 Re-running the same command after a crash or SIGKILL therefore finishes the work: an unfinished
 parent run with the same pipeline key is reopened, and only what is missing runs.
