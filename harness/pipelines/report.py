@@ -55,7 +55,7 @@ def ablation_report(env_id: str, nsg_values: Sequence[int], seeds: Sequence[int]
     JSON, plot and markdown."""
 
     def build(parent_id: str, run_ids: dict[str, str]) -> dict[str, Any]:
-        from harness.comparison import ROWS, SUCCESS, condition_statistics, episodes_of, learning_curve
+        from harness.comparison import ROWS, SUCCESS, condition_statistics, episodes_of, format_cell, learning_curve
         from harness.evaluation import floor_run
 
         client = MlflowClient()
@@ -76,8 +76,7 @@ def ablation_report(env_id: str, nsg_values: Sequence[int], seeds: Sequence[int]
             for row in ROWS:
                 summary = summarize([r.data.metrics[row.metric] for r in runs])
                 rows[nsg][row.metric] = summary.to_dict()
-                cell = row.fmt_mean(summary.mean) + ("" if summary.ci95 is None else f" +/- {row.fmt_ci(summary.ci95)}")
-                cells.append(cell)
+                cells.append(format_cell(row, summary))  # as compare's table writes a cell
             table.append(f"{nsg:<15} | " + " | ".join(f"{c:>20}" for c in cells))
             md.append(f"| {nsg} | " + " | ".join(cells) + " |")
             stats = rows[nsg]["statistics"] = condition_statistics(runs, seeds)
