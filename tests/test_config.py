@@ -61,7 +61,10 @@ def test_fast_preset_trains_pick_and_place_in_pushs_layout_with_held_starts():
               "normalize_obs", "precision", "eval_freq", "checkpoint_freq", "learning_starts")
     assert {k: getattr(pick, k) for k in layout} == {k: getattr(push, k) for k in layout}
     assert (pick.held_object_start, pick.total_steps) == (0.5, 800_000)
-    assert push.held_object_start == 0.0 and resolve_config("fast", "FetchSlide-v4").total_steps == 10_000
+    assert push.held_object_start == 0.0
+    slide = resolve_config("fast", "FetchSlide-v4", {"her": True})
+    assert {k: getattr(slide, k) for k in layout} == {k: getattr(push, k) for k in layout}
+    assert (slide.desired_goal_share, slide.held_object_start, slide.total_steps) == (0.5, 0.0, 2_000_000)
     ddpg = resolve_config("fast", "FetchPickAndPlace-v4", {"her": True, "algo": "ddpg"})
     assert (ddpg.total_steps, ddpg.tau, ddpg.precision, ddpg.held_object_start) == (800_000, 0.05, "fp32", 0.5)
 
