@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DIFF_ARTIFACT = "git.diff"  # a run from a dirty tree logs its uncommitted changes under this name
 TRACKED_PACKAGES = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "gymnasium-robotics", "mujoco", "mlflow")
 
 
@@ -36,14 +37,19 @@ def git_state() -> tuple[str, bool | None]:
 
 
 @lru_cache(maxsize=1)
+def git_diff() -> str:
+    """The uncommitted changes to tracked files ('' when clean): with the commit, the code a run ran."""
+    return _git("diff", "HEAD") or ""
+
+
+@lru_cache(maxsize=1)
 def code_version() -> str:
     """The commit, plus a hash of the uncommitted diff when the tree is dirty: two runs with the
     same code version ran the same code (what a pipeline checks before reusing a run)."""
     commit, dirty = git_state()
     if not dirty:
         return commit
-    diff = _git("diff", "HEAD") or ""
-    return f"{commit}+dirty.{hashlib.sha1(diff.encode()).hexdigest()[:10]}"
+    return f"{commit}+dirty.{hashlib.sha1(git_diff().encode()).hexdigest()[:10]}"
 
 
 def package_versions() -> dict[str, str]:

@@ -35,7 +35,7 @@ from harness.envs import her_reward_warning, make_vec_env, validate_env_id, vali
 from harness.errors import warn
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
 from harness.identity import RunIdentity
-from harness.provenance import code_version, git_state, package_versions
+from harness.provenance import DIFF_ARTIFACT, code_version, git_diff, git_state, package_versions
 from harness.replay import her_buffer
 from harness.seeding import seed_everything
 
@@ -229,6 +229,8 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         tracking.log_params_once(run_id, config.to_dict())
         if resume_run_id is None:
             mlflow.log_dict(config.to_dict(), "config.json")
+            if git_state()[1]:  # a dirty tree: the commit alone does not say what code ran (harness reproduce)
+                mlflow.log_text(git_diff(), DIFF_ARTIFACT)
 
         env, vecnormalize = build_env(config)
         config.tensorboard_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import harness
 STAGES = [
     "errors", "identity", "provenance", "config", "envs", "seeding", "algorithms", "replay", "views", "tracking",
     "checkpoints", "resume", "evaluation", "training", "statistics", "comparison",
-    "pipelines.plan", "pipelines.overview", "pipelines.execute", "pipelines.report", "pipelines",
+    "pipelines.plan", "pipelines.overview", "pipelines.execute", "pipelines.report", "pipelines", "reproduce",
     "registry", "registry_model", "labs", "labs.her_relabeler",
 ]
 PACKAGE = Path(harness.__file__).parent

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tomllib
 
+import click
 import pytest
 import yaml
 
@@ -12,6 +13,7 @@ from entry_points.compare import compare_command
 from entry_points.eval import eval_command
 from entry_points.lab import lab_command
 from entry_points.pipelines import ablation_command, experiment_command, push_all_command, reach_all_command
+from entry_points.reproduce import reproduce_command
 from entry_points.train import train_command
 from tests.conftest import PROJECT_ROOT
 
@@ -38,15 +40,17 @@ def test_mlproject_parameters_map_onto_cli_options():
     project = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
     commands = {"train": train_command, "eval": eval_command, "compare": compare_command, "her-lab": lab_command,
                 "reach-all": reach_all_command, "push-all": push_all_command, "experiment": experiment_command,
-                "ablation": ablation_command}
+                "ablation": ablation_command, "reproduce": reproduce_command}
     for name, command in commands.items():
         entry = project["entry_points"][name]
         options = {opt for p in command.params for opt in p.opts}
-        used = re.findall(r"(--[a-z-]*)\s?\{(\w+)\}", entry["command"])
+        used = re.findall(r"(--[a-z-]*\s?)?\{(\w+)\}", entry["command"])
         assert {param for _, param in used} == set(entry["parameters"]), name
-        for option, _ in used:
-            if option != "--":  # her-lab's --{mode} picks --verify or --demo
-                assert option in options, f"{name}: {option}"
+        for option, param in used:
+            if not option:  # a positional argument (reproduce's RUN_ID)
+                assert param in {p.name for p in command.params if isinstance(p, click.Argument)}, f"{name}: {param}"
+            elif option != "--":  # her-lab's --{mode} picks --verify or --demo
+                assert option.strip() in options, f"{name}: {option}"
 
 
 def test_ci_runs_the_readme_test_command():
