@@ -112,7 +112,7 @@ def code_tree(record: Record, workdir: Path) -> Path:
         raise HarnessError(f"git worktree add failed: {added.stderr.strip().splitlines()[-1]}")
     if diff:
         patch = workdir / DIFF_ARTIFACT
-        patch.write_text(diff)
+        patch.write_text(diff if diff.endswith("\n") else diff + "\n")  # provenance strips git's last newline
         applied = _git("apply", "--whitespace=nowarn", str(patch), cwd=tree)
         if applied.returncode != 0:
             raise HarnessError(f"the diff run {record.run_id} logged does not apply to commit {record.commit[:12]}: "
@@ -120,9 +120,12 @@ def code_tree(record: Record, workdir: Path) -> Path:
     return tree
 
 
-def remove_tree(tree: Path) -> None:
-    if tree != PROJECT_ROOT:
-        _git("worktree", "remove", "--force", str(tree))
+def remove_workdir(workdir: Path) -> None:
+    """The temporary directory and the worktree in it, also when making it failed half-way."""
+    if (workdir / "code").exists():
+        _git("worktree", "remove", "--force", str(workdir / "code"))
+    shutil.rmtree(workdir, ignore_errors=True)
+    _git("worktree", "prune")
 
 
 def _cli(tree: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -188,8 +191,7 @@ def reproduce(run_id: str, steps: int | None = None) -> dict[str, Any]:
             _cli(tree, ["eval", "--ckpt", str(workdir / "checkpoints" / f"{new.info.run_name}.zip"),
                         "--n-episodes", episodes], workdir)
     finally:
-        remove_tree(tree)
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir)
     comparison = compare_runs(record.run, client.get_run(new_id), steps)
     comparison.update(verdict_of(record, comparison, steps == total))
     comparison.update({"run_id": run_id, "reproduction_run_id": new_id, "steps": steps,

@@ -1,0 +1,103 @@
+"""`harness reproduce`: re-make a run from its record, with this checkout or a worktree at its commit, and compare."""
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from harness.provenance import PROJECT_ROOT
+from tests.conftest import TINY, all_runs, clean_env, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny HER training of FetchReach-v4, evaluated on 4 episodes."""
+    cwd = tmp_path_factory.mktemp("reproduce")
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    run_cli(["train", "--her", "--seed", "3", "--threads", "1", *TINY], cwd, uri)
+    run_cli(["eval", "--ckpt", "checkpoints/sac_her_FetchReach-v4_seed3.zip", "--n-episodes", "4"], cwd, uri)
+    mlflow.set_tracking_uri(uri)
+    (run,) = [r for r in all_runs() if r.data.tags.get("harness.kind") == "train"]
+    yield cwd, uri, run
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_run_reproduces_identically_on_the_same_machine(trained):
+    cwd, uri, original = trained
+    proc = run_cli(["reproduce", original.info.run_id], cwd, uri, timeout=600)
+    assert f"# Reproduction of run {original.info.run_id}: **identical**" in proc.stdout
+    (copy,) = [r for r in all_runs() if r.data.tags.get("harness.kind") == "reproduce"]
+    assert copy.data.tags["harness.reproduces"] == original.info.run_id
+    assert copy.data.tags["harness.verdict"] == "identical" and "harness.first_difference_step" not in copy.data.tags
+    report = mlflow.artifacts.load_dict(f"runs:/{copy.info.run_id}/reproduce.json")
+    compared = {row["metric"]: row for row in report["metrics"]}
+    # the eval learning curve, the final evaluation on the same 4 episodes, and SB3's losses
+    assert compared["eval/success_rate"]["steps_compared"] == 2 and compared["eval/n_episodes"]["original_last"] == 4
+    assert compared["train/critic_loss"]["steps_compared"] >= 1 and compared["train/actor_loss"]["steps_differing"] == 0
+    assert copy.data.metrics["train/critic_loss"] == original.data.metrics["train/critic_loss"]
+    assert report["environment_differences"] == {}
+    # compare and register read training runs: the reproduction is not one of them
+    assert [r.info.run_id for r in all_runs() if r.data.tags.get("harness.kind") == "train"] == [original.info.run_id]
+
+
+def test_steps_re_makes_only_the_start(trained):
+    cwd, uri, original = trained
+    proc = run_cli(["reproduce", original.info.run_id, "--steps", "150"], cwd, uri, timeout=600)
+    assert "**identical**" in proc.stdout and "150 env steps re-made" in proc.stdout
+    newest = max((r for r in all_runs() if r.data.tags.get("harness.kind") == "reproduce"), key=lambda r: r.info.start_time)
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(newest.info.run_id, "eval/success_rate")]
+    assert steps == [150]  # trained and evaluated up to 150 only; not scored on the final episodes
+    bad = run_cli(["reproduce", original.info.run_id, "--steps", "301"], cwd, uri, check=False)
+    assert bad.returncode == 1 and bad.stderr.strip() == \
+        "harness: error: --steps must be between 1 and the run's total_steps (300), got 301"
+
+
+def test_a_run_from_a_dirty_tree_reproduces_from_its_commit_and_diff(tmp_path, store):
+    """Trained by a clone with an uncommitted change; reproduced here, in a worktree at that commit + the diff."""
+    repo, work = tmp_path / "repo", tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(PROJECT_ROOT), str(repo)], check=True, timeout=120)
+    with open(repo / "harness" / "seeding.py", "a") as source:
+        source.write("\n# an uncommitted change\n")
+    work.mkdir()
+    env = {**clean_env(store), "PYTHONPATH": str(repo)}
+    trained = subprocess.run([sys.executable, "-m", "entry_points.cli", "train", "--seed", "4", "--threads", "1", *TINY],
+                             cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    (original,) = all_runs()
+    assert original.data.tags["harness.git_dirty"] == "true"
+    diff = mlflow.artifacts.load_text(f"runs:/{original.info.run_id}/git.diff")
+    assert "+# an uncommitted change" in diff
+    proc = run_cli(["reproduce", original.info.run_id], tmp_path, store, timeout=600)
+    commit = original.data.tags["harness.git_commit"][:12]
+    assert f"re-made with worktree at {commit} + its logged diff" in proc.stdout and "**identical**" in proc.stdout
+    listed = subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "list"], capture_output=True, text=True)
+    assert len(listed.stdout.strip().splitlines()) == 1  # the temporary worktree is gone
+
+
+def recorded_run(tags: dict) -> str:
+    """A finished training run's record, made by hand: its config and the given provenance tags."""
+    from harness.config import resolve_config
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("records") or client.get_experiment(client.create_experiment("records"))
+    run = client.create_run(experiment.experiment_id, tags={"harness.kind": "train", **tags})
+    client.log_dict(run.info.run_id, resolve_config("fast", "FetchReach-v4", {"total_steps": 300}).to_dict(),
+                    "config.json")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def test_what_cannot_be_reproduced_is_one_line(store, tmp_path):
+    missing = recorded_run({"harness.git_commit": "f" * 40, "harness.git_dirty": "false", "harness.code_version": "f" * 40})
+    proc = run_cli(["reproduce", missing], tmp_path, store, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"harness: error: commit ffffffffffff of run {missing} is not in this repository ({PROJECT_ROOT}); "
+        "fetch it (git fetch --unshallow, or from the repository it came from)"]
+    head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = recorded_run({"harness.git_commit": head, "harness.git_dirty": "true", "harness.code_version": head + "+dirty.0"})
+    proc = run_cli(["reproduce", dirty], tmp_path, store, check=False)
+    assert proc.returncode == 1 and "was made from a tree with uncommitted changes and logged no git.diff" in proc.stderr
+    proc = run_cli(["reproduce", "0" * 32], tmp_path, store, check=False)
+    assert proc.returncode == 1 and "no MLflow run with id '00000000000000000000000000000000'" in proc.stderr
+    assert "Traceback" not in proc.stderr
