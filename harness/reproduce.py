@@ -177,11 +177,15 @@ def reproduce(run_id: str, steps: int | None = None) -> dict[str, Any]:
     tree = PROJECT_ROOT
     try:
         tree = code_tree(record, workdir)
-        before = {r.info.run_id for r in tracking.search_runs({"harness.kind": "train", **identity.search_tags()},
-                                                               [record.run.info.experiment_id])}
+        # Under `mlflow run -e reproduce` the training attaches to that run, in that run's experiment.
+        tags = {"harness.kind": "train", **identity.search_tags()}
+        before = {r.info.run_id for r in tracking.search_runs(tags, tracking.experiment_ids(None))}
         _cli(tree, train_arguments(record, steps, experiment), workdir)
-        (new,) = [r for r in tracking.search_runs({"harness.kind": "train", **identity.search_tags()},
-                                                   [record.run.info.experiment_id]) if r.info.run_id not in before]
+        made = [r for r in tracking.search_runs(tags, tracking.experiment_ids(None)) if r.info.run_id not in before]
+        if len(made) != 1:
+            raise HarnessError(f"the re-made training of run {run_id} could not be told apart in the store "
+                               f"({len(made)} new runs of {identity.name}); was another one started meanwhile?")
+        new = made[0]
         new_id = new.info.run_id
         # From here on it is a reproduction, never a training run that compare or register could take.
         client.set_tag(new_id, "harness.kind", "reproduce")
