@@ -7,6 +7,7 @@ registration, the env-id checks and the vectorization live in one place.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import io
 import os
@@ -146,6 +147,54 @@ class HeldObjectStart(gym.Wrapper):
             robot._set_action(close)
             robot._mujoco_step(close)
         return robot._get_obs()
+
+
+# Per-episode bookkeeping of the wrappers gym.make and SB3 put around an env: TimeLimit's step
+# count, Monitor's rewards so far (an episode's return is logged when it ends) and totals.
+WRAPPER_FIELDS = ("_elapsed_steps", "rewards", "needs_reset", "episode_returns", "episode_lengths",
+                  "episode_times", "total_steps")
+
+
+def env_state(env: gym.Env) -> dict:
+    """Everything the next steps of ``env`` depend on, mid-episode included: the env's random
+    generator, its goal, its wrappers' episode bookkeeping and, for a MuJoCo env, every fixed-size
+    array of its ``MjData``. Saving only the integration state (positions, velocities, warm start)
+    is not enough: Fetch's next action reads body positions that ``mj_step`` left one substep old,
+    and recomputing them with ``mj_forward`` makes the continuation differ in the last bits."""
+    robot = env.unwrapped
+    state: dict = {"np_random": robot.np_random.bit_generator.state}
+    if hasattr(robot, "goal"):
+        state["goal"] = copy.deepcopy(robot.goal)
+    data = getattr(robot, "data", None)
+    if data is not None and type(data).__name__ == "MjData":
+        # The constraint arrays (efc_*) live in MjData's arena, sized per step and rebuilt by every mj_step.
+        state["mujoco"] = {"time": data.time, **{name: value.copy() for name in dir(data) if not name.startswith("_")
+                                                 for value in [getattr(data, name)] if isinstance(value, np.ndarray)}}
+    state["wrappers"] = []
+    layer = env
+    while isinstance(layer, gym.Wrapper):
+        state["wrappers"].append({k: copy.deepcopy(v) for k, v in vars(layer).items() if k in WRAPPER_FIELDS})
+        layer = layer.env
+    return state
+
+
+def restore_env_state(env: gym.Env, state: dict) -> None:
+    """Put ``env`` (built like the one saved, and reset) back where :func:`env_state` found it."""
+    robot = env.unwrapped
+    robot.np_random.bit_generator.state = state["np_random"]
+    if "goal" in state:
+        robot.goal = copy.deepcopy(state["goal"])
+    if "mujoco" in state:
+        saved = dict(state["mujoco"])
+        robot.data.time = saved.pop("time")
+        for name, value in saved.items():
+            target = getattr(robot.data, name)
+            if target.shape == value.shape:
+                target[...] = value
+    layer = env
+    for fields in state["wrappers"]:
+        vars(layer).update(copy.deepcopy(fields))
+        layer = layer.env
 
 
 def goal_distance(obs) -> float:

@@ -1,7 +1,15 @@
 """Resumable checkpoints: what an interrupted training needs to continue in the same MLflow run.
 
-Layout: ``checkpoints/resume/<run id>/step_<N>/`` with ``model.zip``, ``replay_buffer.pkl`` and,
-with observation normalization, ``vecnormalize.pkl``. A checkpoint is written into
+Layout: ``checkpoints/resume/<run id>/step_<N>/`` with ``model.zip``, ``replay_buffer.pkl``,
+``training_state.pkl`` and, with observation normalization, ``vecnormalize.pkl``.
+
+A resumed training ends exactly where an uninterrupted one would: the checkpoint is taken between
+two rollouts (after the gradient steps of the last one, see ``training.ResumableCheckpoint``) and
+``training_state.pkl`` holds every other thing the continuation draws from: the Python, numpy and
+torch generators, the action space's generator (SB3 reseeds it when loading a model), each env's
+state mid-episode (:func:`harness.envs.env_state`) and the metrics the SB3 logger has recorded but
+not yet written. Checkpoints written before it existed resume as before: envs reset, the cut
+episode dropped from the replay buffer, so the run continues correctly but not bit for bit. A checkpoint is written into
 ``step_<N>.tmp`` and renamed into place only when complete, so a kill at any moment never leaves
 a half-written directory that :func:`latest` would pick.
 
@@ -15,15 +23,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Iterator
 
 from harness.algorithms import algo_class
 from harness.checkpoints import CHECKPOINT_DIR
+from harness.envs import env_state, restore_env_state
+from harness.seeding import random_state, restore_random_state
 
 RESUME_DIR = CHECKPOINT_DIR / "resume"
 OWNER_LOCK = "owner.lock"
+STATE_FILE = "training_state.pkl"
 
 
 def run_dir(run_id: str) -> Path:
@@ -39,6 +51,8 @@ def save(run_id: str, model, vecnormalize=None) -> Path:
     try:
         model.save(tmp / "model.zip")
         model.save_replay_buffer(tmp / "replay_buffer.pkl")
+        with open(tmp / STATE_FILE, "wb") as f:
+            pickle.dump(training_state(model), f)
         if vecnormalize is not None:
             vecnormalize.save(str(tmp / "vecnormalize.pkl"))
         os.rename(tmp, final)
@@ -100,16 +114,59 @@ def latest(run_id: str) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load(saved: Path, config, env, vecnormalize=None):
-    """Model (with its replay buffer) and env, continuing where ``saved`` left off."""
+def envs_of(vec_env) -> list:
+    """The gym envs inside an SB3 VecEnv (under VecNormalize, if any)."""
+    while hasattr(vec_env, "venv"):
+        vec_env = vec_env.venv
+    return vec_env.envs
+
+
+def training_state(model) -> dict:
+    """What a continuation draws from beyond the model and its replay buffer (module docstring)."""
+    logger = model.logger
+    return {
+        "random": random_state(),
+        "action_space": model.action_space.np_random.bit_generator.state,
+        "envs": [env_state(env) for env in envs_of(model.get_env())],
+        "logger": {"values": dict(logger.name_to_value), "counts": dict(logger.name_to_count),
+                   "excluded": dict(logger.name_to_excluded)},
+    }
+
+
+def restore_training_state(model, state: dict) -> None:
+    """After SB3's load (which reseeds every generator from the config's seed), put back the
+    generators, the envs and the logger as they were when the checkpoint was taken."""
+    vec_env = model.get_env()
+    while hasattr(vec_env, "venv"):  # reset under VecNormalize, whose reset would count the observation again
+        vec_env = vec_env.venv
+    vec_env.reset()  # Gymnasium refuses to step an env never reset; its state is then overwritten
+    for env, saved in zip(envs_of(vec_env), state["envs"], strict=True):
+        restore_env_state(env, saved)
+    restore_random_state(state["random"])
+    model.action_space.np_random.bit_generator.state = state["action_space"]
+    model.logger.name_to_value.update(state["logger"]["values"])
+    model.logger.name_to_count.update(state["logger"]["counts"])
+    model.logger.name_to_excluded.update(state["logger"]["excluded"])
+
+
+def load(saved: Path, config, env, logger, vecnormalize=None):
+    """Model (with its replay buffer, logging to ``logger``) and env, continuing where ``saved`` left off."""
     if vecnormalize is not None:
         from stable_baselines3.common.vec_env import VecNormalize
 
         vecnormalize = VecNormalize.load(str(saved / "vecnormalize.pkl"), vecnormalize.venv)
         env = vecnormalize
-    model = algo_class(config.algo).load(str(saved / "model.zip"), env=env, device="cpu")
-    # HER drops the episode the kill cut short (truncate_last_traj), so no half episode is sampled.
-    model.load_replay_buffer(saved / "replay_buffer.pkl")
+    state_file = saved / STATE_FILE
+    exact = state_file.is_file()
+    # With the envs' state restored, SB3 must continue from the observation it saved, not reset
+    # them (force_reset), and HER must keep the episode in progress (truncate_last_traj); an older
+    # checkpoint without that state drops the cut episode so no half episode is ever sampled.
+    model = algo_class(config.algo).load(str(saved / "model.zip"), env=env, device="cpu", force_reset=not exact)
+    model.load_replay_buffer(saved / "replay_buffer.pkl", truncate_last_traj=not exact)
+    model.set_logger(logger)
+    if exact:
+        with open(state_file, "rb") as f:
+            restore_training_state(model, pickle.load(f))
     return model, env, vecnormalize
 
 

@@ -106,7 +106,11 @@ class PeriodicEvaluation(BaseCallback):
 
 
 class ResumableCheckpoint(BaseCallback):
-    """Every ``checkpoint_freq`` env steps, write what a resume needs (see :mod:`harness.resume`)."""
+    """Every ``checkpoint_freq`` env steps, write what a resume needs (see :mod:`harness.resume`).
+
+    Written when the next rollout starts, not at the step itself: SB3 trains on a rollout after
+    collecting it, and a checkpoint taken before those gradient steps would make a resumed run
+    skip them."""
 
     def __init__(self, config: TrainConfig, run_id: str, vecnormalize=None):
         super().__init__()
@@ -117,10 +121,12 @@ class ResumableCheckpoint(BaseCallback):
     def _on_training_start(self) -> None:
         self.next_save = next_multiple(self.num_timesteps, self.config.checkpoint_freq)
 
-    def _on_step(self) -> bool:
+    def _on_rollout_start(self) -> None:
         if self.config.checkpoint_freq and self.num_timesteps >= self.next_save:
-            self.next_save += self.config.checkpoint_freq
+            self.next_save = next_multiple(self.num_timesteps, self.config.checkpoint_freq)
             resume.save(self.run_id, self.model, self.vecnormalize)
+
+    def _on_step(self) -> bool:
         return True
 
 
@@ -241,8 +247,7 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         )
         saved = resume.latest(run_id) if resume_run_id else None
         if saved is not None:
-            model, env, vecnormalize = resume.load(saved, config, env, vecnormalize)
-            model.set_logger(logger)
+            model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize)
             mlflow.set_tag("harness.resumed_from_step", str(model.num_timesteps))
         else:
             model = build_model(config, env, logger)

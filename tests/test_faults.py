@@ -164,8 +164,17 @@ def test_checkpoint_files_changed_in_the_store_are_refused_before_unpickling(sto
                    f"the checkpoint files of run {run.info.run_id} differ from the sha256 recorded on the run at training")
 
 
-def test_sigkill_then_the_same_train_command_resumes_the_same_run(store, tmp_path):
-    args = ["train", *TINY, "--total-steps", "1500", "--eval-freq", "500", "--checkpoint-freq", "300"]
+def metric_histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every learning metric of a run by step; wall-clock ones (time/, system/, minutes_to) left out."""
+    client = mlflow.MlflowClient()
+    keys = client.get_run(run_id).data.metrics
+    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in sorted(keys)
+            if not key.startswith(("time/", "system/")) and "minutes_to" not in key}
+
+
+def test_sigkill_then_the_same_train_command_resumes_the_same_run_and_ends_as_if_never_killed(store, tmp_path):
+    # A checkpoint every 320 steps falls 20 steps into a 50-step episode: the resume continues mid-episode.
+    args = ["train", *TINY, "--her", "--total-steps", "1500", "--eval-freq", "500", "--checkpoint-freq", "320"]
     env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -178,16 +187,19 @@ def test_sigkill_then_the_same_train_command_resumes_the_same_run(store, tmp_pat
     (killed,) = all_runs()
     assert killed.info.status == "RUNNING"  # what a SIGKILL leaves behind
     proc = run_cli(args, tmp_path, store)
-    assert f"resuming run {killed.info.run_id} (sac_FetchReach-v4_seed0) from its checkpoint at step" in proc.stderr
+    assert f"resuming run {killed.info.run_id} (sac_her_FetchReach-v4_seed0) from its checkpoint at step" in proc.stderr
     (run,) = all_runs()  # the same run, finished; no second one
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
-    assert int(run.data.tags["harness.resumed_from_step"]) >= 300
+    assert int(run.data.tags["harness.resumed_from_step"]) >= 320
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval/success_rate")]
     assert steps == sorted(set(steps)) and max(steps) >= 1500
     assert not any(resume_dir.iterdir())  # no checkpoints pile up
-    # --no-resume, and a run that finished, start anew
+    # --no-resume, and a run that finished, start anew: the same training, never interrupted
     run_cli([*args, "--no-resume"], tmp_path, store)
-    assert len(all_runs()) == 2
+    (uninterrupted,) = [r for r in all_runs() if r.info.run_id != run.info.run_id]
+    resumed, whole = metric_histories(run.info.run_id), metric_histories(uninterrupted.info.run_id)
+    assert {"train/actor_loss", "rollout/ep_rew_mean", "eval/final_distance"} <= set(whole)
+    assert resumed == whole  # bit for bit, at every step
 
 
 @contextlib.contextmanager
