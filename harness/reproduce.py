@@ -130,21 +130,13 @@ def remove_workdir(workdir: Path) -> None:
 
 def _cli(tree: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """That code's own ``harness`` CLI, against this tracking store (attached to ``mlflow run``'s run if any)."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "MLFLOW_TRACKING_URI": tracking_uri_for_children()}
+    env = {**os.environ, "PYTHONPATH": str(tree), "MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri()}
     proc = subprocess.run([sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise HarnessError(f"re-running `harness {args[0]}` with the run's code failed: {last}")
     return proc
-
-
-def tracking_uri_for_children() -> str:
-    """A relative SQLite path must mean the same store from the temporary directory the training runs in."""
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
 
 
 def train_arguments(record: Record, steps: int, experiment: str) -> list[str]:

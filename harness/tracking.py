@@ -42,6 +42,15 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def absolute_tracking_uri() -> str:
+    """The tracking URI for another process that may start in another directory (a pipeline's
+    worker, a Ray task, a reproduction in a temporary directory): a relative SQLite path is resolved."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
 def prepare_store() -> None:
     """Check that the tracking store can be used, once per process, before any work starts:
     a server must answer within seconds; a SQLite store is created or migrated (see

@@ -33,7 +33,7 @@ import mlflow
 from harness import tracking
 from harness.checkpoints import CHECKPOINT_DIR
 from harness.errors import HarnessError
-from harness.pipelines.execute import EXECUTORS, absolute_tracking_uri, cpu_count, execute_local, execute_ray, job_spec
+from harness.pipelines.execute import EXECUTORS, cpu_count, execute_local, execute_ray, job_spec
 from harness.pipelines.overview import overview
 from harness.pipelines.plan import (Job, Planned, ablation_jobs, chapter_jobs, mark_abandoned_runs_killed, pipeline_key,
                                     plan, unfinished_parent)
@@ -98,7 +98,7 @@ def run_pipeline(
             mlflow.log_params({"jobs": len(jobs), **{f"planned_{a}": n for a, n in counts.items()}})
 
         specs = [job_spec(p, parent_id, Path.cwd()) for p in planned if p.action != "reuse"]
-        env = {"MLFLOW_TRACKING_URI": absolute_tracking_uri(), "MLFLOW_EXPERIMENT_ID": parent.info.experiment_id}
+        env = {"MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri(), "MLFLOW_EXPERIMENT_ID": parent.info.experiment_id}
         last_shown = [""]
 
         def progress() -> None:

@@ -13,8 +13,6 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
 
-import mlflow
-
 from harness.config import config_from_dict
 from harness.errors import HarnessError, Terminated
 from harness.pipelines.plan import Planned
@@ -147,9 +145,3 @@ def execute_ray(specs: list[dict], address: str | None, env: dict[str, str], thr
             ray.shutdown()
 
 
-def absolute_tracking_uri() -> str:
-    """Workers may start elsewhere (Ray): a relative SQLite path must not change meaning."""
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
