@@ -44,6 +44,9 @@ from harness.statistics import wilson_interval
 VERDICTS = ("identical", "equivalent", "different")
 # What a reproduction compares beside the eval curve: SB3's training metrics (same keys, same steps).
 COMPARED_PREFIXES = ("eval/", "train/", "rollout/")
+# Wall-clock readings among them (eval/minutes_to_50, _90) differ on every run; their env-step
+# counterparts (eval/steps_to_*) are compared.
+WALL_CLOCK_METRICS = ("eval/minutes_to_",)
 ENVIRONMENT_TAGS = ("harness.cpu", "harness.torch_threads")
 
 
@@ -198,9 +201,11 @@ def reproduce(run_id: str, steps: int | None = None) -> dict[str, Any]:
 
 
 def compare_runs(original, new, up_to_step: int) -> dict[str, Any]:
-    """Every metric both runs logged (eval/*, train/*, rollout/*) at every env step <= ``up_to_step``."""
+    """Every metric both runs logged (eval/*, train/*, rollout/*; not wall-clock ones) at every env step
+    <= ``up_to_step``."""
     client = MlflowClient()
-    keys = sorted(k for k in set(original.data.metrics) & set(new.data.metrics) if k.startswith(COMPARED_PREFIXES))
+    keys = sorted(k for k in set(original.data.metrics) & set(new.data.metrics)
+                  if k.startswith(COMPARED_PREFIXES) and not k.startswith(WALL_CLOCK_METRICS))
     rows, first_difference = [], None
     for key in keys:
         a = _by_step(client.get_metric_history(original.info.run_id, key), up_to_step)

@@ -101,3 +101,21 @@ def test_what_cannot_be_reproduced_is_one_line(store, tmp_path):
     proc = run_cli(["reproduce", "0" * 32], tmp_path, store, check=False)
     assert proc.returncode == 1 and "no MLflow run with id '00000000000000000000000000000000'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_wall_clock_metrics_are_not_compared(store):
+    from harness.reproduce import compare_runs
+
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("pair")
+    runs = []
+    for minutes in (1.03, 0.96):  # the same training, timed twice
+        run = client.create_run(experiment)
+        for step, success in ((2000, 0.2), (4000, 0.6)):
+            client.log_metric(run.info.run_id, "eval/success_rate", success, step=step)
+        client.log_metric(run.info.run_id, "eval/steps_to_50", 4000, step=4000)
+        client.log_metric(run.info.run_id, "eval/minutes_to_50", minutes, step=4000)
+        runs.append(client.get_run(run.info.run_id))
+    comparison = compare_runs(runs[0], runs[1], up_to_step=4000)
+    assert [row["metric"] for row in comparison["metrics"]] == ["eval/steps_to_50", "eval/success_rate"]
+    assert comparison["first_difference_step"] is None
