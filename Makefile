@@ -3,6 +3,7 @@
 # make demo:  setup + the main job: FetchReach-v4, SAC without and with HER, seeds 0,1,2,
 #             evaluation and the comparison table, on ./mlflow.db (about 10 minutes on 2 cores).
 # make ui:    the MLflow UI on the same store.
+# make server: a tracking server on PostgreSQL in .mlflow-server/ (make server-stop stops it).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ DEMO_STEPS ?= 10000
 DEMO_PRESET ?= fast
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
-.PHONY: setup browser test demo bench ui clean
+.PHONY: setup browser postgres test demo bench ui server server-stop clean
 
 setup: $(STAMP)
 
@@ -31,7 +32,14 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not installed (needs root and apt-get): the browser test will be skipped"; fi; }
 
-test: setup browser
+# Debian's PostgreSQL for `harness server` and the multi-node stack test; installed the same way.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "PostgreSQL not installed (needs root and apt-get): the stack test will be skipped"; fi; }
+
+test: setup browser postgres
 	@$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; exit 1; fi; \
 	exit $$rc
@@ -49,6 +57,13 @@ bench: setup
 
 ui: setup
 	$(BIN)/harness ui --port 5000
+
+# A tracking server on PostgreSQL in .mlflow-server/ for workers on several machines (README: More machines).
+server: setup postgres
+	$(BIN)/harness server start --dir .mlflow-server --port 5000
+
+server-stop: setup
+	$(BIN)/harness server stop --dir .mlflow-server
 
 clean:
 	rm -rf checkpoints results runs

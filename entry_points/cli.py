@@ -10,6 +10,7 @@ from entry_points.eval import eval_command
 from entry_points.lab import lab_command
 from entry_points.register import register_command
 from entry_points.reproduce import reproduce_command
+from entry_points.server import server_command
 from entry_points.ui import ui_command
 from entry_points.pipelines import ablation_command, experiment_command, push_all_command, reach_all_command
 from entry_points.train import train_command
@@ -34,6 +35,7 @@ cli.add_command(ablation_command)
 cli.add_command(register_command)
 cli.add_command(reproduce_command)
 cli.add_command(ui_command)
+cli.add_command(server_command)
 
 
 def main() -> None:

@@ -13,6 +13,10 @@ episode dropped from the replay buffer, so the run continues correctly but not b
 ``step_<N>.tmp`` and renamed into place only when complete, so a kill at any moment never leaves
 a half-written directory that :func:`latest` would pick.
 
+On a tracking server (workers on several machines), each checkpoint is also sent to the run's
+artifacts under ``resume/`` (``resume/step.json`` last, with the files' sha256): a worker on another
+machine continues a run whose machine was lost from there (:func:`fetch`).
+
 ``checkpoints/resume/<run id>/owner.lock`` is locked (flock) by the process training the run, for
 as long as it trains. The kernel releases the lock when that process dies, however it dies (even
 SIGKILL), so a run whose lock is free while MLflow still says RUNNING was abandoned.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pickle
 import shutil
@@ -29,13 +34,16 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.algorithms import algo_class
-from harness.checkpoints import CHECKPOINT_DIR
+from harness import tracking
+from harness.checkpoints import CHECKPOINT_DIR, sha256_of
 from harness.envs import env_state, restore_env_state
 from harness.seeding import random_state, restore_random_state
 
 RESUME_DIR = CHECKPOINT_DIR / "resume"
 OWNER_LOCK = "owner.lock"
 STATE_FILE = "training_state.pkl"
+REMOTE_DIR = "resume"  # the run's artifact folder for its latest resumable checkpoint (tracking server only)
+MANIFEST = "step.json"
 
 
 def run_dir(run_id: str) -> Path:
@@ -62,7 +70,85 @@ def save(run_id: str, model, vecnormalize=None) -> Path:
     for older in run_dir(run_id).glob("step_*"):
         if older != final:
             shutil.rmtree(older, ignore_errors=True)
+    if tracking.on_server():
+        upload(run_id, final, step)
     return final
+
+
+def upload(run_id: str, saved: Path, step: int) -> None:
+    """Send a checkpoint to the run's artifacts; the manifest goes last, so a reader that finds it
+    finds every file it names (and checks each against its sha256)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    files = sorted(p for p in saved.iterdir() if p.is_file())
+    for path in files:
+        client.log_artifact(run_id, str(path), REMOTE_DIR)
+    client.log_dict(run_id, {"step": step, "sha256": {p.name: sha256_of(p) for p in files}}, f"{REMOTE_DIR}/{MANIFEST}")
+
+
+def remote_step(run_id: str) -> int | None:
+    """The step of the checkpoint in the run's artifacts (tracking server only), if any."""
+    if not tracking.on_server():
+        return None
+    import mlflow
+
+    try:
+        return int(mlflow.artifacts.load_dict(f"runs:/{run_id}/{REMOTE_DIR}/{MANIFEST}")["step"])
+    except Exception:  # noqa: BLE001 - no manifest (never checkpointed, or not on this server): nothing to fetch
+        return None
+
+
+def fetch(run_id: str) -> Path | None:
+    """Download the run's checkpoint from its artifacts into this machine's resume directory (a worker
+    continuing a run another machine started); None when there is none or a file does not match."""
+    step = remote_step(run_id)
+    if step is None:
+        return None
+    import mlflow
+
+    final = run_dir(run_id) / f"step_{step:012d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REMOTE_DIR, dst_path=str(tmp))
+        fetched = tmp / REMOTE_DIR
+        manifest = json.loads((fetched / MANIFEST).read_text())
+        if manifest["step"] != step or any(sha256_of(fetched / name) != digest
+                                           for name, digest in manifest["sha256"].items()):
+            return None  # overwritten while we read it: the run is being checkpointed by a live worker
+        for name in manifest["sha256"]:
+            os.rename(fetched / name, tmp / name)
+        shutil.rmtree(fetched)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def available(run_id: str) -> bool:
+    """A checkpoint to continue the run from exists, here or in its artifacts."""
+    return latest(run_id) is not None or remote_step(run_id) is not None
+
+
+def find(run_id: str) -> Path | None:
+    """The newest checkpoint of the run here, else the one in its artifacts (fetched)."""
+    return latest(run_id) or fetch(run_id)
+
+
+def forget_remote(run_id: str) -> None:
+    """A finished run's resumable checkpoint is dead weight in the artifact store (replay buffers are large)."""
+    if remote_step(run_id) is None:
+        return
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.tracking import MlflowClient
+
+    repository = get_artifact_repository(MlflowClient().get_run(run_id).info.artifact_uri)
+    try:
+        repository.delete_artifacts(REMOTE_DIR)
+    except Exception:  # noqa: BLE001 - a store that cannot delete keeps it; the run is finished all the same
+        pass
 
 
 @contextlib.contextmanager

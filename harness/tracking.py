@@ -42,6 +42,11 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def on_server() -> bool:
+    """True when runs go to a tracking server, which workers on other machines may share."""
+    return mlflow.get_tracking_uri().startswith(("http://", "https://"))
+
+
 def absolute_tracking_uri() -> str:
     """The tracking URI for another process that may start in another directory (a pipeline's
     worker, a Ray task, a reproduction in a temporary directory): a relative SQLite path is resolved."""

@@ -245,7 +245,7 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
             folder=str(config.tensorboard_dir),
             output_formats=[TensorBoardOutputFormat(str(config.tensorboard_dir)), to_mlflow],
         )
-        saved = resume.latest(run_id) if resume_run_id else None
+        saved = resume.find(run_id) if resume_run_id else None
         if saved is not None:
             model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize)
             mlflow.set_tag("harness.resumed_from_step", str(model.num_timesteps))
@@ -277,6 +277,7 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         mlflow.set_tags(hashes)
         mlflow.log_metric("time/wall_time_s", wall_time, step=int(model.num_timesteps))
     resume.discard(run_id)  # finished: the final checkpoint supersedes the resumable ones
+    resume.forget_remote(run_id)
     return TrainResult(run_id=run_id, run_name=run_name, checkpoint=paths["model"], meta=meta)
 
 

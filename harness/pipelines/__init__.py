@@ -33,7 +33,7 @@ import mlflow
 from harness import tracking
 from harness.checkpoints import CHECKPOINT_DIR
 from harness.errors import HarnessError
-from harness.pipelines.execute import EXECUTORS, cpu_count, execute_local, execute_ray, job_spec
+from harness.pipelines.execute import EXECUTORS, check_ray_address, cpu_count, execute_local, execute_ray, job_spec
 from harness.pipelines.overview import overview
 from harness.pipelines.plan import (Job, Planned, ablation_jobs, chapter_jobs, mark_abandoned_runs_killed, pipeline_key,
                                     plan, unfinished_parent)
@@ -69,6 +69,8 @@ def run_pipeline(
     workers = workers or cpu_count()
     if workers < 1:
         raise HarnessError(f"--workers must be >= 1, got {workers}")
+    if executor == "ray" and ray_address:
+        check_ray_address(ray_address)
     threads = max(1, cpu_count() // workers)
     key = pipeline_key(kind, jobs)
     CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)

@@ -8,17 +8,19 @@ a failed job), the local executor stops at once: queued jobs never start, and ru
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.config import config_from_dict
-from harness.errors import HarnessError, Terminated
-from harness.pipelines.plan import Planned
+from harness.errors import HarnessError, Terminated, first_line
+from harness.pipelines.plan import Planned, lost_attempt
 
 EXECUTORS = ("local", "ray")
 OVERVIEW_SECONDS = 15.0
+MAX_RAY_RETRIES = 3
 
 
 def cpu_count() -> int:
@@ -38,17 +40,21 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     from harness.evaluation import evaluate_checkpoint
     from harness.training import RunOptions, train
 
-    if Path(spec["cwd"]).is_dir():
+    if spec["cwd"] and Path(spec["cwd"]).is_dir():
         os.chdir(spec["cwd"])
     config = config_from_dict(spec["config"])
-    run_id = spec["run_id"]
+    run_id, action = spec["run_id"], spec["action"]
+    if action == "train":
+        lost = lost_attempt(spec["parent_run_id"], spec["run_name"], [os.environ["MLFLOW_EXPERIMENT_ID"]])
+        if lost is not None:
+            run_id, action = lost, "resume"
     checkpoint = run_id  # evaluate-only: fetch the checkpoint from the run's artifacts
-    if spec["action"] in ("train", "resume"):
+    if action in ("train", "resume"):
         result = train(config, RunOptions(parent_run_id=spec["parent_run_id"], variant=spec["variant"],
-                                          resume_run_id=run_id if spec["action"] == "resume" else None))
+                                          resume_run_id=run_id if action == "resume" else None))
         run_id, checkpoint = result.run_id, str(result.checkpoint)
     report = evaluate_checkpoint(checkpoint, n_episodes=spec["n_eval_episodes"], parent_run_id=spec["parent_run_id"])
-    return {"run_name": spec["run_name"], "run_id": run_id, "action": spec["action"],
+    return {"run_name": spec["run_name"], "run_id": run_id, "action": action,
             "success_rate": report["success_rate"]}
 
 
@@ -119,6 +125,22 @@ def stop_workers(pool: ProcessPoolExecutor) -> None:
             process.kill()
 
 
+RAY_ADDRESS_FORMS = "auto on a node of a running cluster, HOST:PORT of its head, or ray://HOST:10001"
+
+
+def check_ray_address(address: str) -> None:
+    """Ask the head before anything starts: Ray itself waits minutes for a head that does not answer."""
+    if address == "auto":
+        return  # Ray reads the local node's address file and says at once when there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise HarnessError(f"--ray-address {address} is not an address; accepted: {RAY_ADDRESS_FORMS}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise HarnessError(f"no Ray cluster answers at --ray-address {address} ({exc.strerror or exc})") from None
+
+
 def execute_ray(specs: list[dict], address: str | None, env: dict[str, str], threads: int,
                 progress: Callable[[], None]) -> list[dict]:
     try:
@@ -128,11 +150,20 @@ def execute_ray(specs: list[dict], address: str | None, env: dict[str, str], thr
     started_here = not ray.is_initialized()
     if started_here:
         if address:
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise HarnessError(f"no Ray cluster answers at --ray-address {address} ({first_line(str(exc))}); "
+                                   f"accepted: {RAY_ADDRESS_FORMS}") from None
+            # Workers on a cluster work in their own node's directory: the driver's may not exist there.
+            specs = [{**spec, "cwd": ""} for spec in specs]
         else:
             ray.init(num_cpus=cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
-        task = ray.remote(num_cpus=threads)(_ray_job)
+        # A task whose worker or node is lost runs again elsewhere (Ray retries only such system
+        # failures, never an error of the job itself); run_job then continues the lost run from its
+        # last resumable checkpoint (lost_attempt).
+        task = ray.remote(num_cpus=threads, max_retries=MAX_RAY_RETRIES)(_ray_job)
         pending = [task.remote(spec, env, threads) for spec in specs]
         results = []
         while pending:

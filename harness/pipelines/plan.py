@@ -82,7 +82,7 @@ def plan(jobs: Sequence[Job], experiment_ids: Sequence[str]) -> list[Planned]:
         runs = tracking.search_runs(tags, experiment_ids)
         finished = [r for r in runs if r.info.status == "FINISHED"]
         evaluated = [r for r in finished if r.data.tags.get("harness.eval_episodes") == str(job.n_eval_episodes)]
-        resumable = [r for r in runs if r.info.status != "FINISHED" and resume.latest(r.info.run_id) is not None]
+        resumable = [r for r in runs if r.info.status != "FINISHED" and resume.available(r.info.run_id)]
         if evaluated:
             planned.append(Planned(job, "reuse", evaluated[0].info.run_id))
         elif finished:
@@ -101,6 +101,20 @@ def mark_abandoned_runs_killed(parent_run_id: str, experiment_ids: Sequence[str]
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")
     return len(stale)
+
+
+def lost_attempt(parent_run_id: str, run_name: str, experiment_ids: Sequence[str]) -> str | None:
+    """A job about to train may find its own run already there, RUNNING: an earlier attempt at this very
+    job whose worker was lost (Ray runs a task again when its node dies; the pipeline, holding its
+    lock, started nothing else under that name). Returns that run when it has a checkpoint to continue
+    from (here or in its artifacts); without one the run is marked KILLED and the job trains anew."""
+    for run in tracking.child_runs(parent_run_id, experiment_ids, kind="train", status="RUNNING"):
+        if run.data.tags.get("mlflow.runName") != run_name:
+            continue
+        if resume.available(run.info.run_id):
+            return run.info.run_id
+        MlflowClient().set_terminated(run.info.run_id, "KILLED")
+    return None
 
 
 def unfinished_parent(key: str) -> str | None:

@@ -1,0 +1,53 @@
+"""`harness server start|stop`: a PostgreSQL-backed MLflow tracking server for runs on several machines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from entry_points._common import run_command
+
+DIR_OPTION = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+                          default=Path(".mlflow-server"), show_default=True,
+                          help="Where the PostgreSQL cluster, the artifacts and the logs live.")
+
+
+@click.group(name="server")
+def server_command():
+    """A tracking server on PostgreSQL for pipelines whose workers run on several machines.
+
+    Workers cannot share a SQLite file; they log to this server over HTTP and send and fetch
+    checkpoints through it (artifacts in DIR/artifacts, served by the server).
+    """
+
+
+@server_command.command(name="start")
+@DIR_OPTION
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="0.0.0.0 lets other machines reach it (PostgreSQL itself stays on 127.0.0.1).")
+def start_command(directory, port, host):
+    """Start PostgreSQL (made on first use) and `mlflow server` on it; print the URI to export."""
+    from harness import server
+
+    stack = server.start(directory, port=port, host=host)
+    click.echo(f"tracking server on PostgreSQL (port {stack.db_port}), artifacts in {directory / 'artifacts'}")
+    click.echo(f"export MLFLOW_TRACKING_URI={stack.tracking_uri}")
+    click.echo(f"stop it with: harness server stop --dir {directory}")
+
+
+@server_command.command(name="stop")
+@DIR_OPTION
+def stop_command(directory):
+    """Stop the tracking server and PostgreSQL started from DIR."""
+    from harness import server
+
+    if server.stop(directory):
+        click.echo(f"stopped the tracking server and PostgreSQL of {directory}")
+    else:
+        click.echo(f"nothing was running from {directory}")
+
+
+if __name__ == "__main__":
+    run_command(server_command)

@@ -1,0 +1,222 @@
+"""A tracking server for runs made on several machines: PostgreSQL plus ``mlflow server``.
+
+Workers on other machines cannot share a SQLite file. :func:`start` makes (once) a PostgreSQL
+cluster in ``DIR/postgres``, starts it on ``127.0.0.1`` and an ``mlflow server`` on it whose
+artifacts live in ``DIR/artifacts`` and travel over HTTP (``--artifacts-destination``: workers
+fetch and send checkpoints through the server and share no filesystem with it). What it started is
+recorded in ``DIR/server.json``; :func:`stop` stops both. ``harness server start|stop`` and
+``make server`` call these; the multi-node test starts its stack the same way.
+
+PostgreSQL refuses to run as root: under root its processes run as the ``postgres`` user that
+Debian's package creates (or ``nobody``), who must be able to reach ``DIR``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+STATE_FILE = "server.json"
+DB_NAME = DB_USER = "mlflow"
+START_TIMEOUT_S = 120.0  # mlflow server creates its schema in PostgreSQL on first start (~15 s on 2 cores)
+
+
+@dataclass
+class Stack:
+    """What :func:`start` started, as recorded in ``DIR/server.json``."""
+
+    directory: str
+    host: str
+    port: int
+    db_port: int
+    server_pid: int
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://{'127.0.0.1' if self.host == '0.0.0.0' else self.host}:{self.port}"
+
+    @property
+    def backend_uri(self) -> str:
+        return f"postgresql://{DB_USER}@127.0.0.1:{self.db_port}/{DB_NAME}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def postgres_bin() -> Path:
+    """The directory holding ``initdb``, ``pg_ctl`` and ``createdb`` (resolved through symlinks: an
+    image may link only ``pg_ctl`` onto the PATH), else where Debian installs them."""
+    found = shutil.which("pg_ctl")
+    candidates = [Path(found).resolve().parent] if found else []
+    candidates += [Path(p).parent for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)]
+    for candidate in candidates:
+        if all((candidate / tool).is_file() for tool in ("initdb", "pg_ctl", "createdb")):
+            return candidate
+    raise HarnessError("PostgreSQL is not installed (no initdb, pg_ctl and createdb on the PATH or in "
+                       "/usr/lib/postgresql/*/bin); install Debian's postgresql package (make server does, as root)")
+
+
+def db_account() -> str | None:
+    """The user PostgreSQL runs as when we are root (it refuses root); None: as ourselves."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise HarnessError("PostgreSQL will not run as root and there is no 'postgres' or 'nobody' user to run it as")
+
+
+def _as_db_account(args: list[str]) -> list[str]:
+    account = db_account()
+    return ["runuser", "-u", account, "--", *args] if account else args
+
+
+def _run(args: list[str], what: str) -> None:
+    proc = subprocess.run(_as_db_account(args), capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = ((proc.stderr or proc.stdout).strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise HarnessError(f"{what} failed: {last}")
+
+
+def read_state(directory: Path) -> Stack | None:
+    path = directory / STATE_FILE
+    if not path.is_file():
+        return None
+    return Stack(**json.loads(path.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (our own child not yet reaped) counts as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _answers(uri: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: int | None = None) -> Stack:
+    """Start PostgreSQL and the tracking server in ``directory`` (made on first use); returns what runs."""
+    directory = directory.resolve()
+    running = read_state(directory)
+    if running is not None and _alive(running.server_pid):
+        raise HarnessError(f"a tracking server from {directory} is already running at {running.tracking_uri} "
+                           f"(pid {running.server_pid}); `harness server stop --dir {directory}` stops it")
+    bin_dir = postgres_bin()
+    data = directory / "postgres"
+    sockets = directory / "sockets"
+    account = db_account()
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in (data, sockets):
+        path.mkdir(exist_ok=True)
+        if account:
+            shutil.chown(path, account)
+    if account and subprocess.run(["runuser", "-u", account, "--", "test", "-w", str(data)]).returncode != 0:
+        raise HarnessError(f"PostgreSQL runs as user '{account}' (not as root), who cannot reach {data}; "
+                           "choose a --dir that user can enter (not under /root)")
+    if account:
+        os.chmod(data, 0o700)
+    fresh = not (data / "PG_VERSION").is_file()
+    if fresh:
+        _run([str(bin_dir / "initdb"), "-D", str(data), "-U", DB_USER, "--auth=trust", "-E", "UTF8"],
+             "initdb (creating the PostgreSQL cluster)")
+    db_port = db_port or free_port()
+    db_log = directory / "postgres.log"
+    db_log.touch()
+    if account:
+        shutil.chown(db_log, account)
+    try:
+        _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(db_log), "-w", "-t", "60",
+              "-o", f"-p {db_port} -h 127.0.0.1 -k {sockets}", "start"], f"starting PostgreSQL on port {db_port}")
+    except HarnessError as exc:
+        raise HarnessError(f"{exc} ({_last_line(db_log)})") from None
+    try:
+        created = subprocess.run(_as_db_account([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(db_port),
+                                                 "-U", DB_USER, DB_NAME]), capture_output=True, text=True)
+        if created.returncode != 0 and "already exists" not in created.stderr:
+            raise HarnessError(f"creating the mlflow database failed: {created.stderr.strip()}")
+        stack = Stack(str(directory), host, port, db_port, 0)
+        log = open(directory / "mlflow-server.log", "ab")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stack.backend_uri,
+             "--artifacts-destination", str(directory / "artifacts"), "--host", host, "--port", str(port),
+             "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stack.server_pid = server.pid
+        (directory / STATE_FILE).write_text(json.dumps(asdict(stack), indent=2) + "\n")
+        deadline = time.time() + START_TIMEOUT_S
+        while not _answers(stack.tracking_uri):
+            if server.poll() is not None or time.time() > deadline:
+                last = _last_line(directory / "mlflow-server.log")
+                why = f"exited ({last})" if server.poll() is not None else f"did not answer within {START_TIMEOUT_S:.0f} s"
+                raise HarnessError(f"mlflow server on port {port} {why}; log: {directory / 'mlflow-server.log'}")
+            time.sleep(0.5)
+    except BaseException:
+        stop(directory)
+        raise
+    return stack
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "no output"
+
+
+def stop(directory: Path) -> bool:
+    """Stop the tracking server and PostgreSQL started from ``directory``; False if nothing ran."""
+    directory = directory.resolve()
+    stopped = False
+    stack = read_state(directory)
+    if stack is not None and stack.server_pid and _alive(stack.server_pid):
+        try:
+            os.killpg(stack.server_pid, signal.SIGTERM)  # the server and its uvicorn worker
+        except ProcessLookupError:
+            pass
+        deadline = time.time() + 20
+        while _alive(stack.server_pid) and time.time() < deadline:
+            time.sleep(0.2)
+        if _alive(stack.server_pid):
+            os.killpg(stack.server_pid, signal.SIGKILL)
+        stopped = True
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    data = directory / "postgres"
+    if (data / "postmaster.pid").is_file():
+        subprocess.run(_as_db_account([str(postgres_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                       capture_output=True)
+        stopped = True
+    return stopped

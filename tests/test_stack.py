@@ -1,0 +1,203 @@
+"""The multi-machine set-up for real, on this machine: PostgreSQL, `mlflow server` on it with artifacts
+served over HTTP, and a Ray cluster of a head and a second node, each working in its own directory
+(they share no files with the driver). A tiny push-all runs through it; then the same with the
+second node killed mid-training: its run continues on the head from the checkpoint it had sent to
+the server. What happened is asked of the server's REST API. Everything binds to 127.0.0.1 and is
+stopped at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from harness import server
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+PIPELINE = ["push-all", "--seeds", "0", "--preset", "fast", "--learning-starts", "800", "--eval-freq", "1600",
+            "--checkpoint-freq", "800", "--n-eval-episodes", "2", "--workers", "2", "--executor", "ray"]
+
+
+def python_bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@contextlib.contextmanager
+def tracking_server():
+    try:
+        server.postgres_bin()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"{exc}")
+    base = Path(tempfile.mkdtemp(prefix="harness-stack-"))  # under /tmp: PostgreSQL's own user must reach it
+    os.chmod(base, 0o755)
+    started = time.perf_counter()
+    try:
+        stack = server.start(base / "server", port=server.free_port())
+        print(f"tracking server up in {time.perf_counter() - started:.1f} s")
+        yield stack, base
+    finally:
+        server.stop(base / "server")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ray_cluster(base: Path, cpus_per_node: int):
+    """A head and a second node (``ray start ... --block`` in their own sessions, so each is killed whole)."""
+    port = server.free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_health_check_period_ms": "1000",
+           "RAY_health_check_failure_threshold": "3"}
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus_per_node), "--object-store-memory", "80000000",
+              "--disable-usage-stats", "--block"]
+    nodes = {}
+    started = time.perf_counter()
+    try:
+        for name, args in (("head", ["--head", "--port", str(port), "--include-dashboard", "false",
+                                     "--ray-client-server-port", str(server.free_port()),
+                                     "--temp-dir", str(base / "ray")]),
+                           ("node2", ["--address", f"127.0.0.1:{port}"])):
+            workdir = base / name
+            workdir.mkdir()
+            nodes[name] = subprocess.Popen(
+                [python_bin("ray"), "start", *args, *common, "--dashboard-agent-listen-port", str(server.free_port()),
+                 "--metrics-export-port", str(server.free_port())],
+                cwd=workdir, env=env, stdout=open(base / f"{name}.log", "w"), stderr=subprocess.STDOUT,
+                start_new_session=True)
+            if name == "head":
+                wait_for(lambda: "Ray runtime started" in (base / "head.log").read_text(), 120, "the Ray head to start")
+        wait_for(lambda: alive_nodes(env, port) == 2, 120, "two live Ray nodes")
+        print(f"Ray cluster of 2 nodes up in {time.perf_counter() - started:.1f} s")
+        yield env, f"127.0.0.1:{port}", nodes
+    finally:
+        for proc in nodes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in nodes.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def alive_nodes(env: dict, port: int) -> int:
+    script = f"import ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); " \
+             "print(sum(n['Alive'] for n in ray.nodes()))"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def rest(stack, method: str, endpoint: str, **kwargs):
+    response = requests.request(method, f"{stack.tracking_uri}/api/2.0/mlflow/{endpoint}", timeout=30, **kwargs)
+    response.raise_for_status()
+    return response.json()
+
+
+def runs_of(stack, experiment_name: str) -> list[dict]:
+    experiment = rest(stack, "GET", "experiments/get-by-name", params={"experiment_name": experiment_name})
+    found = rest(stack, "POST", "runs/search", json={"experiment_ids": [experiment["experiment"]["experiment_id"]],
+                                                      "max_results": 1000})
+    return found.get("runs", [])
+
+
+def tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def trainings(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if tags(r).get("harness.kind") == "train"]
+
+
+def pipeline(stack, ray_env, address, driver: Path, experiment: str, steps: int):
+    env = {k: v for k, v in ray_env.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=stack.tracking_uri, PYTHONPATH=str(PROJECT_ROOT))
+    return subprocess.Popen([sys.executable, "-m", "entry_points.cli", *PIPELINE, "--ray-address", address,
+                             "--total-steps", str(steps), "--experiment", experiment],
+                            cwd=driver, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_push_all_on_a_postgres_tracking_server_and_a_two_node_ray_cluster_survives_losing_a_node():
+    pytest.importorskip("ray", reason="Ray is part of the test extra: pip install -e '.[test]'")
+    pytest.importorskip("psycopg", reason="psycopg is part of the test extra: pip install -e '.[test]'")
+    with tracking_server() as (stack, base), ray_cluster(base, cpus_per_node=max(1, (os.cpu_count() or 2) // 2)) as (
+            ray_env, address, nodes):
+        driver = base / "driver"
+        driver.mkdir()
+
+        # 1. The whole pipeline through the cluster, logged to the server only.
+        started = time.perf_counter()
+        proc = pipeline(stack, ray_env, address, driver, "stack", 1600)
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out
+        print(f"push-all (2 trainings, 2 evaluations, compare) through Ray in {time.perf_counter() - started:.1f} s")
+        runs = runs_of(stack, "stack")
+        assert runs and all(r["info"]["status"] == "FINISHED" for r in runs)
+        trained = trainings(runs)
+        assert sorted((tags(r)["harness.condition"], tags(r)["harness.seed"]) for r in trained) == [("HER", "0"), ("no-HER", "0")]
+        assert any(tags(r).get("harness.kind") == "compare" for r in runs)
+        for run in trained:  # the checkpoint comes back over HTTP, and no resumable one was left behind
+            name = tags(run)["mlflow.runName"]
+            artifact = requests.get(f"{stack.tracking_uri}/get-artifact", timeout=30,
+                                    params={"path": f"checkpoint/{name}.zip", "run_uuid": run["info"]["run_id"]})
+            assert artifact.status_code == 200 and artifact.content[:2] == b"PK"
+            listed = rest(stack, "GET", "artifacts/list", params={"run_id": run["info"]["run_id"]})
+            assert "resume" not in {f["path"] for f in listed.get("files", [])}
+        # workers wrote in their nodes' directories, never in the driver's
+        assert not list(driver.glob("checkpoints/*.zip"))
+        assert len(list(base.glob("head/checkpoints/*.zip")) + list(base.glob("node2/checkpoints/*.zip"))) == 2
+
+        # 2. The second node dies mid-training, after sending a resumable checkpoint to the server.
+        proc = pipeline(stack, ray_env, address, driver, "lost-node", 8000)
+        try:
+            def checkpoint_sent() -> bool:
+                for local in (base / "node2" / "checkpoints" / "resume").glob("*/step_*[0-9]"):
+                    run_id = local.parent.name
+                    listed = requests.get(f"{stack.tracking_uri}/api/2.0/mlflow/artifacts/list", timeout=30,
+                                          params={"run_id": run_id, "path": "resume"}).json()
+                    if any(f["path"] == "resume/step.json" for f in listed.get("files", [])):
+                        return True
+                return False
+
+            wait_for(lambda: checkpoint_sent() or proc.poll() is not None, 600, "a checkpoint sent from node 2")
+            assert proc.poll() is None, "the pipeline ended before node 2 sent a checkpoint"
+            (lost_run_id,) = {p.parent.name for p in (base / "node2" / "checkpoints" / "resume").glob("*/step_*[0-9]")}
+            os.killpg(nodes["node2"].pid, signal.SIGKILL)
+            killed_at = time.perf_counter()
+            out, _ = proc.communicate(timeout=900)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        print(f"pipeline finished {time.perf_counter() - killed_at:.1f} s after node 2 was killed")
+        runs = runs_of(stack, "lost-node")
+        assert not [r for r in runs if r["info"]["status"] == "RUNNING"]
+        finished = [r for r in trainings(runs) if r["info"]["status"] == "FINISHED"]
+        assert sorted((tags(r)["harness.condition"], tags(r)["harness.seed"]) for r in finished) == [("HER", "0"), ("no-HER", "0")]
+        (resumed,) = [r for r in finished if r["info"]["run_id"] == lost_run_id]
+        assert int(tags(resumed)["harness.resumed_from_step"]) >= 800
+        steps = [m["step"] for m in rest(stack, "GET", "metrics/get-history",
+                                          params={"run_id": lost_run_id, "metric_key": "eval/success_rate"})["metrics"]]
+        assert max(steps) >= 8000
+        # it went on in the head's directory, from the checkpoint it fetched from the server
+        meta = json.loads((base / "head" / "checkpoints" / f"{tags(resumed)['mlflow.runName']}.meta.json").read_text())
+        assert meta["run_id"] == lost_run_id
