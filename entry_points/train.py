@@ -64,6 +64,8 @@ class ChoiceOrPreset(click.Choice):
 @click.option("--experiment", default=None, help="MLflow experiment [default: ch04-her-sparse-reach-push; under mlflow run: its own].")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="Torch threads; 0 keeps torch's default (all cores). Use 1 per process when training side by side.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the networks train; auto picks CUDA when torch sees a GPU. Any checkpoint evaluates on a CPU.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on in a terminal].")
 @click.option("--system-metrics/--no-system-metrics", default=True, show_default=True,
               help="Log MLflow's system metrics (CPU, memory, disk, network) to the run as system/*.")
@@ -71,8 +73,8 @@ class ChoiceOrPreset(click.Choice):
               help="Continue this config's run if a crash, a kill or a closed terminal cut it short (its resumable "
                    "checkpoint in checkpoints/resume/), instead of starting a new run.")
 def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_selection_strategy, learning_starts,
-                  algo, n_envs, eval_freq, eval_episodes, checkpoint_freq, settings, preset, experiment, threads, progress,
-                  system_metrics, resume):
+                  algo, n_envs, eval_freq, eval_episodes, checkpoint_freq, settings, preset, experiment, threads, device,
+                  progress, system_metrics, resume):
     """Train SAC, TQC or the HER paper's DDPG, with or without HER, as one MLflow run.
 
     Logs the resolved config as params, SB3's metrics and eval/* learning curves by env step,
@@ -93,6 +95,9 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
     from harness.envs import validate_env_id
 
     validate_env_id(env_id, her=her)
+    from harness.algorithms import resolve_device
+
+    resolve_device(device)  # --device cuda without a GPU: said before any store or run is touched
     from harness.training import RunOptions, interrupted_run, train
     show_progress = sys.stderr.isatty() if progress is None else progress
     interrupted = interrupted_run(config, experiment) if resume and not os.environ.get("MLFLOW_RUN_ID") else None
@@ -101,7 +106,7 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
                    "--no-resume starts a new run", err=True)
     result = train(config, RunOptions(experiment=experiment, progress_bar=show_progress, torch_threads=threads,
                                       resume_run_id=interrupted[0] if interrupted else None,
-                                      system_metrics=system_metrics))
+                                      system_metrics=system_metrics, device=device))
     final = result.meta["final_metrics"]
     click.echo(f"run {result.run_id} ({result.run_name}) finished: {result.meta['num_timesteps']} steps "
                f"in {result.meta['wall_time_s']:.0f}s ({result.meta['steps_per_second']} steps/s)")

@@ -35,12 +35,27 @@ from harness.errors import HarnessError
 
 
 
-def layer_precision(precision: str):
-    """Where the networks' layers run during gradient steps: ``fp32``, or ``bf16`` through CPU autocast
-    (matrix multiplies in bfloat16, weights, gradients and optimizer state stay fp32). Callers turn a
-    layer's output back to fp32 before any loss, log or tanh math, which bfloat16's 8-bit mantissa
-    would spoil (``log(1 - tanh^2 + 1e-6)`` loses its epsilon)."""
-    return th.autocast("cpu", dtype=th.bfloat16, enabled=precision == "bf16")
+def layer_precision(precision: str, device_type: str = "cpu"):
+    """Where the networks' layers run during gradient steps: ``fp32``, or ``bf16`` through autocast on
+    the model's device (matrix multiplies in bfloat16, weights, gradients and optimizer state stay
+    fp32). Callers turn a layer's output back to fp32 before any loss, log or tanh math, which
+    bfloat16's 8-bit mantissa would spoil (``log(1 - tanh^2 + 1e-6)`` loses its epsilon)."""
+    return th.autocast(device_type, dtype=th.bfloat16, enabled=precision == "bf16")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: CUDA when torch sees a GPU, else the CPU (as SB3's own ``device="auto"``)."""
+    if device not in DEVICES:
+        raise HarnessError(f"unknown device '{device}'; accepted: {', '.join(DEVICES)}")
+    if device == "cuda" and not th.cuda.is_available():
+        raise HarnessError("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False; "
+                           f"torch {th.__version__}); accepted on this machine: auto, cpu")
+    if device == "auto":
+        return "cuda" if th.cuda.is_available() else "cpu"
+    return device
 
 
 class HerDDPG(TD3):
@@ -80,13 +95,13 @@ class HerDDPG(TD3):
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
             with th.no_grad():
-                with layer_precision(self.precision):
+                with layer_precision(self.precision, self.device.type):
                     next_q = self.critic_target.q1_forward(data.next_observations,
                                                            self.actor_target(data.next_observations))
                 target_q = data.rewards + (1 - data.dones) * self.gamma * next_q.float()
                 if self.clip_target:
                     target_q.clamp_(lowest_return, 0.0)
-            with layer_precision(self.precision):
+            with layer_precision(self.precision, self.device.type):
                 current_q = self.critic.q1_forward(data.observations, data.actions)
             critic_loss = F.mse_loss(current_q.float(), target_q)
             self.critic.optimizer.zero_grad()
@@ -95,7 +110,7 @@ class HerDDPG(TD3):
 
             # The actor's loss needs gradients through the critic's input only, not its weights.
             self.critic.requires_grad_(False)
-            with layer_precision(self.precision):
+            with layer_precision(self.precision, self.device.type):
                 actions_pi = self.actor(data.observations).float()
                 q_pi = self.critic.q1_forward(data.observations, actions_pi).float()
             actor_loss = -q_pi.mean() + self.action_l2 * actions_pi.pow(2).mean()
@@ -166,7 +181,7 @@ class FastSAC(SAC):
 
     def _actor_sample(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Reparameterized tanh-squashed Gaussian action and its log-probability (SB3's formulas)."""
-        with layer_precision(self.precision):
+        with layer_precision(self.precision, self.device.type):
             latent = self.actor.latent_pi(features)
             mean, log_std = self.actor.mu(latent).float(), self.actor.log_std(latent).float()
         log_std = th.clamp(log_std, -20, 2)
@@ -179,7 +194,7 @@ class FastSAC(SAC):
 
     def _q_values(self, critic, features: th.Tensor, actions: th.Tensor) -> list[th.Tensor]:
         q_input = th.cat([features, actions], dim=1)
-        with layer_precision(self.precision):
+        with layer_precision(self.precision, self.device.type):
             return [q_net(q_input).float() for q_net in critic.q_networks]
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:

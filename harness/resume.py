@@ -235,7 +235,7 @@ def restore_training_state(model, state: dict) -> None:
     model.logger.name_to_excluded.update(state["logger"]["excluded"])
 
 
-def load(saved: Path, config, env, logger, vecnormalize=None):
+def load(saved: Path, config, env, logger, vecnormalize=None, device: str = "cpu"):
     """Model (with its replay buffer, logging to ``logger``) and env, continuing where ``saved`` left off."""
     if vecnormalize is not None:
         from stable_baselines3.common.vec_env import VecNormalize
@@ -247,7 +247,7 @@ def load(saved: Path, config, env, logger, vecnormalize=None):
     # With the envs' state restored, SB3 must continue from the observation it saved, not reset
     # them (force_reset), and HER must keep the episode in progress (truncate_last_traj); an older
     # checkpoint without that state drops the cut episode so no half episode is ever sampled.
-    model = algo_class(config.algo).load(str(saved / "model.zip"), env=env, device="cpu", force_reset=not exact)
+    model = algo_class(config.algo).load(str(saved / "model.zip"), env=env, device=device, force_reset=not exact)
     model.load_replay_buffer(saved / "replay_buffer.pkl", truncate_last_traj=not exact)
     model.set_logger(logger)
     if exact:

@@ -27,7 +27,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from harness import resume, tracking
-from harness.algorithms import algo_class
+from harness.algorithms import algo_class, resolve_device
 from harness.checkpoints import (ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, hash_tags, local_paths, write_atomically,
                                  write_json_atomically)
 from harness.config import TrainConfig
@@ -136,7 +136,7 @@ def effective_buffer_size(config: TrainConfig) -> int:
     return min(config.buffer_size, config.total_steps + config.n_envs)
 
 
-def build_model(config: TrainConfig, env, logger: Logger):
+def build_model(config: TrainConfig, env, logger: Logger, device: str = "cpu"):
     """The SB3 model the config describes; HER is only the replay buffer class, as in SB3."""
     kwargs: dict[str, Any] = dict(
         learning_rate=config.learning_rate,
@@ -149,7 +149,7 @@ def build_model(config: TrainConfig, env, logger: Logger):
         gradient_steps=config.gradient_steps,
         policy_kwargs=dict(net_arch=list(config.net_arch)),
         seed=config.seed,
-        device="cpu",
+        device=device,
         verbose=0,
     )
     if config.algo == "ddpg":
@@ -201,6 +201,9 @@ class RunOptions:
     their OpenMP threads fight and each runs several times slower."""
     progress_bar: bool = False
     """SB3's progress bar on stderr."""
+    device: str = "auto"
+    """Where the networks train: ``cpu``, ``cuda``, or ``auto`` (CUDA when present); the ``harness.device``
+    tag says which. Checkpoints load on any device (evaluation runs on the CPU)."""
     system_metrics: bool = True
     """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, ...) beside the learning
     curves, so a slow run shows whether it was starved of CPU."""
@@ -215,10 +218,12 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         validate_her_start(config.env_id, config.n_envs, config.learning_starts)
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
+    device = resolve_device(options.device)
     seed_everything(config.seed)
     identity = RunIdentity.of(config, options.variant)
     run_name = identity.name
-    tags = {**run_tags(config, identity, kind), "harness.torch_threads": str(torch.get_num_threads())}
+    tags = {**run_tags(config, identity, kind), "harness.torch_threads": str(torch.get_num_threads()),
+            "harness.device": device}
     warning = her_reward_warning(config.env_id, config.her)
     if warning:
         warn(warning)
@@ -247,10 +252,10 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         )
         saved = resume.find(run_id) if resume_run_id else None
         if saved is not None:
-            model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize)
+            model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device)
             mlflow.set_tag("harness.resumed_from_step", str(model.num_timesteps))
         else:
-            model = build_model(config, env, logger)
+            model = build_model(config, env, logger, device)
         callbacks = [PeriodicEvaluation(config, run_id, vecnormalize), ResumableCheckpoint(config, run_id, vecnormalize)]
 
         started = time.perf_counter()

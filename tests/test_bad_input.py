@@ -37,6 +37,11 @@ from tests.conftest import TINY, all_runs, clean_env, run_cli
     (["compare", "--env", "FetchPush-v4", "--seeds", "a,b"], "'a,b' is not a comma-separated list of integers"),
     (["compare", "--env", "FetchPush-v4", "--seeds", "0,0"], "'0,0' lists 0 more than once; give distinct integers"),
     (["nonsense"], "No such command 'nonsense'"),
+    (["train", "--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda'"),
+    (["push-all", "--executor", "ray", "--ray-address", "127.0.0.1:1"],
+     "no Ray cluster answers at --ray-address 127.0.0.1:1 (Connection refused)"),
+    (["push-all", "--executor", "ray", "--ray-address", "head-node"],
+     "--ray-address head-node is not an address; accepted: auto on a node of a running cluster, HOST:PORT"),
 ])
 def test_bad_input_is_one_clear_line(store, tmp_path, args, expected):
     (tmp_path / "corrupt.zip").write_bytes(b"this is not a zip file")
@@ -85,3 +90,17 @@ def test_an_error_inside_training_marks_the_run_failed(store, tmp_path, monkeypa
         train(resolve_config("fast", "FetchReach-v4", {"total_steps": 100}))
     (run,) = all_runs()
     assert run.info.status == "FAILED"
+
+
+def test_device_cuda_without_a_gpu_is_one_line_before_any_store_or_run(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_cli(["train", "--device", "cuda", *TINY], tmp_path, uri, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"harness: error: --device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False; "
+        f"torch {torch.__version__}); accepted on this machine: auto, cpu"]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "checkpoints").exists()

@@ -40,6 +40,9 @@ def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_
     assert sorted(trains) == ["sac_FetchReach-v4_seed0", "sac_FetchReach-v4_seed1",
                               "sac_her_FetchReach-v4_seed0", "sac_her_FetchReach-v4_seed1"]
     assert all(r.data.tags["harness.torch_threads"] == "1" for r in trains.values())
+    from harness.algorithms import resolve_device
+
+    assert {r.data.tags["harness.device"] for r in trains.values()} == {resolve_device("auto")}  # the CPU here
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"ch04_fetchreach-v4_report.md", "ch04_fetchreach-v4_comparison.png", "ch04_fetchreach-v4_comparison.json"} <= artifacts
     report = (tmp_path / "results" / "ch04_fetchreach-v4_report.md").read_text()
