@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import shlex
+import socket
 import subprocess
 import sys
 from functools import lru_cache
@@ -86,6 +87,7 @@ def provenance_tags() -> dict[str, str]:
         "harness.code_version": code_version(),
         "harness.command": command_line(),
         "harness.cpu": cpu_model(),
+        "harness.host": socket.gethostname(),  # which machine (Ray node) ran it: its system/* metrics are that machine's
     }
     tags.update({f"harness.version.{name}": version for name, version in package_versions().items()})
     return tags

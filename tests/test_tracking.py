@@ -16,7 +16,7 @@ def test_a_finished_run_carries_provenance(store):
     assert stored.info.run_name == "my-run"
     tags = stored.data.tags
     assert tags["harness.kind"] == "train"
-    for key in ("harness.git_commit", "harness.git_dirty", "harness.command", "harness.cpu",
+    for key in ("harness.git_commit", "harness.git_dirty", "harness.command", "harness.cpu", "harness.host",
                 "harness.version.python", "harness.version.torch", "harness.version.stable-baselines3",
                 "harness.version.gymnasium-robotics", "harness.version.mujoco", "harness.version.mlflow"):
         assert tags[key], key
