@@ -1,6 +1,7 @@
 """The multi-machine set-up for real, on this machine: PostgreSQL, `mlflow server` on it with artifacts
 served over HTTP, and a Ray cluster of a head and a second node, each working in its own directory
-(they share no files with the driver). A tiny push-all runs through it; then the same with the
+(they share no files with the driver). A tiny push-all runs through it, and one of its runs is
+reproduced from the server's record; then the same pipeline with the
 second node killed mid-training: its run continues on the head from the checkpoint it had sent to
 the server. What happened is asked of the server's REST API. Everything binds to 127.0.0.1 and is
 stopped at the end."""
@@ -165,6 +166,15 @@ def test_push_all_on_a_postgres_tracking_server_and_a_two_node_ray_cluster_survi
         # workers wrote in their nodes' directories, never in the driver's
         assert not list(driver.glob("checkpoints/*.zip"))
         assert len(list(base.glob("head/checkpoints/*.zip")) + list(base.glob("node2/checkpoints/*.zip"))) == 2
+        # a run a Ray worker made re-makes identically from the server's record
+        (her_run,) = [r for r in trained if tags(r)["harness.condition"] == "HER"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        reproduced = subprocess.run([sys.executable, "-m", "entry_points.cli", "reproduce", her_run["info"]["run_id"]],
+                                    cwd=driver, env={**env, "MLFLOW_TRACKING_URI": stack.tracking_uri,
+                                                     "PYTHONPATH": str(PROJECT_ROOT)},
+                                    capture_output=True, text=True, timeout=600)
+        assert reproduced.returncode == 0, reproduced.stderr
+        assert f"# Reproduction of run {her_run['info']['run_id']}: **identical**" in reproduced.stdout
 
         # 2. The second node dies mid-training, after sending a resumable checkpoint to the server.
         proc = pipeline(stack, ray_env, address, driver, "lost-node", 8000)
