@@ -24,12 +24,15 @@ def mlflow_run(project: Path, store: str, *args: str):
 
 
 def copy_project(tmp_path: Path) -> Path:
-    """mlflow run works in the project directory; a copy keeps checkpoints/ out of the repo."""
+    """mlflow run works in the project directory; a clone keeps checkpoints/ out of the repo. The
+    working tree's code is copied over it: the tests run the code under test (from a clean checkout,
+    the clone's own), and a run made from a dirty clone logs its diff."""
     project = tmp_path / "project"
-    project.mkdir()
+    subprocess.run(["git", "clone", "--quiet", str(PROJECT_ROOT), str(project)], check=True)
     for name in ("MLproject", "conda.yaml"):
         shutil.copy(PROJECT_ROOT / name, project)
     for name in ("harness", "entry_points"):
+        shutil.rmtree(project / name)
         shutil.copytree(PROJECT_ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     return project
 
@@ -58,3 +61,9 @@ def test_mlflow_run_train_then_eval(store, tmp_path):
     assert eval_run.data.metrics["eval/n_episodes"] == 3
     assert runs["train"].data.tags["harness.evaluated"] == "true"
     assert runs["train"].data.metrics["eval/n_episodes"] == 3
+
+    # the run mlflow run made re-makes identically
+    from tests.conftest import run_cli
+
+    proc = run_cli(["reproduce", train_run.info.run_id], tmp_path, store, timeout=600)
+    assert f"# Reproduction of run {train_run.info.run_id}: **identical**" in proc.stdout
