@@ -120,6 +120,9 @@ def prepare_sqlite(db_path: Path) -> None:
     try:
         if lock is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            # Another process may have built the store while we waited: building it again and renaming
+            # it over that one would cut that process off its open database ("readonly database").
+            exists = db_path.is_file() and db_path.stat().st_size > 0
         if exists:
             MlflowClient().search_experiments(max_results=1)  # migrates an older schema
         else:

@@ -10,7 +10,9 @@ an unprivileged user); where mounting is not allowed they are skipped with that 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import os
 import signal
 import socket
 import subprocess
@@ -119,6 +121,34 @@ def test_ctrl_c_while_a_new_store_is_created_leaves_no_half_made_schema(tmp_path
     # Every attempt above still checked that the store it left was whole and usable.
     pytest.skip("Ctrl-C never landed while the store was being created in 15 attempts (the command built "
                 "the store before the signal arrived); the interrupted-creation branch was not exercised")
+
+
+def test_two_commands_that_both_found_no_store_build_it_once(tmp_path):
+    """Two trainings started together on a new store both see no mlflow.db and queue on its lock; the
+    second must use the store the first built, not build another and rename it over the first one's
+    open database (which then fails: "attempt to write a readonly database")."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
+    lock_path = tmp_path / "mlflow.db.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # hold the store's lock until both are waiting on it
+        procs = [subprocess.Popen([sys.executable, "-m", "entry_points.cli", "train", *TINY, "--seed", str(seed)],
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for seed in (0, 1)]
+        inode = f":{os.stat(lock_path).st_ino} "
+        deadline = time.time() + 120
+        while sum("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines()) < 2:
+            assert time.time() < deadline and all(p.poll() is None for p in procs), "both commands should wait on the lock"
+            time.sleep(0.05)
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    mlflow.set_tracking_uri(store)
+    try:
+        runs = all_runs()
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert sorted(r.info.run_name for r in runs) == ["sac_FetchReach-v4_seed0", "sac_FetchReach-v4_seed1"]
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_a_leftover_mlflow_run_id_never_writes_into_a_finished_run(store, tmp_path):
