@@ -58,6 +58,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise HarnessError(f"port {port} on {host} is taken ({exc.strerror}); choose another --port") from None
+
+
 def postgres_bin() -> Path:
     """The directory holding ``initdb``, ``pg_ctl`` and ``createdb`` (resolved through symlinks: an
     image may link only ``pg_ctl`` onto the PATH), else where Debian installs them."""
@@ -134,6 +142,7 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
     if running is not None and _alive(running.server_pid):
         raise HarnessError(f"a tracking server from {directory} is already running at {running.tracking_uri} "
                            f"(pid {running.server_pid}); `harness server stop --dir {directory}` stops it")
+    check_port_free(host, port)
     bin_dir = postgres_bin()
     data = directory / "postgres"
     sockets = directory / "sockets"

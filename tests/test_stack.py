@@ -211,3 +211,22 @@ def test_push_all_on_a_postgres_tracking_server_and_a_two_node_ray_cluster_survi
         # it went on in the head's directory, from the checkpoint it fetched from the server
         meta = json.loads((base / "head" / "checkpoints" / f"{tags(resumed)['mlflow.runName']}.meta.json").read_text())
         assert meta["run_id"] == lost_run_id
+
+
+def test_server_start_on_a_taken_port_is_one_line_and_starts_nothing(tmp_path):
+    import socket
+
+    from tests.conftest import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli(["server", "start", "--dir", "srv", "--port", str(port)], tmp_path, "sqlite:///unused.db",
+                       check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"harness: error: port {port} on 127.0.0.1 is taken (Address already in use); choose another --port"]
+    assert not (tmp_path / "srv").exists()
+    stopped = run_cli(["server", "stop", "--dir", "srv"], tmp_path, "sqlite:///unused.db")
+    assert stopped.stdout.strip() == "nothing was running from srv"
