@@ -97,8 +97,11 @@ def test_ctrl_c_while_a_new_store_is_created_leaves_no_half_made_schema(tmp_path
         where.mkdir()
         store = f"sqlite:///{where / 'mlflow.db'}"
         env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
+        # A shell's background job (a CI runner's, `cmd &` in a script) inherits SIGINT ignored, and Python
+        # then installs no KeyboardInterrupt handler: Ctrl-C is what a terminal sends, so the test makes one.
         proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", "compare", "--env", "FetchReach-v4"],
-                                cwd=where, env=env, stderr=subprocess.PIPE, text=True)
+                                cwd=where, env=env, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         building = where / ".mlflow.db.creating"
         deadline = time.time() + 120
         while not building.exists() and proc.poll() is None and time.time() < deadline:
