@@ -200,11 +200,16 @@ def latest(run_id: str) -> Path | None:
     return complete[-1] if complete else None
 
 
-def envs_of(vec_env) -> list:
-    """The gym envs inside an SB3 VecEnv (under VecNormalize, if any)."""
+def base_vec_env(vec_env):
+    """The innermost SB3 VecEnv, under any wrapper such as VecNormalize."""
     while hasattr(vec_env, "venv"):
         vec_env = vec_env.venv
-    return vec_env.envs
+    return vec_env
+
+
+def envs_of(vec_env) -> list:
+    """The gym envs inside an SB3 VecEnv (under VecNormalize, if any)."""
+    return base_vec_env(vec_env).envs
 
 
 def training_state(model) -> dict:
@@ -222,9 +227,7 @@ def training_state(model) -> dict:
 def restore_training_state(model, state: dict) -> None:
     """After SB3's load (which reseeds every generator from the config's seed), put back the
     generators, the envs and the logger as they were when the checkpoint was taken."""
-    vec_env = model.get_env()
-    while hasattr(vec_env, "venv"):  # reset under VecNormalize, whose reset would count the observation again
-        vec_env = vec_env.venv
+    vec_env = base_vec_env(model.get_env())  # not VecNormalize's reset, which would count the observation again
     vec_env.reset()  # Gymnasium refuses to step an env never reset; its state is then overwritten
     for env, saved in zip(envs_of(vec_env), state["envs"], strict=True):
         restore_env_state(env, saved)
