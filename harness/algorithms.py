@@ -43,6 +43,51 @@ def layer_precision(precision: str, device_type: str = "cpu"):
     return th.autocast(device_type, dtype=th.bfloat16, enabled=precision == "bf16")
 
 
+# bf16 where the CPU has no bfloat16 instructions (AVX2 only, most laptops): torch emulates it. Measured on
+# an AMD EPYC of the Zen 3 class, a 3x256 MLP's forward+backward at batch 2048 on one thread: 620 ms under
+# bf16 autocast, 35 ms in fp32 (BENCHMARKS.md, "CPU classes").
+EMULATED_BF16_SLOWDOWN = 17.7
+
+
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels use here, as torch names it (DEFAULT, AVX2, AVX512, ...);
+    ``ATEN_CPU_CAPABILITY`` lowers it."""
+    return th.backends.cpu.get_cpu_capability()
+
+
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether torch runs bfloat16 matrix multiplies natively on this device: on a CPU, oneDNN's check
+    (AVX512-BF16 or AMX; ``ONEDNN_MAX_CPU_ISA`` lowers it), on CUDA the GPU's own support."""
+    if device_type == "cuda":
+        return bool(th.cuda.is_available() and th.cuda.is_bf16_supported())
+    return bool(th.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+    """``auto``: bf16 where :func:`native_bf16` holds for the device in use, fp32 elsewhere (a default
+    must not depend on one CPU's features). ``fp32`` and ``bf16`` are taken as asked."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device_type) else "fp32"
+    return precision
+
+
+def emulated_bf16_warning(precision: str, device_type: str = "cpu") -> str | None:
+    """The line to say when bf16 was asked for explicitly on a device without native bf16."""
+    if precision != "bf16" or native_bf16(device_type):
+        return None
+    where = f"this CPU (torch: {cpu_capability()})" if device_type == "cpu" else "this GPU"
+    return (f"precision bf16 on {where} without native bfloat16: torch emulates it and gradient steps run "
+            f"~{EMULATED_BF16_SLOWDOWN:g}x slower than fp32; use precision auto or fp32")
+
+
+def compute_tags(device_type: str, precision: str) -> dict[str, str]:
+    """What a run's arithmetic depended on: the resolved precision, torch's instruction set and thread count,
+    and whether the device runs bf16 natively (``harness reproduce`` names them when they differ)."""
+    return {"harness.precision": precision, "harness.cpu_capability": cpu_capability(),
+            "harness.native_bf16": str(native_bf16(device_type)).lower(),
+            "harness.torch_threads": str(th.get_num_threads()), "harness.device": device_type}
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -94,12 +94,90 @@ def is_goal_conditioned(env_id: str) -> bool:
 
 
 def make_env(env_id: str, render: bool = False) -> gym.Env:
-    """One env, as ``gym.make`` builds it (Fetch v4 episodes are 50 steps); ``render`` gives RGB frames."""
+    """One env, as ``gym.make`` builds it (Fetch v4 episodes are 50 steps); ``render`` gives RGB frames.
+    A Fetch env reads its observation with :class:`FetchObservationIndex` (the same values, bit for bit)."""
     env = gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
     if not isinstance(env.action_space, gym.spaces.Box):
         env.close()
         raise HarnessError(f"env '{env_id}' has discrete actions; SAC and TQC need continuous (Box) actions")
+    FetchObservationIndex.install(env.unwrapped)
     return env
+
+
+class FetchObservationIndex:
+    """Gymnasium-Robotics' Fetch observation and gripper blocking with the MuJoCo ids looked up once.
+
+    ``MujocoFetchEnv.generate_mujoco_observations`` finds every id by name at every step: 15 joint
+    look-ups each for positions and velocities (``robot_get_obs``, of which only the two finger joints
+    are used) and one per site, about a fifth of an env step in Python. ``_step_callback`` does the same
+    for the two fingers of a blocked gripper. This computes the same arrays, with the same operations
+    in the same order, from indices resolved when the env is built; ``tests/test_envs.py`` checks that
+    observations, rewards and infos stay identical to the library's over whole episodes of every
+    Fetch task. Envs that are not Gymnasium-Robotics' MuJoCo Fetch envs are left as they are.
+    """
+
+    def __init__(self, robot):
+        import mujoco
+
+        model = robot.model
+        site = functools.partial(mujoco.mj_name2id, model, mujoco.mjtObj.mjOBJ_SITE)
+        self.grip_site, self.object_site = site("robot0:grip"), site("object0") if robot.has_object else -1
+        robot_joints = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
+                        for name in robot._model_names.joint_names if name.startswith("robot")]
+        sizes = {mujoco.mjtJoint.mjJNT_FREE: (7, 6), mujoco.mjtJoint.mjJNT_BALL: (4, 4)}  # as mujoco_utils counts
+        qpos, qvel = [], []
+        for joint in robot_joints:
+            npos, nvel = sizes.get(model.jnt_type[joint], (1, 1))
+            qpos += range(model.jnt_qposadr[joint], model.jnt_qposadr[joint] + npos)
+            qvel += range(model.jnt_dofadr[joint], model.jnt_dofadr[joint] + nvel)
+        # robot_get_obs stacks every robot joint's values; the observation keeps the last two (the fingers)
+        self.finger_qpos, self.finger_qvel = np.array(qpos[-2:]), np.array(qvel[-2:])
+        fingers = ("robot0:l_gripper_finger_joint", "robot0:r_gripper_finger_joint")
+        self.blocked_qpos = [int(model.jnt_qposadr[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)])
+                             for name in fingers]
+
+    @classmethod
+    def install(cls, robot) -> None:
+        from gymnasium_robotics.envs.fetch.fetch_env import MujocoFetchEnv
+
+        if isinstance(robot, MujocoFetchEnv):
+            index = cls(robot)
+            robot.generate_mujoco_observations = functools.partial(index.observations, robot)
+            robot._step_callback = functools.partial(index.step_callback, robot)
+
+    def _site_velocity(self, robot, site_id: int, rotational: bool):
+        import mujoco
+
+        jac = np.zeros((3, robot.model.nv))
+        mujoco.mj_jacSite(robot.model, robot.data, None if rotational else jac, jac if rotational else None, site_id)
+        return jac @ robot.data.qvel
+
+    def observations(self, robot):
+        from gymnasium_robotics.utils import rotations
+
+        data = robot.data
+        grip_pos = data.site_xpos[self.grip_site]
+        dt = robot.n_substeps * robot.model.opt.timestep
+        grip_velp = self._site_velocity(robot, self.grip_site, False) * dt
+        if robot.has_object:
+            object_pos = data.site_xpos[self.object_site]
+            object_rot = rotations.mat2euler(data.site_xmat[self.object_site].reshape(3, 3))
+            object_velp = self._site_velocity(robot, self.object_site, False) * dt
+            object_velr = self._site_velocity(robot, self.object_site, True) * dt
+            object_rel_pos = object_pos - grip_pos
+            object_velp -= grip_velp
+        else:
+            object_pos = object_rot = object_velp = object_velr = object_rel_pos = np.zeros(0)
+        gripper_state = data.qpos[self.finger_qpos]
+        gripper_vel = data.qvel[self.finger_qvel] * dt
+        return (grip_pos, object_pos, object_rel_pos, gripper_state, object_rot, object_velp, object_velr,
+                grip_velp, gripper_vel)
+
+    def step_callback(self, robot):
+        if robot.block_gripper:
+            for address in self.blocked_qpos:
+                robot.data.qpos[address] = 0.0
+            robot._mujoco.mj_forward(robot.model, robot.data)
 
 
 def make_vec_env(env_id: str, n_envs: int, seed: int, held_object_start: float = 0.0):

@@ -47,7 +47,9 @@ COMPARED_PREFIXES = ("eval/", "train/", "rollout/")
 # Wall-clock readings among them (eval/minutes_to_50, _90) differ on every run; their env-step
 # counterparts (eval/steps_to_*) are compared.
 WALL_CLOCK_METRICS = ("eval/minutes_to_",)
-ENVIRONMENT_TAGS = ("harness.cpu", "harness.torch_threads", "harness.device")
+# What the arithmetic ran on: a reproduction on another CPU class may resolve precision 'auto' differently.
+ENVIRONMENT_TAGS = ("harness.cpu", "harness.cpu_capability", "harness.native_bf16", "harness.precision",
+                    "harness.torch_threads", "harness.device")
 
 
 @dataclass(frozen=True)

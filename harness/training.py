@@ -27,7 +27,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from harness import resume, tracking
-from harness.algorithms import algo_class, resolve_device
+from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, resolve_device, resolve_precision
 from harness.checkpoints import (ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, hash_tags, local_paths, write_atomically,
                                  write_json_atomically)
 from harness.config import TrainConfig
@@ -136,6 +136,12 @@ def effective_buffer_size(config: TrainConfig) -> int:
     return min(config.buffer_size, config.total_steps + config.n_envs)
 
 
+def layer_precision_for(config: TrainConfig, device: str) -> str:
+    """The precision the gradient steps run in on ``device``: the config's, with ``auto`` resolved
+    (:func:`harness.algorithms.resolve_precision`); tqc always trains in fp32."""
+    return resolve_precision(config.precision, device) if config.algo in ("sac", "ddpg") else "fp32"
+
+
 def build_model(config: TrainConfig, env, logger: Logger, device: str = "cpu"):
     """The SB3 model the config describes; HER is only the replay buffer class, as in SB3."""
     kwargs: dict[str, Any] = dict(
@@ -158,7 +164,7 @@ def build_model(config: TrainConfig, env, logger: Logger, device: str = "cpu"):
     else:
         kwargs["ent_coef"] = config.ent_coef
     if config.algo in ("sac", "ddpg"):
-        kwargs["precision"] = config.precision
+        kwargs["precision"] = layer_precision_for(config, device)
     if config.her:
         kwargs.update(her_buffer(config.n_sampled_goal, config.goal_selection_strategy, config.desired_goal_share))
     policy = "MultiInputPolicy" if isinstance(env.observation_space, gym.spaces.Dict) else "MlpPolicy"
@@ -219,15 +225,16 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     device = resolve_device(options.device)
+    precision = layer_precision_for(config, device)
     seed_everything(config.seed)
     identity = RunIdentity.of(config, options.variant)
     run_name = identity.name
-    tags = {**run_tags(config, identity, kind), "harness.torch_threads": str(torch.get_num_threads()),
-            "harness.device": device}
-    warning = her_reward_warning(config.env_id, config.her)
-    if warning:
+    tags = {**run_tags(config, identity, kind), **compute_tags(device, precision)}
+    warnings = [w for w in (her_reward_warning(config.env_id, config.her), emulated_bf16_warning(precision, device)) if w]
+    for warning in warnings:
         warn(warning)
-        tags["harness.warnings"] = warning
+    if warnings:
+        tags["harness.warnings"] = "; ".join(warnings)
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     for directory in (CHECKPOINT_DIR, config.tensorboard_dir):  # before a run exists that could not finish
@@ -253,6 +260,8 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         saved = resume.find(run_id) if resume_run_id else None
         if saved is not None:
             model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device)
+            if hasattr(model, "precision"):  # 'auto' resolves for the machine the run continues on
+                model.precision = precision
             mlflow.set_tag("harness.resumed_from_step", str(model.num_timesteps))
         else:
             model = build_model(config, env, logger, device)

@@ -61,6 +61,15 @@ def test_params_are_the_resolved_config_and_tags_identify_the_run(workflow):
         "harness.n_sampled_goal": "4", "harness.preset": "fast", "harness.kind": "train"}
     assert "train --env FetchReach-v4 --her true --seed 1 --preset fast" in tags["harness.command"]
     assert tags["harness.evaluated"] == "true"
+    # what the arithmetic ran on: the fast preset's precision 'auto' resolved for this CPU
+    import torch
+
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert params["precision"] == "auto"
+    assert tags["harness.precision"] == ("bf16" if native else "fp32")
+    assert (tags["harness.native_bf16"], tags["harness.cpu_capability"]) == (str(native).lower(),
+                                                                           torch.backends.cpu.get_cpu_capability())
+    assert tags["harness.torch_threads"] == "1" and tags["harness.device"] == "cpu"
 
 
 def test_metrics_are_logged_by_env_step(workflow):

@@ -39,14 +39,14 @@ def test_fast_preset_trains_push_with_sac_in_the_her_papers_layout():
     push = resolve_config("fast", "FetchPush-v4", {"her": True})
     # the HER code's 8-worker set-up in one process: 16 envs, batch 8 x 256, 20 steps per 800 env steps
     assert (push.algo, push.n_envs, push.train_freq, push.gradient_steps) == ("sac", 16, 50, 20)
-    assert (push.gamma, push.batch_size, push.net_arch, push.normalize_obs) == (0.98, 2048, (256, 256, 256), True)
-    assert (push.tau, push.precision, push.desired_goal_share) == (0.0025, "bf16", 0.0)
-    assert (push.total_steps, push.eval_freq, push.checkpoint_freq) == (380_000, 20_000, 100_000)
+    assert (push.gamma, push.batch_size, push.net_arch, push.normalize_obs) == (0.98, 1024, (256, 256, 256), True)
+    assert (push.tau, push.precision, push.desired_goal_share) == (0.0025, "auto", 0.0)
+    assert (push.total_steps, push.eval_freq, push.checkpoint_freq) == (500_000, 20_000, 100_000)
     # --algo ddpg: the previous default, unchanged (the HER paper's DDPG, 900k steps)
     ddpg = resolve_config("fast", "FetchPush-v4", {"her": True, "algo": "ddpg"})
     assert (ddpg.n_envs, ddpg.batch_size, ddpg.train_freq, ddpg.gradient_steps) == (16, 2048, 50, 20)
     assert (ddpg.gamma, ddpg.tau, ddpg.net_arch, ddpg.normalize_obs) == (0.98, 0.05, (256, 256, 256), True)
-    assert (ddpg.total_steps, ddpg.precision, ddpg.desired_goal_share) == (900_000, "fp32", 0.0)
+    assert (ddpg.total_steps, ddpg.precision, ddpg.desired_goal_share) == (900_000, "auto", 0.0)
     assert (ddpg.random_eps, ddpg.action_noise, ddpg.action_l2) == (0.3, 0.2, 1.0)
     assert resolve_config("fast", "FetchReach-v4").algo == "sac"
     reach = resolve_config("fast", "FetchReach-v4", {"algo": "ddpg"})  # the preset's algos.ddpg section
@@ -57,16 +57,18 @@ def test_fast_preset_trains_push_with_sac_in_the_her_papers_layout():
 def test_fast_preset_trains_pick_and_place_in_pushs_layout_with_held_starts():
     pick = resolve_config("fast", "FetchPickAndPlace-v4", {"her": True})
     push = resolve_config("fast", "FetchPush-v4", {"her": True})
-    layout = ("algo", "n_envs", "batch_size", "train_freq", "gradient_steps", "gamma", "tau", "net_arch",
+    layout = ("algo", "n_envs", "train_freq", "gradient_steps", "gamma", "tau", "net_arch",
               "normalize_obs", "precision", "eval_freq", "checkpoint_freq", "learning_starts")
     assert {k: getattr(pick, k) for k in layout} == {k: getattr(push, k) for k in layout}
+    assert pick.batch_size == 2048  # measured at batch 2048; Push's smaller batch was not tried there
     assert (pick.held_object_start, pick.total_steps) == (0.5, 800_000)
     assert push.held_object_start == 0.0
     slide = resolve_config("fast", "FetchSlide-v4", {"her": True})
     assert {k: getattr(slide, k) for k in layout} == {k: getattr(push, k) for k in layout}
     assert (slide.desired_goal_share, slide.held_object_start, slide.total_steps) == (0.5, 0.0, 2_000_000)
+    assert slide.batch_size == 2048
     ddpg = resolve_config("fast", "FetchPickAndPlace-v4", {"her": True, "algo": "ddpg"})
-    assert (ddpg.total_steps, ddpg.tau, ddpg.precision, ddpg.held_object_start) == (800_000, 0.05, "fp32", 0.5)
+    assert (ddpg.total_steps, ddpg.tau, ddpg.precision, ddpg.held_object_start) == (800_000, 0.05, "auto", 0.5)
 
 
 def test_set_parses_values_as_yaml():
@@ -121,7 +123,7 @@ def test_run_name_and_tensorboard_dir_follow_the_chapter():
     ({"gamma": 1.5}, "gamma must be in (0, 1], got 1.5"),
     ({"ent_coef": "sometimes"}, "ent_coef must be a number"),
     ({"bogus": 1}, "unknown config keys ['bogus']"),
-    ({"precision": "fp16"}, "precision must be one of fp32, bf16, got 'fp16'"),
+    ({"precision": "fp16"}, "precision must be one of auto, fp32, bf16, got 'fp16'"),
     ({"algo": "tqc", "precision": "bf16"}, "precision bf16 is for sac and ddpg; tqc trains in fp32"),
     ({"desired_goal_share": 1.5}, "desired_goal_share must be in [0, 1], got 1.5"),
     ({"held_object_start": -0.1}, "held_object_start must be in [0, 1], got -0.1"),
@@ -143,3 +145,53 @@ def test_resolved_config_round_trips_through_json():
     data = config.to_dict()
     assert set(data) == set(FIELD_NAMES)
     assert TrainConfig(**{**data, "net_arch": tuple(data["net_arch"])}) == config
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_every_fast_preset_section_resolves_precision_by_the_cpus_bf16_support(native, monkeypatch):
+    """precision auto: bf16 only where the CPU runs it natively (oneDNN's check, patched here), fp32 elsewhere;
+    the chapter's preset stays fp32 (SB3's arithmetic) and tqc always trains in fp32."""
+    import torch
+
+    from harness.envs import FETCH_ENV_IDS
+    from harness.training import layer_precision_for
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    expected = "bf16" if native else "fp32"
+    for env_id in FETCH_ENV_IDS:
+        for algo in ("sac", "ddpg"):
+            config = resolve_config("fast", env_id, {"her": True, "algo": algo})
+            assert config.precision == "auto"
+            assert layer_precision_for(config, "cpu") == expected, (env_id, algo)
+        assert layer_precision_for(resolve_config("fast", env_id, {"algo": "tqc"}), "cpu") == "fp32"
+        assert layer_precision_for(resolve_config("ch04", env_id), "cpu") == "fp32"
+    explicit = resolve_config("fast", "FetchPush-v4", {"precision": "bf16"})
+    assert layer_precision_for(explicit, "cpu") == "bf16"  # asked for explicitly: taken, with a warning line
+
+
+@pytest.mark.parametrize("gpu_bf16", [False, True])
+def test_precision_auto_on_cuda_follows_the_gpus_bf16_support(gpu_bf16, monkeypatch):
+    import torch
+
+    from harness.algorithms import emulated_bf16_warning, resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: gpu_bf16)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: not gpu_bf16)  # the CPU's is not asked
+    assert resolve_precision("auto", "cuda") == ("bf16" if gpu_bf16 else "fp32")
+    assert (emulated_bf16_warning("bf16", "cuda") is None) == gpu_bf16
+
+
+def test_explicit_bf16_without_native_support_says_how_much_slower(monkeypatch):
+    import torch
+
+    from harness.algorithms import emulated_bf16_warning
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    warning = emulated_bf16_warning("bf16", "cpu")
+    assert warning.startswith(f"precision bf16 on this CPU (torch: {torch.backends.cpu.get_cpu_capability()}) "
+                              "without native bfloat16")
+    assert "~17.7x slower than fp32" in warning and "use precision auto or fp32" in warning
+    assert emulated_bf16_warning("fp32", "cpu") is None and emulated_bf16_warning("auto", "cpu") is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert emulated_bf16_warning("bf16", "cpu") is None

@@ -89,3 +89,33 @@ def test_held_object_start_reaches_the_training_envs_only(tmp_path):
     obs = env.reset()
     assert np.all(np.linalg.norm(obs["observation"][:, :3] - obs["achieved_goal"], axis=1) < 0.04)
     env.close()
+
+
+@pytest.mark.parametrize("env_id", FETCH_ENV_IDS)
+def test_fetch_observations_with_cached_ids_equal_the_librarys_bit_for_bit(env_id):
+    """FetchObservationIndex: the same observations, rewards, flags and infos as Gymnasium-Robotics' own
+    code, over whole episodes (resets included) of random actions; and it is really in use."""
+    import gymnasium as gym
+
+    from harness.envs import FetchObservationIndex
+
+    ours, theirs = make_env(env_id), gym.make(env_id)
+    assert isinstance(ours.unwrapped.generate_mujoco_observations.func.__self__, FetchObservationIndex)
+    assert "generate_mujoco_observations" not in vars(theirs.unwrapped)
+    rng = np.random.default_rng(7)
+    for episode in range(3):
+        a, _ = ours.reset(seed=episode)
+        b, _ = theirs.reset(seed=episode)
+        for _ in range(50):
+            for key in a:
+                assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+            action = rng.uniform(-1, 1, size=4).astype(np.float32)
+            a, reward_a, *flags_a, info_a = ours.step(action)
+            b, reward_b, *flags_b, info_b = theirs.step(action)
+            assert (reward_a, flags_a, info_a) == (reward_b, flags_b, info_b)
+        assert flags_a[1]  # the episode ran to its time limit
+
+
+def test_non_fetch_envs_are_left_as_they_are():
+    env = make_env("Pendulum-v1")
+    assert "generate_mujoco_observations" not in vars(env.unwrapped)

@@ -41,6 +41,24 @@ def test_a_run_reproduces_identically_on_the_same_machine(trained):
     assert [r.info.run_id for r in all_runs() if r.data.tags.get("harness.kind") == "train"] == [original.info.run_id]
 
 
+def test_the_comparison_names_a_different_precision_and_cpu_class(trained):
+    """A reproduction on another CPU class: precision 'auto' may resolve differently there, and the
+    report says so beside the curves."""
+    from harness.reproduce import compare_runs
+
+    _, _, original = trained
+    elsewhere = mlflow.MlflowClient().get_run(original.info.run_id)
+    other_class = "AVX512" if original.data.tags["harness.cpu_capability"] == "AVX2" else "AVX2"
+    native = original.data.tags["harness.native_bf16"]
+    elsewhere.data.tags.update({"harness.precision": "bf16" if native == "false" else "fp32",
+                                "harness.cpu_capability": other_class,
+                                "harness.native_bf16": "true" if native == "false" else "false"})
+    differences = compare_runs(original, elsewhere, 300)["environment_differences"]
+    assert set(differences) == {"precision", "cpu_capability", "native_bf16"}
+    assert differences["cpu_capability"] == {"original": original.data.tags["harness.cpu_capability"],
+                                             "reproduction": other_class}
+
+
 def test_steps_re_makes_only_the_start(trained):
     cwd, uri, original = trained
     proc = run_cli(["reproduce", original.info.run_id, "--steps", "150"], cwd, uri, timeout=600)
