@@ -111,10 +111,10 @@ def measure(env_id: str, precision: str, steps: int) -> dict:
         grad_seconds[0] += time.perf_counter() - started
 
     model.train = timed_train
-    started = time.perf_counter()
-    model.learn(total_timesteps=steps, reset_num_timesteps=False)
+    first, started = model.num_timesteps, time.perf_counter()
+    model.learn(total_timesteps=steps, reset_num_timesteps=False)  # whole rounds: a multiple of 800 env steps
     elapsed = time.perf_counter() - started
-    done = model.num_timesteps - warmup
+    done = model.num_timesteps - first
     with FlopCounterMode(display=False) as counter:
         train(1, config.batch_size)
     env.close()

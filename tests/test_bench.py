@@ -56,3 +56,30 @@ def test_time_to_success_reads_learning_curves_from_mlflow(store, tmp_path):
                              cwd=tmp_path, env=clean_env(store), capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "no training runs match env=FetchSlide-v4" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_recipes_prints_each_precision_against_the_machines_limit(tmp_path):
+    """bench/recipes.py: the CPU as torch sees it, one row per precision this CPU runs natively, and a
+    FLOP count that matches the arithmetic of FastSAC's gradient step (twin critics, actor, targets)."""
+    import json
+
+    import torch
+
+    lines = run_bench("recipes.py", ["--env", "FetchPush-v4", "--steps", "800", "--json", "recipes.json"], tmp_path,
+                      f"sqlite:///{tmp_path / 'unused.db'}")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert f"instruction set {torch.backends.cpu.get_cpu_capability()}, native bf16 {'yes' if native else 'no'}" in lines[0]
+    rows = json.loads((tmp_path / "recipes.json").read_text())["rows"]
+    assert [row["precision"] for row in rows] == (["fp32", "bf16"] if native else ["fp32"])
+    assert [line.split(":")[0] for line in lines[1:]] == [f"FetchPush-v4 {row['precision']}" for row in rows]
+    push = resolve_config("fast", "FetchPush-v4", {"her": True})
+    obs, act, (h1, h2, h3) = 25 + 3 + 3, 4, push.net_arch
+    actor = obs * h1 + h1 * h2 + h2 * h3 + 2 * h3 * act  # multiply-adds per sample: mean and log-std heads
+    critic = (obs + act) * h1 + h1 * h2 + h2 * h3 + h3
+    # forward 2 FLOPs per multiply-add, backward 4: actor 2 forwards + 1 backward, each of the 2 critics
+    # 4 forwards (target, current, at the actor's actions) + 2 backwards (one without weight gradients)
+    expected = push.batch_size * (8 * actor + 24 * critic) * push.gradient_steps / (push.train_freq * push.n_envs)
+    for row in rows:
+        assert abs(row["gflop_per_env_step"] * 1e9 / expected - 1) < 0.03, row
+        assert row["env_steps"] == 800 and 0 < row["steps_per_s"] and 0 < row["limit_steps_per_s"]
+        assert row["grad_ms_per_env_step"] < row["ms_per_env_step"]
