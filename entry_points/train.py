@@ -11,6 +11,9 @@ from entry_points._common import echo_ui_link, run_command
 from harness.config import ALGOS, GOAL_SELECTION_STRATEGIES, available_presets
 
 PRESET = "preset"  # MLproject's spelling of "not given: take the preset's value"
+# More torch threads than any machine here has cores only slows a training down; a typo such as
+# 100000 would fail much later in hundreds of MemoryError lines from OpenMP.
+MAX_THREADS = 1024
 
 
 class IntOrPreset(click.ParamType):
@@ -62,7 +65,7 @@ class ChoiceOrPreset(click.Choice):
 @click.option("--preset", type=click.Choice(available_presets()), default="ch04", show_default=True,
               help="Named hyperparameter set from harness/presets/<name>.yaml.")
 @click.option("--experiment", default=None, help="MLflow experiment [default: ch04-her-sparse-reach-push; under mlflow run: its own].")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--threads", type=click.IntRange(min=0, max=MAX_THREADS), default=0, show_default=True,
               help="Torch threads; 0 keeps torch's default (all cores). Use 1 per process when training side by side.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where the networks train; auto picks CUDA when torch sees a GPU. Any checkpoint evaluates on a CPU.")

@@ -21,8 +21,10 @@ def ui_command(port, host):
     and eval success as columns, and eval/success_rate against env steps per condition (the view
     is also in the runs page's view picker; add &compareRunsMode=CHART or not for charts or table).
     """
+    from harness.server import check_port_free
     from harness.tracking import prepare_store
 
+    check_port_free(host, port)  # before any link is printed: they would point at whatever holds the port
     prepare_store()
     import mlflow
 

@@ -38,6 +38,7 @@ from tests.conftest import TINY, all_runs, clean_env, run_cli
     (["compare", "--env", "FetchPush-v4", "--seeds", "0,0"], "'0,0' lists 0 more than once; give distinct integers"),
     (["nonsense"], "No such command 'nonsense'"),
     (["train", "--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda'"),
+    (["train", "--threads", "100000"], "Invalid value for '--threads': 100000 is not in the range 0<=x<=1024"),
     (["push-all", "--executor", "ray", "--ray-address", "127.0.0.1:1"],
      "no Ray cluster answers at --ray-address 127.0.0.1:1 (Connection refused)"),
     (["push-all", "--executor", "ray", "--ray-address", "head-node"],
@@ -104,3 +105,17 @@ def test_device_cuda_without_a_gpu_is_one_line_before_any_store_or_run(tmp_path)
         f"harness: error: --device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False; "
         f"torch {torch.__version__}); accepted on this machine: auto, cpu"]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_ui_on_a_taken_port_is_one_line_and_prints_no_links(store, tmp_path):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = run_cli(["ui", "--port", str(port)], tmp_path, store, check=False, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"harness: error: port {port} on 127.0.0.1 is taken "
+                                                "(Address already in use); choose another --port"]
+    assert "http://" not in proc.stdout + proc.stderr
