@@ -52,6 +52,7 @@ demo: setup
 
 # Benchmarks print their figures (see BENCHMARKS.md); a few minutes each on 2 cores.
 bench: setup
+	$(BIN)/python bench/recipes.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/tracking_overhead.py
 

@@ -20,6 +20,7 @@ AVX-512 on a newer one, limit the libraries' instruction sets and check the firs
 
     python bench/recipes.py                       # ~5 minutes on one core
     python bench/recipes.py --env FetchPush-v4 --steps 8000 --threads 1
+    python bench/recipes.py --env FetchPush-v4 --set batch_size=2048   # a variant of the recipe
 """
 
 from __future__ import annotations
@@ -64,13 +65,14 @@ def matmul_gflops(batch: int, width: int, precision: str, seconds: float = 1.0) 
     return 2 * batch * width * width * n / (time.perf_counter() - started) / 1e9
 
 
-def recipe_config(env_id: str, precision: str, steps: int):
+def recipe_config(env_id: str, precision: str, steps: int, overrides: dict | None = None):
     from harness.config import resolve_config
 
-    config = resolve_config("fast", env_id, {"her": True, "precision": precision})
+    given = {**(overrides or {}), "her": True, "precision": precision}
+    config = resolve_config("fast", env_id, given)
     warmup = config.learning_starts + config.train_freq * config.n_envs  # past the first training round
-    return resolve_config("fast", env_id, {"her": True, "precision": precision, "total_steps": warmup + steps,
-                                           "eval_freq": 0, "checkpoint_freq": 0}), warmup
+    return resolve_config("fast", env_id, {**given, "total_steps": warmup + steps, "eval_freq": 0,
+                                           "checkpoint_freq": 0}), warmup
 
 
 def env_step_ms(config, steps: int) -> float:
@@ -91,14 +93,13 @@ def env_step_ms(config, steps: int) -> float:
     return elapsed / (rounds * config.n_envs) * 1000
 
 
-def measure(env_id: str, precision: str, steps: int) -> dict:
+def measure(config, warmup: int) -> dict:
     """One recipe at one precision: steady-state env steps/s, gradient FLOPs and time per env step."""
     from stable_baselines3.common.logger import Logger
     from torch.utils.flop_counter import FlopCounterMode
 
     from harness.training import build_env, build_model
 
-    config, warmup = recipe_config(env_id, precision, steps)
     env, _ = build_env(config)
     model = build_model(config, env, Logger(folder=None, output_formats=[]), "cpu")
     model.learn(total_timesteps=warmup)  # random actions, then the first round of gradient steps
@@ -119,7 +120,7 @@ def measure(env_id: str, precision: str, steps: int) -> dict:
         train(1, config.batch_size)
     env.close()
     rounds_per_env_step = config.gradient_steps / (config.train_freq * config.n_envs)
-    return {"env": env_id, "precision": precision, "batch_size": config.batch_size,
+    return {"env": config.env_id, "precision": config.precision, "batch_size": config.batch_size,
             "gradient_steps": config.gradient_steps, "env_steps_per_round": config.train_freq * config.n_envs,
             "net_arch": list(config.net_arch), "n_envs": config.n_envs, "env_steps": done,
             "steps_per_s": done / elapsed, "ms_per_env_step": elapsed / done * 1000,
@@ -135,14 +136,23 @@ def measure(env_id: str, precision: str, steps: int) -> dict:
               help="Env steps measured per recipe and precision, after the first training round.")
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
               help="Torch threads; 0 keeps torch's default. One per training is how the recipes run side by side.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Measure a variant of the recipes, e.g. --set batch_size=2048 (repeatable).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures to this JSON file.")
-def main(envs, steps, threads, json_path):
+def main(envs, steps, threads, settings, json_path):
     """Print each fast recipe's env steps/s here, in fp32 and (where native) bf16, against the machine's limit."""
     import torch
 
     from harness.algorithms import native_bf16
+    from harness.config import parse_settings
 
+    from harness.errors import HarnessError
+
+    try:
+        overrides = parse_settings(settings)
+    except HarnessError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from None
     if threads:
         torch.set_num_threads(threads)
     click.echo(machine_line())
@@ -150,8 +160,8 @@ def main(envs, steps, threads, json_path):
     rows = []
     for env_id in envs:
         for precision in precisions:
-            row = measure(env_id, precision, steps)
-            config, _ = recipe_config(env_id, precision, steps)
+            config, warmup = recipe_config(env_id, precision, steps, overrides)
+            row = measure(config, warmup)
             row["env_ms"] = env_step_ms(config, steps)
             row["matmul_gflops"] = matmul_gflops(config.batch_size, max(config.net_arch), precision)
             row["limit_steps_per_s"] = 1000 / (row["env_ms"] + row["gflop_per_env_step"] / row["matmul_gflops"] * 1000)
