@@ -79,6 +79,13 @@ def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str |
                 found[her].append(run)
             else:
                 missing.append(f"(env={env_id}, her={str(her).lower()}, seed={seed})")
+    for run in found[False] + found[True]:
+        lacking = [row.metric for row in ROWS if row.metric not in run.data.metrics]
+        if lacking:  # tagged evaluated, its scores gone (deleted or never written): the table cannot be made
+            raise HarnessError(
+                f"training run {run.info.run_id} ({run.info.run_name}) is marked evaluated but has no "
+                f"{', '.join(lacking)}; evaluate it again: harness eval --ckpt runs:/{run.info.run_id}/checkpoint"
+            )
     if missing:
         raise HarnessError(
             f"no finished, evaluated {algo} training run for {', '.join(missing)} in {mlflow.get_tracking_uri()}; "

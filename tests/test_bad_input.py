@@ -119,3 +119,31 @@ def test_ui_on_a_taken_port_is_one_line_and_prints_no_links(store, tmp_path):
     assert proc.stderr.strip().splitlines() == [f"harness: error: port {port} on 127.0.0.1 is taken "
                                                 "(Address already in use); choose another --port"]
     assert "http://" not in proc.stdout + proc.stderr
+
+
+def test_compare_names_an_evaluated_run_whose_scores_are_gone_and_writes_nothing(store, tmp_path):
+    """A run tagged evaluated without its eval metrics (deleted, or a crash between tag and metrics):
+    one line naming the run and how to score it again, before any result file is written."""
+    from harness import tracking
+    from harness.identity import RunIdentity
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.create_experiment(tracking.DEFAULT_EXPERIMENT)
+    run_ids = {}
+    for her in (False, True):
+        identity = RunIdentity("FetchReach-v4", "sac", her, 0)
+        run = client.create_run(experiment_id, run_name=identity.name,
+                                tags={**identity.tags("train"), "harness.evaluated": "true"})
+        if not her:  # the no-HER run keeps its scores; the HER run lost them
+            for key, value in (("eval/success_rate", 0.1), ("eval/mean_return", -45.0), ("eval/final_distance", 0.1)):
+                client.log_metric(run.info.run_id, key, value, step=300)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        run_ids[her] = run.info.run_id
+    proc = run_cli(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, store, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"harness: error: training run {run_ids[True]} (sac_her_FetchReach-v4_seed0) is marked evaluated but has no "
+        f"eval/success_rate, eval/mean_return, eval/final_distance; evaluate it again: "
+        f"harness eval --ckpt runs:/{run_ids[True]}/checkpoint"]
+    assert not (tmp_path / "results").exists()
+    assert sorted(r.info.run_id for r in all_runs()) == sorted(run_ids.values())  # no compare run was made
