@@ -205,8 +205,10 @@ def describe_zip(data: dict[str, Any]) -> dict[str, Any]:
 
     policy_module = getattr(data["policy_class"], "__module__", "")
     buffer_class = data.get("replay_buffer_class")
+    # The policy class names the algorithm family: HerDDPG is a TD3 subclass and saves TD3's policy.
+    algo = "tqc" if "tqc" in policy_module else "ddpg" if "td3" in policy_module else "sac"
     return {
-        "algo": "tqc" if "tqc" in policy_module else "sac",
+        "algo": algo,
         "her": isinstance(buffer_class, type) and issubclass(buffer_class, HerReplayBuffer),
         "seed": data.get("seed"),
     }

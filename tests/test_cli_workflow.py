@@ -332,6 +332,14 @@ def test_training_logs_when_eval_success_first_reached_50_and_90_percent(store, 
         assert logged.step == first
         minutes = run.data.metrics[f"eval/minutes_to_{percent}"]
         assert 0 < minutes <= (run.info.end_time - run.info.start_time) / 60_000
+    # A DDPG zip on its own (no meta.json): the zip's TD3 policy says it is the HER paper's DDPG, not SAC
+    import shutil
+
+    shutil.copy(tmp_path / "checkpoints" / f"ddpg_her_{ENV}_seed0.zip", tmp_path / "bare.zip")
+    bare = run_cli(["eval", "--ckpt", "bare.zip", "--env", ENV, "--n-episodes", "2"], tmp_path, store)
+    assert "Traceback" not in bare.stderr
+    report = json.loads((tmp_path / "results" / f"ch04_ddpg_her_{ENV.lower()}_seed0_eval.json").read_text())
+    assert report["n_episodes"] == 2 and report["algo"] == "ddpg"
 
 
 def test_her_on_a_dense_env_warns_that_it_needs_the_sparse_reward(store, tmp_path):
