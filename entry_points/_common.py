@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from harness.errors import HarnessError, Terminated, first_line
+from harness.errors import HarnessError, Terminated, first_line, raise_terminated, stop_signals
 
 
 def run_command(command: click.Command, args: list[str] | None = None) -> None:
@@ -18,7 +18,13 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
     traceback; HARNESS_TRACEBACK=1 shows it for the last two. The MLflow run, if one was
     started, has already been ended as FAILED or KILLED.
     """
+    import signal
+
     name = command.name or "harness"
+    # For the whole command, not only while a run is open: an evaluation stopped before it logs
+    # anything still cleans up (its downloaded checkpoint) and says so in one line.
+    for sig in stop_signals():
+        signal.signal(sig, raise_terminated)
     try:
         code = command.main(args=args, prog_name=name, standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help and friends

@@ -18,6 +18,17 @@ class Terminated(BaseException):
     """Raised in the main thread on SIGTERM or SIGHUP (a closed terminal), so the run can be marked KILLED."""
 
 
+def raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated(f"received signal {signum}")
+
+
+def stop_signals() -> list:
+    """SIGTERM, and SIGHUP (the terminal was closed) unless the user ran us under nohup."""
+    import signal
+
+    return [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
+
+
 def warn(message: str) -> None:
     print(f"harness: warning: {message}", file=sys.stderr, flush=True)
 

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from stable_baselines3.common.logger import KVWriter
 
 from harness import views
-from harness.errors import HarnessError, Terminated, first_line
+from harness.errors import HarnessError, Terminated, first_line, raise_terminated, stop_signals
 from harness.provenance import provenance_tags
 
 DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
@@ -150,15 +150,6 @@ def use_experiment(name: str) -> None:
     mlflow.set_experiment(name)
 
 
-def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise Terminated(f"received signal {signum}")
-
-
-def _stop_signals() -> list[signal.Signals]:
-    """SIGTERM, and SIGHUP (the terminal was closed) unless the user ran us under nohup."""
-    return [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
-
-
 # Runs this process ended as KILLED or FAILED (run id -> status), so that the one line the CLI prints
 # for an interruption or a fault says which run it affected.
 ended_early: dict[str, str] = {}
@@ -199,7 +190,7 @@ def tracked_run(
         use_experiment(experiment or DEFAULT_EXPERIMENT)
     run = mlflow.start_run(run_id=run_id, run_name=None if attached else run_name, nested=nested,
                            log_system_metrics=system_metrics)
-    previous_handlers = {sig: signal.signal(sig, _raise_terminated) for sig in _stop_signals()}
+    previous_handlers = {sig: signal.signal(sig, raise_terminated) for sig in stop_signals()}
     try:
         mlflow.set_tags({"mlflow.runName": run_name, **provenance_tags(), **tags})
         if tags.get("harness.kind") in VIEWED_KINDS:

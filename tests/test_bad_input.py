@@ -147,3 +147,28 @@ def test_compare_names_an_evaluated_run_whose_scores_are_gone_and_writes_nothing
         f"harness eval --ckpt runs:/{run_ids[True]}/checkpoint"]
     assert not (tmp_path / "results").exists()
     assert sorted(r.info.run_id for r in all_runs()) == sorted(run_ids.values())  # no compare run was made
+
+
+def test_sigterm_during_eval_is_one_line_and_leaves_no_downloaded_checkpoint(store, tmp_path):
+    """SIGTERM while `harness eval --ckpt runs:/...` is rolling episodes out (before anything is logged):
+    one line, exit 143, the temporary download removed, the results file not written."""
+    run_cli(["train", "--her", *TINY], tmp_path, store)
+    (run,) = all_runs()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entry_points.cli", "eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint",
+         "--n-episodes", "100000"],
+        cwd=tmp_path, env={**clean_env(store), "TMPDIR": str(scratch)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(scratch.glob("harness-ckpt-*/**/*.zip")):
+        time.sleep(0.2)
+    time.sleep(3)  # the episodes are running
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in stderr
+    assert stderr.strip().splitlines() == ["harness: terminated; no MLflow run was open"]
+    assert not list(scratch.glob("harness-ckpt-*"))
+    assert not list(tmp_path.glob("results/*.json"))  # the folder is checked for writing up front
+    assert all(r.info.status == "FINISHED" for r in all_runs())
