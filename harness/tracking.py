@@ -335,20 +335,32 @@ def tag_filter(tags: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- finding runs: the one way
 
 NEWEST_FIRST = ("attributes.start_time DESC",)
+SEARCH_PAGE = 1000  # runs per request (MLflow's default page)
 
 
 def search_runs(tags: Mapping[str, str], experiment_ids: Sequence[str], *, status: str | None = None,
                 unfinished: bool = False, order_by: Sequence[str] = NEWEST_FIRST, max_results: int | None = None) -> list:
     """Runs with all these tags (a :meth:`RunIdentity.tags` dict, ``harness.kind``, ``mlflow.parentRunId``,
     ...), in ``status`` or (``unfinished``) in any status but FINISHED; newest first unless ``order_by``
-    says otherwise. Every search the harness makes goes through here."""
+    says otherwise; all of them (page after page) unless ``max_results`` caps them. Every search the
+    harness makes goes through here."""
     clauses = [tag_filter(tags)] if tags else []
     if status is not None:
         clauses.append(f"attributes.status = '{status}'")
     if unfinished:
         clauses.append("attributes.status != 'FINISHED'")
-    kwargs = {} if max_results is None else {"max_results": max_results}
-    return MlflowClient().search_runs(list(experiment_ids), " and ".join(clauses), order_by=list(order_by), **kwargs)
+    client, query = MlflowClient(), " and ".join(clauses)
+    if max_results is not None:
+        return list(client.search_runs(list(experiment_ids), query, order_by=list(order_by), max_results=max_results))
+    # MLflow returns one page (1,000 runs by default): a big store would hide the older runs silently.
+    runs, token = [], None
+    while True:
+        page = client.search_runs(list(experiment_ids), query, order_by=list(order_by), max_results=SEARCH_PAGE,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def newest_evaluated_run(tags: Mapping[str, str], experiment_ids: Sequence[str]):

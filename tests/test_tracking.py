@@ -86,3 +86,40 @@ def test_training_runs_log_system_metrics_unless_told_not_to(store, tmp_path):
     by_seed = {r.data.tags["harness.seed"]: r for r in all_runs()}
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(by_seed["0"].data.metrics)
     assert not [key for key in by_seed["1"].data.metrics if key.startswith("system/")]
+
+
+def test_searches_and_compare_see_past_mlflows_first_page_of_1000_runs(store, tmp_path):
+    """MLflow returns 1,000 runs per request; the harness's one search pages through all of them, so
+    `compare` still finds a chapter run that 1,000 newer ablation-variant runs of the same
+    (env, algo, HER, seed) push off the first page."""
+    from harness import tracking
+    from harness.identity import RunIdentity
+    from tests.conftest import run_cli
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.create_experiment(tracking.DEFAULT_EXPERIMENT)
+
+    def finished_run(her: bool, variant: str = "", **metrics):
+        identity = RunIdentity("FetchReach-v4", "sac", her, 0, variant)
+        run = client.create_run(experiment_id, run_name=identity.name,
+                                tags={**identity.tags("train"), "harness.evaluated": "true"})
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, f"eval/{key}", value, step=300)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    scores = {"success_rate": 0.5, "mean_return": -30.0, "final_distance": 0.05}
+    chapter = {her: finished_run(her, **scores) for her in (False, True)}
+    for _ in range(tracking.SEARCH_PAGE + 5):
+        finished_run(True, variant="nsg4")
+    her_runs = tracking.search_runs({"harness.kind": "train", **RunIdentity("FetchReach-v4", "sac", True, 0).search_tags()},
+                                    [experiment_id], status="FINISHED")
+    assert len(her_runs) == tracking.SEARCH_PAGE + 6 and her_runs[-1].info.run_id == chapter[True]
+    run_cli(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, store)
+    import json
+
+    from harness.comparison import comparison_path, condition_key
+
+    report = json.loads((tmp_path / comparison_path("FetchReach-v4")).read_text())
+    assert {her: report["conditions"][condition_key(her)]["run_ids"] for her in (False, True)} == {
+        False: [chapter[False]], True: [chapter[True]]}
