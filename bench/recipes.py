@@ -93,7 +93,7 @@ def env_step_ms(config, steps: int) -> float:
     return elapsed / (rounds * config.n_envs) * 1000
 
 
-def measure(config, warmup: int) -> dict:
+def measure(config, warmup: int, steps: int) -> dict:
     """One recipe at one precision: steady-state env steps/s, gradient FLOPs and time per env step."""
     from stable_baselines3.common.logger import Logger
     from torch.utils.flop_counter import FlopCounterMode
@@ -161,7 +161,7 @@ def main(envs, steps, threads, settings, json_path):
     for env_id in envs:
         for precision in precisions:
             config, warmup = recipe_config(env_id, precision, steps, overrides)
-            row = measure(config, warmup)
+            row = measure(config, warmup, steps)
             row["env_ms"] = env_step_ms(config, steps)
             row["matmul_gflops"] = matmul_gflops(config.batch_size, max(config.net_arch), precision)
             row["limit_steps_per_s"] = 1000 / (row["env_ms"] + row["gflop_per_env_step"] / row["matmul_gflops"] * 1000)
