@@ -119,6 +119,7 @@ class FetchObservationIndex:
     def __init__(self, robot):
         import mujoco
 
+        self.jac_site = mujoco.mj_jacSite  # called every step: looked up once
         model = robot.model
         site = functools.partial(mujoco.mj_name2id, model, mujoco.mjtObj.mjOBJ_SITE)
         self.grip_site, self.object_site = site("robot0:grip"), site("object0") if robot.has_object else -1
@@ -146,10 +147,8 @@ class FetchObservationIndex:
             robot._step_callback = functools.partial(index.step_callback, robot)
 
     def _site_velocity(self, robot, site_id: int, rotational: bool):
-        import mujoco
-
         jac = np.zeros((3, robot.model.nv))
-        mujoco.mj_jacSite(robot.model, robot.data, None if rotational else jac, jac if rotational else None, site_id)
+        self.jac_site(robot.model, robot.data, None if rotational else jac, jac if rotational else None, site_id)
         return jac @ robot.data.qvel
 
     def observations(self, robot):
