@@ -118,25 +118,31 @@ def hash_tags(zip_path: Path) -> dict[str, str]:
 
 
 def verify_hashes(run_id: str, zip_path: Path) -> None:
-    """Refuse checkpoint files from a store that differ from what their training run recorded.
+    """Refuse checkpoint files from a store unless each matches the sha256 its training run recorded.
 
     An SB3 zip (and VecNormalize's pickle) runs code when loaded, so on a shared tracking server
-    anyone who can write artifacts could run code on whoever evaluates them. Checked before
-    anything is unpickled. Runs trained before hashes were recorded load with a warning.
+    anyone who can write artifacts could run code on whoever evaluates them. Every file that
+    would be unpickled needs a hash recorded at training (a file logged afterwards has none), and
+    the check comes before anything is unpickled. A local path is the way to load files one trusts
+    without a recorded hash.
     """
     from mlflow.tracking import MlflowClient
 
-    from harness.errors import warn
-
     recorded = {k: v for k, v in MlflowClient().get_run(run_id).data.tags.items() if k in HASH_TAGS.values()}
-    if not recorded:
-        warn(f"run {run_id} records no checkpoint hash (trained before hashes were recorded); loading it unverified")
-        return
     found = hash_tags(zip_path)
-    for tag, expected in recorded.items():
-        if found.get(tag) != expected:
+    for tag, digest in found.items():
+        name = zip_path.name if tag == HASH_TAGS["model"] else stats_path(zip_path).name
+        if tag not in recorded:
+            raise HarnessError(f"run {run_id} records no sha256 for its artifact {ARTIFACT_DIR}/{name} (tag {tag}); "
+                               "refusing to unpickle a file its training did not record (an SB3 checkpoint runs code "
+                               "when loaded); if you trust it, download it and pass the local .zip path")
+        if digest != recorded[tag]:
             raise HarnessError(f"the checkpoint files of run {run_id} differ from the sha256 recorded on the run at "
                                f"training ({tag}); refusing to load them (an SB3 checkpoint runs code when loaded)")
+    missing = sorted(recorded.keys() - found.keys())  # e.g. the statistics the model was trained with
+    if missing:
+        raise HarnessError(f"run {run_id} recorded {missing[0]} at training but its {ARTIFACT_DIR}/ artifacts lack "
+                           "that file; refusing to load the checkpoint without it")
 
 
 def looks_like_run_id(text: str) -> bool:

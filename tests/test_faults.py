@@ -197,6 +197,34 @@ def test_checkpoint_files_changed_in_the_store_are_refused_before_unpickling(sto
                    f"the checkpoint files of run {run.info.run_id} differ from the sha256 recorded on the run at training")
 
 
+class _CreatesFileWhenUnpickled:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):  # what an attacker's pickle does: call something of its choice
+        return open, (self.path, "w")
+
+
+def test_a_pickle_logged_to_a_run_after_its_training_is_refused_unopened(store, tmp_path):
+    import pickle
+
+    run = train_tiny(tmp_path, store)  # trained without normalize_obs: no statistics file, no hash for one
+    marker = tmp_path / "code-ran"
+    planted = tmp_path / "planted" / "sac_FetchReach-v4_seed0.vecnormalize.pkl"
+    planted.parent.mkdir()
+    planted.write_bytes(pickle.dumps(_CreatesFileWhenUnpickled(marker)))
+    mlflow.MlflowClient().log_artifact(run.info.run_id, str(planted), "checkpoint")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    one_line_error(harness(["eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint", "--n-episodes", "1"], tmp_path, store,
+                           TMPDIR=str(scratch)),
+                   f"run {run.info.run_id} records no sha256 for its artifact checkpoint/sac_FetchReach-v4_seed0.vecnormalize.pkl")
+    assert not marker.exists() and not any(scratch.iterdir())
+    # the local files, which the user chose to trust, still load
+    assert harness(["eval", "--ckpt", "checkpoints/sac_FetchReach-v4_seed0.zip", "--n-episodes", "1"],
+                   tmp_path, store).returncode == 0
+
+
 def metric_histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
     """Every learning metric of a run by step; wall-clock ones (time/, system/, minutes_to) left out."""
     client = mlflow.MlflowClient()
