@@ -13,7 +13,10 @@ from entry_points._common import echo_ui_link, run_command
 @click.argument("run_id")
 @click.option("--steps", type=click.IntRange(min=0), default=0,
               help="Re-make only the first N env steps and compare the curves up to there [default: 0, the whole run].")
-def reproduce_command(run_id, steps):
+@click.option("--apply-diff", type=click.BOOL, is_flag=False, flag_value="true", default="false", show_default=True,
+              help="Run the uncommitted changes the run logged (its git.diff artifact) on top of its commit; bare "
+                   "--apply-diff means true. Without it a run made from a dirty tree is refused and its diff printed.")
+def reproduce_command(run_id, steps, apply_diff):
     """Re-train RUN_ID (a training run) with its logged config, seed, code (a git worktree at its commit,
     plus its logged diff, when this checkout differs) and thread count; evaluate it on the same episodes;
     compare the eval curve, SB3's training metrics and the final evaluation at matching env steps.
@@ -23,9 +26,13 @@ def reproduce_command(run_id, steps):
     what differs in the environment. Logged as a run tagged harness.kind=reproduce and
     harness.reproduces=RUN_ID; exit status 0 for identical or equivalent, 3 for different.
     """
-    from harness.reproduce import reproduce
+    from harness.reproduce import UnapprovedDiff, reproduce
 
-    result = reproduce(run_id, steps=steps or None)
+    try:
+        result = reproduce(run_id, steps=steps or None, apply_diff=apply_diff)
+    except UnapprovedDiff as refused:
+        click.echo(refused.diff)  # what --apply-diff would run, for the user to read
+        raise
     click.echo(result["markdown"])
     click.echo(f"reproduction run {result['reproduction_run_id']}")
     echo_ui_link(result["reproduction_run_id"])

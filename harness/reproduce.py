@@ -5,7 +5,8 @@ and whether the tree was dirty (then its diff, ``git.diff``), the package versio
 torch threads. Reproducing a run:
 
 1. reads that record and finds the code: this checkout when its code version is the run's, else a
-   temporary git worktree at the run's commit with the run's diff applied;
+   temporary git worktree at the run's commit with the run's diff applied (only with ``--apply-diff``:
+   without it the diff is printed and the re-make refused, since anyone who can log a run can write it);
 2. trains the same config with that code (its own ``harness train``, in a temporary directory, against
    this tracking store), optionally only the first ``steps`` env steps; the new run is then tagged
    ``harness.kind=reproduce`` and ``harness.reproduces=<run id>`` (so ``compare`` and ``register``,
@@ -92,9 +93,18 @@ def _git(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=120)
 
 
-def code_tree(record: Record, workdir: Path) -> Path:
+class UnapprovedDiff(HarnessError):
+    """Re-making the run means running the diff it logged, and the user has not said to (``--apply-diff``)."""
+
+    def __init__(self, message: str, diff: str):
+        super().__init__(message)
+        self.diff = diff
+
+
+def code_tree(record: Record, workdir: Path, apply_diff: bool = False) -> Path:
     """The code the run was made with: this checkout if it is that code, else a worktree at its commit
-    (plus its logged diff)."""
+    (plus its logged diff, only with ``apply_diff``: anyone who can log to the store can write that
+    artifact, and the re-made training runs it)."""
     if record.code_version and record.code_version == code_version():
         return PROJECT_ROOT
     if record.commit == "unknown":
@@ -111,6 +121,13 @@ def code_tree(record: Record, workdir: Path) -> Path:
             raise HarnessError(f"run {record.run_id} was made from a tree with uncommitted changes and logged no "
                                f"{DIFF_ARTIFACT} (runs from before the harness logged it): its code cannot be "
                                "re-made exactly") from None
+        if diff and not apply_diff:
+            files = sorted({line[len("+++ b/"):] for line in diff.splitlines() if line.startswith("+++ b/")})
+            raise UnapprovedDiff(f"run {record.run_id} was made from commit {record.commit[:12]} plus uncommitted "
+                                 f"changes; re-making it runs its logged {DIFF_ARTIFACT} (above: {len(files)} file(s), "
+                                 f"{', '.join(files[:3])}{', ...' if len(files) > 3 else ''}), which anyone who "
+                                 "can log to this store could have written; read it, then pass --apply-diff to run it",
+                                 diff)
     tree = workdir / "code"
     added = _git("worktree", "add", "--detach", str(tree), record.commit)
     if added.returncode != 0:
@@ -159,8 +176,9 @@ def train_arguments(record: Record, steps: int, experiment: str) -> list[str]:
     return args
 
 
-def reproduce(run_id: str, steps: int | None = None) -> dict[str, Any]:
-    """Re-make ``run_id`` (the first ``steps`` env steps, or all of it) and compare; see the module docstring."""
+def reproduce(run_id: str, steps: int | None = None, apply_diff: bool = False) -> dict[str, Any]:
+    """Re-make ``run_id`` (the first ``steps`` env steps, or all of it) and compare; see the module docstring.
+    A run made from uncommitted changes is re-made only with ``apply_diff`` (:class:`UnapprovedDiff`)."""
     tracking.prepare_store()
     record = read_record(run_id)
     total = record.config.total_steps
@@ -173,7 +191,7 @@ def reproduce(run_id: str, steps: int | None = None) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="harness-reproduce-"))
     tree = PROJECT_ROOT
     try:
-        tree = code_tree(record, workdir)
+        tree = code_tree(record, workdir, apply_diff)
         # Under `mlflow run -e reproduce` the training attaches to that run, in that run's experiment.
         tags = {"harness.kind": "train", **identity.search_tags()}
         before = {r.info.run_id for r in tracking.search_runs(tags, tracking.experiment_ids(None))}

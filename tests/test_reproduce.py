@@ -86,8 +86,16 @@ def test_a_run_from_a_dirty_tree_reproduces_from_its_commit_and_diff(tmp_path, s
     assert original.data.tags["harness.git_dirty"] == "true"
     diff = mlflow.artifacts.load_text(f"runs:/{original.info.run_id}/git.diff")
     assert "+# an uncommitted change" in diff
-    proc = run_cli(["reproduce", original.info.run_id], tmp_path, store, timeout=600)
     commit = original.data.tags["harness.git_commit"][:12]
+    # the diff is code anyone who can log a run could have written: shown, and run only when asked for
+    refused = run_cli(["reproduce", original.info.run_id], tmp_path, store, check=False)
+    assert refused.returncode == 1 and "+# an uncommitted change" in refused.stdout
+    assert refused.stderr.strip().splitlines() == [
+        f"harness: error: run {original.info.run_id} was made from commit {commit} plus uncommitted changes; re-making "
+        "it runs its logged git.diff (above: 1 file(s), harness/seeding.py), which anyone who can log to this store "
+        "could have written; read it, then pass --apply-diff to run it"]
+    assert len(all_runs()) == 1
+    proc = run_cli(["reproduce", original.info.run_id, "--apply-diff"], tmp_path, store, timeout=600)
     assert f"re-made with worktree at {commit} + its logged diff" in proc.stdout and "**identical**" in proc.stdout
     listed = subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "list"], capture_output=True, text=True)
     assert len(listed.stdout.strip().splitlines()) == 1  # the temporary worktree is gone
