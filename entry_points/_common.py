@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from harness.credentials import move_to_environment, redact
 from harness.errors import HarnessError, Terminated, first_line, raise_terminated, stop_signals
 
 
@@ -21,6 +22,9 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
     import signal
 
     name = command.name or "harness"
+    # Before MLflow reads the URI: its password goes where MLflow's client takes credentials from,
+    # so no link, record or message (MLflow's own included) can show it.
+    move_to_environment(os.environ)
     # For the whole command, not only while a run is open: an evaluation stopped before it logs
     # anything still cleans up (its downloaded checkpoint) and says so in one line.
     for sig in stop_signals():
@@ -30,10 +34,10 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:  # --help and friends
         code = exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"{name}: error: {exc.format_message()}", err=True)
+        click.echo(f"{name}: error: {redact(exc.format_message())}", err=True)
         sys.exit(exc.exit_code or 2)
     except HarnessError as exc:
-        click.echo(f"{name}: error: {exc}{_ended_runs_note()}", err=True)
+        click.echo(f"{name}: error: {redact(str(exc))}{_ended_runs_note()}", err=True)
         sys.exit(1)
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo(f"{name}: interrupted{_ended_runs_note('; no MLflow run was open')}", err=True)
@@ -45,7 +49,7 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
         fault = environment_fault(exc)
         if fault is None or os.environ.get("HARNESS_TRACEBACK"):
             raise  # a bug: its traceback is what a report needs
-        click.echo(f"{name}: error: {fault}{_ended_runs_note()}", err=True)
+        click.echo(f"{name}: error: {redact(fault)}{_ended_runs_note()}", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -62,6 +66,9 @@ def environment_fault(exc: Exception) -> str | None:
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
+    database = sys.modules.get("sqlalchemy.exc")  # a database server behind the store went away
+    if database is not None and isinstance(exc, database.SQLAlchemyError):
+        return f"the MLflow tracking database failed: {first_line(exc) or type(exc).__name__}"
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")
     if mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException):
         return f"the MLflow tracking store failed: {first_line(exc.message) or type(exc).__name__}"

@@ -29,10 +29,11 @@ def ui_command(port, host):
     import mlflow
 
     from harness import tracking, views
+    from harness.credentials import redact
 
     uri = mlflow.get_tracking_uri()
     base = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
-    click.echo(f"MLflow UI on {uri}: {base}", err=True)
+    click.echo(f"MLflow UI on {redact(uri)}: {base}", err=True)
     client = mlflow.MlflowClient()
     trained = []
     for experiment in client.search_experiments():

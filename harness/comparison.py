@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import tracking
 from harness.checkpoints import write_json_atomically
+from harness.credentials import redact
 from harness.errors import HarnessError
 from harness.evaluation import RESULTS_DIR, floor_run, threshold_metrics
 from harness.identity import ALGO_TAG, ENV_TAG, VARIANT_TAG, RunIdentity
@@ -417,7 +418,7 @@ def report_comparison(env_id: str, seeds: Sequence[int], found: dict[bool, list]
         "env_id": env_id,
         "algo": algo,
         "seeds": list(seeds),
-        "tracking_uri": mlflow.get_tracking_uri(),
+        "tracking_uri": redact(mlflow.get_tracking_uri()),
         "conditions": {
             condition_key(her): {
                 "run_ids": [r.info.run_id for r in found[her]],

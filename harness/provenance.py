@@ -12,6 +12,8 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from harness.credentials import redact
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DIFF_ARTIFACT = "git.diff"  # a run from a dirty tree logs its uncommitted changes under this name
 TRACKED_PACKAGES = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "gymnasium-robotics", "mujoco", "mlflow")
@@ -75,7 +77,7 @@ def cpu_model() -> str:
 
 
 def command_line() -> str:
-    return " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    return redact(" ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]]))
 
 
 def provenance_tags() -> dict[str, str]:

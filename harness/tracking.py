@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from stable_baselines3.common.logger import KVWriter
 
 from harness import views
+from harness.credentials import redact
 from harness.errors import HarnessError, Terminated, first_line, raise_terminated, stop_signals
 from harness.provenance import provenance_tags
 
@@ -56,6 +57,13 @@ def absolute_tracking_uri() -> str:
     return uri
 
 
+def credential_variables() -> dict[str, str]:
+    """MLflow's credential variables, for a worker on another machine (they are not in the URI:
+    see :mod:`harness.credentials`)."""
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
 def prepare_store() -> None:
     """Check that the tracking store can be used, once per process, before any work starts:
     a server must answer within seconds; a SQLite store is created or migrated (see
@@ -69,12 +77,15 @@ def prepare_store() -> None:
     elif uri.startswith("sqlite:///"):
         prepare_sqlite(Path(uri[len("sqlite:///") :]))
     else:
+        check_database(uri)
         try:  # a database server, a file store, or an unknown scheme
             MlflowClient().search_experiments(max_results=1)
         except ImportError as exc:
             raise HarnessError(f"tracking store {uri} needs the Python module '{exc.name}', which is not installed") from None
         except MlflowException as exc:
             raise HarnessError(f"tracking store {uri} cannot be used: {first_line(exc.message)}") from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors for a database that refuses the connection
+            raise HarnessError(f"tracking store {uri} cannot be used: {first_line(exc) or type(exc).__name__}") from None
     _store_ready = True
 
 
@@ -88,6 +99,28 @@ def check_server(uri: str, timeout_s: float = 5.0) -> None:
         reason = "no answer within %gs" % timeout_s if isinstance(exc, requests.Timeout) else "connection failed"
         raise HarnessError(f"tracking server {uri} does not answer ({reason}); start it, or point MLFLOW_TRACKING_URI "
                            "at a running server or at a sqlite:///path/mlflow.db file") from None
+
+
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_database(uri: str, timeout_s: float = 5.0) -> None:
+    """MLflow retries a database it cannot reach for about two minutes; one connection attempt says
+    it at once. URIs without a host (a local Unix socket) are left to MLflow."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    dialect = parts.scheme.split("+")[0]
+    if dialect not in DATABASE_PORTS or not parts.hostname:
+        return
+    try:
+        port = parts.port or DATABASE_PORTS[dialect]
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        reason = "no answer within %gs" % timeout_s if isinstance(exc, TimeoutError) else "connection failed"
+        raise HarnessError(f"tracking database {redact(uri)} does not answer ({reason}); start it, or point "
+                           "MLFLOW_TRACKING_URI at a running server or at a sqlite:///path/mlflow.db file") from None
 
 
 def prepare_sqlite(db_path: Path) -> None:

@@ -31,6 +31,7 @@ from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, 
 from harness.checkpoints import (ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, hash_tags, local_paths, write_atomically,
                                  write_json_atomically)
 from harness.config import TrainConfig
+from harness.credentials import redact
 from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import warn
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
@@ -334,7 +335,7 @@ def training_meta(config: TrainConfig, run_id: str, identity: RunIdentity, model
         "run_id": run_id,
         "run_name": identity.name,
         "variant": identity.variant,
-        "tracking_uri": mlflow.get_tracking_uri(),
+        "tracking_uri": redact(mlflow.get_tracking_uri()),
         "config": config.to_dict(),
         "config_hash": config.config_hash,
         "num_timesteps": int(model.num_timesteps),

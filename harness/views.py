@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 
+from harness.credentials import without_userinfo
 from harness.identity import ALGO_TAG, CONDITION_TAG, ENV_TAG, SEED_TAG
 
 VIEW_ID = "her-vs-no-her"
@@ -61,7 +62,9 @@ def publish(experiment_id: str) -> bool:
 
 def ui_base(tracking_uri: str) -> str:
     """The UI's address: the tracking server itself, or where `harness ui` serves a local store."""
-    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI
+    if tracking_uri.startswith(("http://", "https://")):
+        return without_userinfo(tracking_uri).rstrip("/")  # a link never carries a password
+    return DEFAULT_UI
 
 
 def url(base: str, experiment_id: str, chart: bool = True, run_id: str | None = None) -> str:

@@ -7,7 +7,7 @@ import harness
 
 # The stages in the order a run goes through them (README's Layout lists the same order).
 STAGES = [
-    "errors", "identity", "provenance", "config", "envs", "seeding", "algorithms", "replay", "views", "tracking", "server",
+    "errors", "credentials", "identity", "provenance", "config", "envs", "seeding", "algorithms", "replay", "views", "tracking", "server",
     "checkpoints", "resume", "evaluation", "training", "statistics", "comparison",
     "pipelines.plan", "pipelines.overview", "pipelines.execute", "pipelines.report", "pipelines", "reproduce",
     "registry", "registry_model", "labs", "labs.her_relabeler",

@@ -100,7 +100,8 @@ def run_pipeline(
             mlflow.log_params({"jobs": len(jobs), **{f"planned_{a}": n for a, n in counts.items()}})
 
         specs = [job_spec(p, parent_id, Path.cwd()) for p in planned if p.action != "reuse"]
-        env = {"MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri(), "MLFLOW_EXPERIMENT_ID": parent.info.experiment_id}
+        env = {"MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri(), "MLFLOW_EXPERIMENT_ID": parent.info.experiment_id,
+               **tracking.credential_variables()}
         last_shown = [""]
 
         def progress() -> None:

@@ -1,0 +1,108 @@
+"""A password in the tracking URI appears nowhere: not in output, error lines, tags, params, meta.json,
+artifacts or the store. Against a real `mlflow server` that accepts any credentials."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from harness.credentials import move_to_environment, redact
+from tests.conftest import PROJECT_ROOT, TINY
+
+SECRET = "s3cret-Xq7"
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("http://alice:s3cret@host:5000", "http://alice:***@host:5000"),
+    ("postgresql://mlflow:p%40ss@127.0.0.1:5432/mlflow", "postgresql://mlflow:***@127.0.0.1:5432/mlflow"),
+    ("postgresql+psycopg2://u:pw@db/x?sslmode=require", "postgresql+psycopg2://u:***@db/x?sslmode=require"),
+    ("postgresql://db/x?user=u&password=pw", "postgresql://db/x?user=u&password=***"),
+    ("tracking server http://a:b@h:1 does not answer", "tracking server http://a:***@h:1 does not answer"),
+    ("http://host:5000/#/experiments/1", "http://host:5000/#/experiments/1"),
+    ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+])
+def test_redact_masks_every_uri_password(text, shown):
+    assert redact(text) == shown
+
+
+def test_an_http_uris_credentials_move_to_mlflows_variables():
+    environ = {"MLFLOW_TRACKING_URI": "https://alice:p%3Ass@host:5000/"}
+    assert move_to_environment(environ)
+    assert environ == {"MLFLOW_TRACKING_URI": "https://host:5000/", "MLFLOW_TRACKING_USERNAME": "alice",
+                       "MLFLOW_TRACKING_PASSWORD": "p:ss"}
+    kept = {"MLFLOW_TRACKING_URI": "postgresql://u:pw@db/x"}  # SQLAlchemy needs it there; masked when shown
+    assert not move_to_environment(kept) and kept == {"MLFLOW_TRACKING_URI": "postgresql://u:pw@db/x"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A plain MLflow tracking server (no auth: it ignores the credentials) with proxied artifacts."""
+    port = free_port()
+    base = tmp_path / "server"
+    base.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
+                             "--artifacts-destination", str(base / "artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start within 120 s")
+    yield port, base
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def harness(args, cwd, uri):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(PROJECT_ROOT))
+    return subprocess.run([sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_a_password_in_the_tracking_uri_is_never_shown_logged_or_stored(server, tmp_path):
+    port, base = server
+    work = tmp_path / "work"
+    work.mkdir()
+    uri = f"http://alice:{SECRET}@127.0.0.1:{port}"
+    trained = harness(["train", *TINY, "--her"], work, uri)
+    assert trained.returncode == 0, trained.stderr
+    assert f"MLflow UI: http://127.0.0.1:{port}/#/experiments/" in trained.stdout  # the link, without credentials
+    evaluated = harness(["eval", "--ckpt", "checkpoints/sac_her_FetchReach-v4_seed0.zip", "--n-episodes", "2"], work, uri)
+    assert evaluated.returncode == 0, evaluated.stderr
+    nobody = free_port()
+    dead = harness(["compare", "--env", "FetchReach-v4"], work, f"http://alice:{SECRET}@127.0.0.1:{nobody}")
+    assert dead.returncode == 1 and f"tracking server http://127.0.0.1:{nobody} does not answer" in dead.stderr
+    database = harness(["compare", "--env", "FetchReach-v4"], work, f"postgresql://mlflow:{SECRET}@127.0.0.1:{nobody}/x")
+    assert database.returncode == 1 and database.stderr.strip() == (
+        f"harness: error: tracking database postgresql://mlflow:***@127.0.0.1:{nobody}/x does not answer (connection "
+        "failed); start it, or point MLFLOW_TRACKING_URI at a running server or at a sqlite:///path/mlflow.db file")
+    for proc in (trained, evaluated, dead, database):
+        assert SECRET not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    # tags, params, meta.json (local and the artifact), the store's database and every artifact
+    assert files_holding(work, SECRET.encode()) == []
+    assert files_holding(base, SECRET.encode()) == []
+    assert (work / "checkpoints" / "sac_her_FetchReach-v4_seed0.meta.json").is_file()
