@@ -68,7 +68,10 @@ def environment_fault(exc: Exception) -> str | None:
         return f"{exc.strerror or exc}{where}"
     database = sys.modules.get("sqlalchemy.exc")  # a database server behind the store went away
     if database is not None and isinstance(exc, database.SQLAlchemyError):
-        return f"the MLflow tracking database failed: {first_line(exc) or type(exc).__name__}"
+        reason = first_line(exc) or type(exc).__name__
+        if "malformed" in reason or "not a database" in reason:  # SQLite's words for a damaged file
+            return f"the MLflow tracking store is damaged ({reason}); restore it from a backup or move it away"
+        return f"the MLflow tracking database failed: {reason}"
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")
     if mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException):
         return f"the MLflow tracking store failed: {first_line(exc.message) or type(exc).__name__}"

@@ -114,6 +114,12 @@ def check_database(uri: str, timeout_s: float = 5.0) -> None:
     dialect = parts.scheme.split("+")[0]
     if dialect not in DATABASE_PORTS or not parts.hostname:
         return
+    import sqlalchemy
+
+    try:  # the driver first (no connection made): without it a running database does not help
+        sqlalchemy.create_engine(uri).dispose()
+    except ImportError as exc:
+        raise HarnessError(f"tracking store {redact(uri)} needs the Python module '{exc.name}', which is not installed") from None
     try:
         port = parts.port or DATABASE_PORTS[dialect]
         socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
@@ -143,6 +149,7 @@ def prepare_sqlite(db_path: Path) -> None:
             raise HarnessError(f"tracking store {db_path} cannot be read ({exc.strerror}); {where}") from None
         if header != b"SQLite format 3\x00":
             raise HarnessError(f"tracking store {db_path} is not an SQLite database; move it away or {where}")
+        check_not_truncated(db_path)
     try:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(db_path.with_name(db_path.name + ".lock"), "w")
@@ -162,12 +169,66 @@ def prepare_sqlite(db_path: Path) -> None:
             building = db_path.with_name(f".{db_path.name}.creating")
             building.unlink(missing_ok=True)  # what an interrupted creation left
             MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
-            os.replace(building, db_path)
+            put_in_place(building, db_path)
     except MlflowException as exc:
         raise HarnessError(f"tracking store {db_path} cannot be used ({first_line(exc.message)}); {where}") from None
     finally:
         if lock is not None:
             lock.close()  # closing releases the flock
+
+
+def put_in_place(building: Path, db_path: Path) -> None:
+    """Give the new store its name unless something made one meanwhile. A plain MLflow client (``mlflow
+    ui``) does not take our lock: renaming over the store it just opened would corrupt it for good."""
+    try:
+        os.link(building, db_path)  # fails if the name exists: never replaces a store
+    except FileExistsError:
+        pass  # theirs stays; ours is thrown away and theirs is used (and migrated) from here on
+    except OSError:  # a filesystem without hard links
+        if db_path.exists():
+            building.unlink(missing_ok=True)
+            return
+        os.replace(building, db_path)
+        return
+    building.unlink(missing_ok=True)
+    if db_path.stat().st_size > 0:
+        MlflowClient().search_experiments(max_results=1)
+
+
+def check_not_truncated(db_path: Path) -> None:
+    """A store cut short (a copy or disk that ran out) is named as damaged at once: SQLite's header
+    says how many pages the file has; a shorter file lost the rest."""
+    with open(db_path, "rb") as db:
+        header = db.read(100)
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # the header's page count is valid only when its change counter matches (bytes 24 and 92)
+    if len(header) == 100 and header[24:28] == header[92:96] and pages and db_path.stat().st_size < pages * page_size:
+        raise HarnessError(f"tracking store {db_path} is damaged: {db_path.stat().st_size} bytes of the "
+                           f"{pages * page_size} its header records (cut short); {DAMAGED_HINT}")
+
+
+DAMAGED_HINT = "restore it from a backup, or move it away (sqlite3's .recover may save its runs) and start a new store"
+
+
+def check_integrity() -> None:
+    """SQLite's quick_check on a SQLite store, before a training spends minutes on it (about a
+    second per 30 MB; other commands rely on SQLite's own errors)."""
+    import sqlite3
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    db_path = Path(uri[len("sqlite:///"):])
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+            problems = [line.strip() for row in db.execute("PRAGMA quick_check(3)") for line in row[0].splitlines()]
+    except sqlite3.DatabaseError as exc:
+        problems = [str(exc)]
+    problems = [line for line in problems if line and not line.startswith("***")]
+    if problems != ["ok"]:
+        raise HarnessError(f"tracking store {db_path} is damaged (SQLite: {'; '.join(problems[:2])}); {DAMAGED_HINT}")
 
 
 _store_ready = False

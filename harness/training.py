@@ -238,6 +238,8 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         tags["harness.warnings"] = "; ".join(warnings)
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
+    tracking.prepare_store()
+    tracking.check_integrity()  # not minutes of training into a store that cannot keep them
     for directory in (CHECKPOINT_DIR, config.tensorboard_dir):  # before a run exists that could not finish
         check_writable(directory)
     if resume_run_id and resume.trained_elsewhere(resume_run_id):  # refused before the run is reopened

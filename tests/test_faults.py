@@ -88,6 +88,68 @@ def test_stores_that_cannot_be_used_are_named(tmp_path):
         one_line_error(harness(["compare", "--env", "FetchReach-v4"], tmp_path, uri), expected)
 
 
+def small_store(path: Path) -> None:
+    """A real MLflow store with 30 finished runs in it, made by a plain MLflow client."""
+    client = mlflow.MlflowClient(f"sqlite:///{path}")
+    experiment = client.create_experiment("x")
+    for _ in range(30):
+        run = client.create_run(experiment)
+        client.log_param(run.info.run_id, "p", "v" * 200)
+        client.set_terminated(run.info.run_id)
+
+
+def test_a_damaged_store_is_named_as_damaged_and_no_training_starts_on_it(tmp_path):
+    import sqlite3
+
+    small_store(tmp_path / "whole.db")
+    whole = (tmp_path / "whole.db").read_bytes()
+    (tmp_path / "cut.db").write_bytes(whole[:65536])  # a copy, or a disk, that ran out
+    (tmp_path / "bad.db").write_bytes(whole)
+    with contextlib.closing(sqlite3.connect(tmp_path / "bad.db")) as db:
+        (runs_page,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'runs'").fetchone()
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    with open(tmp_path / "bad.db", "r+b") as db:  # one page of the runs table overwritten
+        db.seek((runs_page - 1) * page_size + 8)
+        db.write(b"\xff" * 64)
+    work = tmp_path / "work"
+    work.mkdir()
+    for name, expected in (("cut.db", f"tracking store {tmp_path / 'cut.db'} is damaged: 65536 bytes of the "),
+                           ("bad.db", f"tracking store {tmp_path / 'bad.db'} is damaged (SQLite: On tree page {runs_page}")):
+        before = (tmp_path / name).read_bytes()
+        line = one_line_error(harness(["train", *TINY], work, f"sqlite:///{tmp_path / name}"), expected)
+        assert line.endswith("restore it from a backup, or move it away (sqlite3's .recover may save its runs) "
+                             "and start a new store")
+        assert (tmp_path / name).read_bytes() == before and not any(work.iterdir())  # nothing written anywhere
+    one_line_error(harness(["compare", "--env", "FetchReach-v4"], work, f"sqlite:///{tmp_path / 'cut.db'}"), "is damaged")
+
+
+def test_a_store_a_plain_mlflow_client_creates_meanwhile_is_never_replaced(tmp_path, monkeypatch):
+    """`mlflow ui` on the same path takes no lock of ours: it can create mlflow.db while the harness
+    builds its own under a temporary name. The harness must then use theirs, not rename over it."""
+    import harness.tracking as tracking
+
+    db = tmp_path / "mlflow.db"
+    real = tracking.put_in_place
+
+    def client_wins_the_race(building, db_path):
+        small_store(db_path)  # the other client, between our build and our rename
+        real(building, db_path)
+
+    monkeypatch.setattr(tracking, "put_in_place", client_wins_the_race)
+    monkeypatch.setattr(tracking, "_store_ready", False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    try:
+        tracking.prepare_store()
+        tracking.check_integrity()  # theirs is whole, and it is the one in place
+        client = mlflow.MlflowClient()
+        (theirs,) = [e for e in client.search_experiments() if e.name == "x"]
+        assert len(client.search_runs([theirs.experiment_id])) == 30
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
+
+
 def test_ctrl_c_while_a_new_store_is_created_leaves_no_half_made_schema(tmp_path):
     """Ctrl-C lands while MLflow builds a new store's schema: no half-made store is left behind. On a busy
     machine the signal can arrive only after the command finished; such attempts must have left a whole
