@@ -63,11 +63,12 @@ def save(run_id: str, model, vecnormalize=None) -> Path:
             pickle.dump(training_state(model), f)
         if vecnormalize is not None:
             vecnormalize.save(str(tmp / "vecnormalize.pkl"))
+        write_manifest(tmp, step)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no partial checkpoint behind
         raise
-    for older in run_dir(run_id).glob("step_*"):
+    for older in checkpoints(run_id):
         if older != final:
             shutil.rmtree(older, ignore_errors=True)
     if tracking.on_server():
@@ -81,10 +82,45 @@ def upload(run_id: str, saved: Path, step: int) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    files = sorted(p for p in saved.iterdir() if p.is_file())
-    for path in files:
+    for path in sorted(p for p in saved.iterdir() if p.is_file() and p.name != MANIFEST):
         client.log_artifact(run_id, str(path), REMOTE_DIR)
-    client.log_dict(run_id, {"step": step, "sha256": {p.name: sha256_of(p) for p in files}}, f"{REMOTE_DIR}/{MANIFEST}")
+    client.log_artifact(run_id, str(saved / MANIFEST), REMOTE_DIR)
+
+
+def write_manifest(directory: Path, step: int) -> None:
+    """``step.json``: the step and each file's sha256, so a file cut short or changed later is found
+    before anything is loaded (:func:`damage`)."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    (directory / MANIFEST).write_text(json.dumps({"step": step, "sha256": {p.name: sha256_of(p) for p in files}}))
+
+
+def damage(saved: Path) -> str | None:
+    """What is wrong with a checkpoint's files by its manifest (None: nothing found; checkpoints
+    from before manifests are judged when loaded)."""
+    manifest = saved / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        recorded = json.loads(manifest.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return f"its {MANIFEST} is unreadable"
+    for name, digest in sorted(recorded.items()):
+        if not (saved / name).is_file():
+            return f"{name} is missing"
+        if sha256_of(saved / name) != digest:
+            return f"{name} differs from the sha256 recorded when it was written (cut short or changed)"
+    return None
+
+
+def set_aside(saved: Path) -> Path:
+    """Rename a damaged checkpoint out of the way (kept for inspection; never picked again)."""
+    kept = saved.with_name(saved.name + ".damaged")
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = saved.with_name(f"{saved.name}.damaged{n}")
+    os.rename(saved, kept)
+    return kept
 
 
 def remote_step(run_id: str) -> int | None:
@@ -118,7 +154,7 @@ def fetch(run_id: str) -> Path | None:
         if manifest["step"] != step or any(sha256_of(fetched / name) != digest
                                            for name, digest in manifest["sha256"].items()):
             return None  # overwritten while we read it: the run is being checkpointed by a live worker
-        for name in manifest["sha256"]:
+        for name in [*manifest["sha256"], MANIFEST]:
             os.rename(fetched / name, tmp / name)
         shutil.rmtree(fetched)
         os.rename(tmp, final)
@@ -193,11 +229,17 @@ def _owner_lock_free(run_id: str) -> bool | None:
 
 def latest(run_id: str) -> Path | None:
     """The newest complete checkpoint of the run, if any."""
+    complete = checkpoints(run_id)
+    return complete[-1] if complete else None
+
+
+def checkpoints(run_id: str) -> list[Path]:
+    """The run's complete checkpoints, oldest first: ``step_<N>``, not ``.tmp`` (being written) or
+    ``.damaged`` (set aside)."""
     directory = run_dir(run_id)
     if not directory.is_dir():
-        return None
-    complete = sorted(p for p in directory.glob("step_*") if not p.name.endswith(".tmp"))
-    return complete[-1] if complete else None
+        return []
+    return sorted(p for p in directory.glob("step_*") if p.name.removeprefix("step_").isdigit())
 
 
 def base_vec_env(vec_env):
@@ -260,4 +302,15 @@ def load(saved: Path, config, env, logger, vecnormalize=None, device: str = "cpu
 
 
 def discard(run_id: str) -> None:
-    shutil.rmtree(run_dir(run_id), ignore_errors=True)
+    """Remove the run's resumable checkpoints and lock; damaged ones set aside stay for inspection."""
+    directory = run_dir(run_id)
+    if not any(directory.glob("step_*.damaged*")):
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for path in directory.iterdir():
+        if ".damaged" in path.name:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

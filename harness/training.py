@@ -33,7 +33,7 @@ from harness.checkpoints import (ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, h
 from harness.config import TrainConfig
 from harness.credentials import redact
 from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
-from harness.errors import warn
+from harness.errors import HarnessError, first_line, warn
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
 from harness.identity import RunIdentity
 from harness.provenance import DIFF_ARTIFACT, code_version, git_diff, git_state, package_versions
@@ -262,7 +262,13 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         )
         saved = resume.find(run_id) if resume_run_id else None
         if saved is not None:
-            model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device)
+            try:
+                model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device)
+            except Exception as exc:  # noqa: BLE001 - zip, pickle and torch errors all mean a damaged file
+                kept = resume.set_aside(saved)
+                raise HarnessError(f"the resumable checkpoint of run {run_id} at {saved.name} cannot be loaded "
+                                   f"({type(exc).__name__}: {first_line(exc)}); set aside as {kept}; the same "
+                                   "command again starts the training anew") from None
             if hasattr(model, "precision"):  # 'auto' resolves for the machine the run continues on
                 model.precision = precision
             mlflow.set_tag("harness.resumed_from_step", str(model.num_timesteps))
@@ -315,17 +321,31 @@ def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple
     if not experiment_ids:
         return None
     tags = {"harness.kind": "train", "harness.config_hash": config.config_hash, "mlflow.runName": config.run_name}
-    runs = tracking.search_runs(tags, experiment_ids)
-    for run in runs:
+    same_name = {key: value for key, value in tags.items() if key != "harness.config_hash"}
+    for run in tracking.search_runs(same_name, experiment_ids):
         run_id = run.info.run_id
         if run.info.status == "FINISHED" or "mlflow.parentRunId" in run.data.tags or not resume.abandoned(run_id):
             continue
+        if run.data.tags.get("harness.config_hash") != config.config_hash:
+            # Another config of this name whose process died: not ours to resume (its own command can,
+            # from its checkpoint), but no longer RUNNING either.
+            if run.info.status == "RUNNING":
+                client.set_terminated(run_id, "KILLED")
+            continue
         saved = resume.latest(run_id)
-        if saved is not None:
+        problem = resume.damage(saved) if saved is not None else None
+        if saved is not None and problem is None:
             return run_id, int(saved.name.removeprefix("step_"))
+        if saved is not None:
+            kept = resume.set_aside(saved)
+            warn(f"the resumable checkpoint of run {run_id} at {saved.name} is damaged ({problem}); set aside as "
+                 f"{kept}; the run is marked FAILED and the training starts anew")
+            client.set_tag(run_id, "harness.damaged_checkpoint", str(kept))
+            client.set_terminated(run_id, "FAILED")
+            continue
         if run.info.status == "RUNNING":
             client.set_terminated(run_id, "KILLED")
-        resume.discard(run_id)  # only its owner lock is left
+        resume.discard(run_id)  # only its owner lock is left (and any checkpoint set aside)
     return None
 
 

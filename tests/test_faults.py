@@ -325,6 +325,68 @@ def test_sigkill_then_the_same_train_command_resumes_the_same_run_and_ends_as_if
     assert resumed == whole  # bit for bit, at every step
 
 
+def kill_after_a_checkpoint(args, cwd, store) -> mlflow.entities.Run:
+    """Start `harness train`, SIGKILL it once a resumable checkpoint exists; the run it leaves RUNNING."""
+    env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume_dir = cwd / "checkpoints" / "resume"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(resume_dir.glob("*/step_*[0-9]")) and proc.poll() is None:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=30)
+    (killed,) = [r for r in all_runs() if r.info.status == "RUNNING"]
+    return killed
+
+
+RESUMABLE = ["train", *TINY, "--total-steps", "1500", "--checkpoint-freq", "320"]
+
+
+@pytest.mark.parametrize("damaged_file, with_manifest", [("training_state.pkl", True), ("model.zip", False)])
+def test_a_damaged_resumable_checkpoint_is_set_aside_and_the_training_starts_anew(store, tmp_path, damaged_file,
+                                                                                  with_manifest):
+    killed = kill_after_a_checkpoint(RESUMABLE, tmp_path, store)
+    (saved,) = (tmp_path / "checkpoints" / "resume" / killed.info.run_id).glob("step_*[0-9]")
+    target = saved / damaged_file
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])  # cut short
+    if not with_manifest:  # a checkpoint from before manifests: found out when loading it
+        (saved / "step.json").unlink()
+        failed = harness(RESUMABLE, tmp_path, store)
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr
+        *said, line = failed.stderr.strip().splitlines()  # after the "resuming run ..." line
+        assert [s for s in said if "error" in s] == [] and line.startswith(
+            f"harness: error: the resumable checkpoint of run {killed.info.run_id} at {saved.name} cannot be loaded")
+        assert line.endswith(f"set aside as checkpoints/resume/{killed.info.run_id}/{saved.name}.damaged; the same "
+                             f"command again starts the training anew; MLflow run {killed.info.run_id} was marked FAILED")
+    proc = run_cli(RESUMABLE, tmp_path, store)
+    if with_manifest:
+        assert proc.stderr.count("harness: warning:") == 1 and (
+            f"harness: warning: the resumable checkpoint of run {killed.info.run_id} at {saved.name} is damaged "
+            f"({damaged_file} differs from the sha256 recorded when it was written (cut short or changed)); set aside "
+            f"as checkpoints/resume/{killed.info.run_id}/{saved.name}.damaged; the run is marked FAILED") in proc.stderr
+    runs = {r.info.run_id: r for r in all_runs()}
+    assert runs.pop(killed.info.run_id).info.status == "FAILED"
+    (anew,) = runs.values()
+    assert anew.info.status == "FINISHED" and "harness.resumed_from_step" not in anew.data.tags
+    kept = saved.with_name(saved.name + ".damaged")
+    assert kept.is_dir() and (kept / damaged_file).is_file()  # kept for inspection
+
+
+def test_a_killed_run_is_not_left_running_when_the_next_command_trains_another_config(store, tmp_path):
+    killed = kill_after_a_checkpoint(RESUMABLE, tmp_path, store)
+    shorter = [*RESUMABLE[:-4], "--total-steps", "900", "--checkpoint-freq", "320"]
+    run_cli(shorter, tmp_path, store)
+    runs = {r.info.run_id: r for r in all_runs()}
+    assert runs.pop(killed.info.run_id).info.status == "KILLED"
+    (other,) = runs.values()
+    assert other.info.status == "FINISHED"
+    # and its own command still resumes it from its checkpoint
+    resumed = run_cli(RESUMABLE, tmp_path, store)
+    assert f"resuming run {killed.info.run_id}" in resumed.stderr
+    assert mlflow.MlflowClient().get_run(killed.info.run_id).info.status == "FINISHED"
+
+
 @contextlib.contextmanager
 def mounted(*command_sets):
     """Run mount commands as root, undo them afterwards; skip the test where mounting is not allowed."""
