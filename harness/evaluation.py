@@ -141,6 +141,11 @@ def evaluate_checkpoint(
     training_run = None if elsewhere else _training_run_in_store(loaded.run_id)
     out = results_path(run_name)
     check_writable(out.parent)
+    if training_run is not None or parent_run_id or os.environ.get("MLFLOW_RUN_ID"):
+        from harness.tracking import check_store_writable, prepare_store
+
+        prepare_store()  # a leftover MLFLOW_RUN_ID is refused here, before the episodes and the file
+        check_store_writable()
     policy = deterministic_policy(loaded.model, loaded.normalize)
     episodes = run_episodes(policy, config["env_id"], n_episodes)
     videos = []

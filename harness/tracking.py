@@ -87,6 +87,21 @@ def prepare_store() -> None:
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors for a database that refuses the connection
             raise HarnessError(f"tracking store {uri} cannot be used: {first_line(exc) or type(exc).__name__}") from None
     _store_ready = True
+    if os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
+        check_attachable(os.environ["MLFLOW_RUN_ID"])  # a leftover: refused before any work or file
+
+
+def check_store_writable() -> None:
+    """A SQLite store that cannot be written (a read-only file or mount), said before minutes of work
+    whose results could not be logged; a server's store is known only by writing to it."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    db_path = Path(uri[len("sqlite:///"):])
+    for path in (db_path, db_path.parent):  # SQLite writes a journal next to the database
+        if not os.access(path, os.W_OK):
+            raise HarnessError(f"tracking store {db_path} is read-only ({path} cannot be written): nothing could "
+                               "be logged to it; make it writable or point MLFLOW_TRACKING_URI at a writable store")
 
 
 def check_server(uri: str, timeout_s: float = 5.0) -> None:

@@ -240,6 +240,7 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         tags["mlflow.parentRunId"] = parent_run_id
     tracking.prepare_store()
     tracking.check_integrity()  # not minutes of training into a store that cannot keep them
+    tracking.check_store_writable()
     for directory in (CHECKPOINT_DIR, config.tensorboard_dir):  # before a run exists that could not finish
         check_writable(directory)
     if resume_run_id and resume.trained_elsewhere(resume_run_id):  # refused before the run is reopened

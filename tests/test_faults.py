@@ -227,6 +227,20 @@ def test_a_leftover_mlflow_run_id_never_writes_into_a_finished_run(store, tmp_pa
     assert len(all_runs()) == 1
 
 
+def test_a_leftover_mlflow_run_id_is_refused_before_eval_or_compare_do_anything(store, tmp_path):
+    run = train_tiny(tmp_path, store)
+    ckpt = "checkpoints/sac_FetchReach-v4_seed0.zip"
+    before = mlflow.MlflowClient().get_run(run.info.run_id)
+    leftover = f"MLFLOW_RUN_ID={run.info.run_id} names a FINISHED run, not one being started"
+    one_line_error(harness(["eval", "--ckpt", ckpt, "--n-episodes", "100000"], tmp_path, store,
+                           MLFLOW_RUN_ID=run.info.run_id), leftover)
+    one_line_error(harness(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, store,
+                           MLFLOW_RUN_ID=run.info.run_id), leftover)
+    assert not (tmp_path / "results").exists()
+    after = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert after.data.metrics == before.data.metrics and after.data.tags == before.data.tags
+
+
 def test_inputs_that_used_to_crash_after_the_work_was_done(store, tmp_path):
     run = train_tiny(tmp_path, store)
     ckpt = "checkpoints/sac_FetchReach-v4_seed0.zip"
@@ -412,15 +426,20 @@ def test_read_only_store_and_directory(store, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     train_tiny(work, store)
+    ckpt = "checkpoints/sac_FetchReach-v4_seed0.zip"
+    run_cli(["eval", "--ckpt", ckpt, "--n-episodes", "2"], work, store)
+    results = work / "results" / "ch04_sac_fetchreach-v4_seed0_eval.json"
+    evaluated = results.read_bytes()
     db = tmp_path / "mlflow.db"
     before = db.read_bytes()
     with read_only(db):
         # reading needs no lock file
         one_line_error(harness(["compare", "--env", "FetchReach-v4", "--seeds", "0"], work, store),
-                       "no finished, evaluated training run for FetchReach-v4")
-        one_line_error(harness(["train", *TINY, "--seed", "1"], work, store),
-                       "the MLflow tracking store failed: (sqlite3.OperationalError) attempt to write a readonly database")
-    assert db.read_bytes() == before
+                       "no finished, evaluated sac training run for (env=FetchReach-v4, her=true, seed=0)")
+        for command in (["train", *TINY, "--seed", "1"], ["eval", "--ckpt", ckpt, "--n-episodes", "100000"]):
+            one_line_error(harness(command, work, store),  # refused before the training or the episodes
+                           f"tracking store {db} is read-only ({db} cannot be written): nothing could be logged to it")
+    assert db.read_bytes() == before and results.read_bytes() == evaluated
     with read_only(work):  # nowhere to write results or checkpoints: refused before the episodes run
         one_line_error(harness(["eval", "--ckpt", "checkpoints/sac_FetchReach-v4_seed0.zip", "--n-episodes", "100000"],
                                work, store), "cannot write to results/ (Read-only file system)")
