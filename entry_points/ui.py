@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -21,7 +20,7 @@ def ui_command(port, host):
     and eval success as columns, and eval/success_rate against env steps per condition (the view
     is also in the runs page's view picker; add &compareRunsMode=CHART or not for charts or table).
     """
-    from harness.server import check_port_free
+    from harness.server import check_port_free, serve_ui
     from harness.tracking import prepare_store
 
     check_port_free(host, port)  # before any link is printed: they would point at whatever holds the port
@@ -43,8 +42,7 @@ def ui_command(port, host):
             trained.append((newest[0].info.start_time, experiment))
     for _, experiment in sorted(trained, key=lambda item: -item[0]):  # the newest training's experiment first
         click.echo(f"  {experiment.name}: {views.url(base, experiment.experiment_id)}", err=True)
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", host, "--port", str(port)])
+    sys.exit(serve_ui(uri, host, port))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,40 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def serve_ui(store_uri: str, host: str, port: int, stop_within_s: float = 15.0) -> int:
+    """``mlflow ui`` on ``store_uri`` until it exits or this process is stopped (Ctrl-C, SIGTERM, or
+    SIGHUP from a closed terminal); then its whole process group goes, so no uvicorn worker keeps the
+    port (uvicorn takes SIGHUP as "reload" and stays). The store's URI travels in the environment,
+    not on a command line every local user can read."""
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": store_uri}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)],
+                            env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    finally:
+        stop_group(proc.pid, stop_within_s)
+
+
+def stop_group(pgid: int, within_s: float) -> None:
+    """SIGTERM to a process group, SIGKILL to whatever is left of it after ``within_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + within_s
+        while time.time() < deadline:
+            try:
+                os.waitpid(-pgid, os.WNOHANG)  # reap our child so the group can empty
+            except ChildProcessError:
+                pass
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
 def check_port_free(host: str, port: int) -> None:
     with socket.socket() as probe:
         try:

@@ -121,6 +121,38 @@ def test_ui_on_a_taken_port_is_one_line_and_prints_no_links(store, tmp_path):
     assert "http://" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("stop", ["SIGHUP", "SIGTERM"])
+def test_ui_stopped_or_its_terminal_closed_leaves_no_server_on_the_port(store, tmp_path, stop):
+    """A closed terminal sends SIGHUP to its foreground job: the MLflow server under `harness ui` must go
+    with it (uvicorn alone takes SIGHUP as "reload" and keeps the port)."""
+    import os
+    import socket
+
+    from tests.conftest import PROJECT_ROOT
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", "ui", "--port", str(port)], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a terminal's job: its own process group
+
+    def listening() -> bool:
+        with socket.socket() as client:
+            return client.connect_ex(("127.0.0.1", port)) == 0
+
+    deadline = time.time() + 120
+    while not listening():
+        assert proc.poll() is None and time.time() < deadline, "harness ui did not start serving"
+        time.sleep(0.5)
+    os.killpg(proc.pid, getattr(signal, stop))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "harness: terminated; no MLflow run was open"
+    assert not listening()  # nothing left serving on the port
+
+
 def test_compare_names_an_evaluated_run_whose_scores_are_gone_and_writes_nothing(store, tmp_path):
     """A run tagged evaluated without its eval metrics (deleted, or a crash between tag and metrics):
     one line naming the run and how to score it again, before any result file is written."""
