@@ -9,6 +9,12 @@ recorded in ``DIR/server.json``; :func:`stop` stops both. ``harness server start
 
 PostgreSQL refuses to run as root: under root its processes run as the ``postgres`` user that
 Debian's package creates (or ``nobody``), who must be able to reach ``DIR``.
+
+Every connection to the database needs its password (scram-sha-256, the local socket included): any
+user of the machine could otherwise rewrite the store, and with it the checkpoint hashes that guard
+evaluations. The password is generated on first start into ``DIR/db-password`` (mode 600) and reaches
+the mlflow server through its environment; a cluster made by an older harness (``trust``) gets one at
+its next start.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import glob
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +36,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 STATE_FILE = "server.json"
+PASSWORD_FILE = "db-password"
 DB_NAME = DB_USER = "mlflow"
 START_TIMEOUT_S = 120.0  # mlflow server creates its schema in PostgreSQL on first start (~15 s on 2 cores)
 
@@ -49,7 +57,24 @@ class Stack:
 
     @property
     def backend_uri(self) -> str:
+        """The database's URI without its password (for messages; the server gets :func:`backend_uri_for`)."""
         return f"postgresql://{DB_USER}@127.0.0.1:{self.db_port}/{DB_NAME}"
+
+    def backend_uri_for(self, password: str) -> str:
+        return f"postgresql://{DB_USER}:{password}@127.0.0.1:{self.db_port}/{DB_NAME}"
+
+
+def db_password(directory: Path, account: str | None) -> str:
+    """The database user's password: generated on first start, kept in ``DIR/db-password`` with mode
+    600 (owned by the user PostgreSQL runs as, who reads it at initdb), never printed or logged."""
+    path = directory / PASSWORD_FILE
+    if not path.is_file():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+        if account:
+            shutil.chown(path, account)
+    return path.read_text().strip()
 
 
 def free_port() -> int:
@@ -192,9 +217,10 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
     if account:
         os.chmod(data, 0o700)
     fresh = not (data / "PG_VERSION").is_file()
-    if fresh:
-        _run([str(bin_dir / "initdb"), "-D", str(data), "-U", DB_USER, "--auth=trust", "-E", "UTF8"],
-             "initdb (creating the PostgreSQL cluster)")
+    password = db_password(directory, account)
+    if fresh:  # password authentication for every connection, local socket included
+        _run([str(bin_dir / "initdb"), "-D", str(data), "-U", DB_USER, "--auth=scram-sha-256",
+              f"--pwfile={directory / PASSWORD_FILE}", "-E", "UTF8"], "initdb (creating the PostgreSQL cluster)")
     db_port = db_port or free_port()
     db_log = directory / "postgres.log"
     db_log.touch()
@@ -206,17 +232,23 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
     except HarnessError as exc:
         raise HarnessError(f"{exc} ({_last_line(db_log)})") from None
     try:
+        if _trusts_everyone(data):  # a cluster made by an older harness: give it the password, then require it
+            _require_password(bin_dir, data, db_port, password)
+        with_password = {**os.environ, "PGPASSWORD": password}
         created = subprocess.run(_as_db_account([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(db_port),
-                                                 "-U", DB_USER, DB_NAME]), capture_output=True, text=True)
+                                                 "-U", DB_USER, DB_NAME]), capture_output=True, text=True,
+                                 env=with_password)
         if created.returncode != 0 and "already exists" not in created.stderr:
             raise HarnessError(f"creating the mlflow database failed: {created.stderr.strip()}")
         stack = Stack(str(directory), host, port, db_port, 0)
         log = open(directory / "mlflow-server.log", "ab")
+        # The password reaches the server through its environment, not a command line `ps` shows.
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stack.backend_uri,
+            [sys.executable, "-m", "mlflow", "server",
              "--artifacts-destination", str(directory / "artifacts"), "--host", host, "--port", str(port),
              "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_BACKEND_STORE_URI": stack.backend_uri_for(password)})
         stack.server_pid = server.pid
         (directory / STATE_FILE).write_text(json.dumps(asdict(stack), indent=2) + "\n")
         deadline = time.time() + START_TIMEOUT_S
@@ -230,6 +262,28 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
         stop(directory)
         raise
     return stack
+
+
+def _trusts_everyone(data: Path) -> bool:
+    hba = data / "pg_hba.conf"
+    return any(line.split()[-1:] == ["trust"] for line in hba.read_text().splitlines()
+               if line.strip() and not line.lstrip().startswith("#"))
+
+
+def _require_password(bin_dir: Path, data: Path, db_port: int, password: str) -> None:
+    """Set the password (still over trust, the SQL on stdin, not a command line), then switch every
+    pg_hba.conf rule to scram-sha-256 and reload."""
+    sql = f"SET password_encryption = 'scram-sha-256'; ALTER USER {DB_USER} WITH PASSWORD '{password}';"
+    proc = subprocess.run(_as_db_account([str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(db_port), "-U", DB_USER,
+                                          "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-f", "-"]),
+                          input=sql, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise HarnessError(f"setting the database password failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    hba = data / "pg_hba.conf"
+    lines = [line.rsplit(None, 1)[0] + " scram-sha-256" if line.split()[-1:] == ["trust"]
+             and not line.lstrip().startswith("#") else line for line in hba.read_text().splitlines()]
+    hba.write_text("\n".join(lines) + "\n")
+    _run([str(bin_dir / "pg_ctl"), "-D", str(data), "reload"], "reloading PostgreSQL's authentication rules")
 
 
 def _last_line(path: Path) -> str:

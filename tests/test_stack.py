@@ -213,6 +213,28 @@ def test_push_all_on_a_postgres_tracking_server_and_a_two_node_ray_cluster_survi
         assert meta["run_id"] == lost_run_id
 
 
+def test_the_database_refuses_a_client_without_its_password_and_the_password_is_never_shown():
+    import psycopg
+    import stat
+
+    with tracking_server() as (stack, base):
+        directory = base / "server"
+        secret_file = directory / "db-password"
+        password = secret_file.read_text().strip()
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600 and len(password) >= 24
+        for via in ("127.0.0.1", str(directory / "sockets")):  # TCP and the local socket
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(host=via, port=stack.db_port, user="mlflow", dbname="mlflow", connect_timeout=10)
+        with psycopg.connect(host="127.0.0.1", port=stack.db_port, user="mlflow", dbname="mlflow",
+                             password=password, connect_timeout=10) as db:
+            assert db.execute("SELECT count(*) FROM experiments").fetchone()[0] >= 1  # mlflow server's schema
+        shown = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert password not in shown
+        for path in directory.rglob("*"):
+            if path.is_file() and path != secret_file and path.stat().st_size < 50_000_000:
+                assert password.encode() not in path.read_bytes(), path
+
+
 def test_server_start_on_a_taken_port_is_one_line_and_starts_nothing(tmp_path):
     import socket
 
