@@ -27,13 +27,20 @@ def server_command():
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="0.0.0.0 lets other machines reach it (PostgreSQL itself stays on 127.0.0.1).")
-def start_command(directory, port, host):
-    """Start PostgreSQL (made on first use) and `mlflow server` on it; print the URI to export."""
+@click.option("--auth/--no-auth", default=False, show_default=True,
+              help="MLflow's basic-auth app: every request needs a user and password; the admin's is "
+                   "generated into DIR/admin-password (mode 600); other users get READ until granted more.")
+def start_command(directory, port, host, auth):
+    """Start PostgreSQL (made on first use, password-protected) and `mlflow server` on it; print the URI to export."""
     from harness import server
 
-    stack = server.start(directory, port=port, host=host)
+    stack = server.start(directory, port=port, host=host, auth=auth)
     click.echo(f"tracking server on PostgreSQL (port {stack.db_port}), artifacts in {directory / 'artifacts'}")
     click.echo(f"export MLFLOW_TRACKING_URI={stack.tracking_uri}")
+    if auth:
+        click.echo(f"basic auth on: export MLFLOW_TRACKING_USERNAME={server.ADMIN_USER} "
+                   f"MLFLOW_TRACKING_PASSWORD=\"$(cat {directory / server.ADMIN_PASSWORD_FILE})\" "
+                   "(the admin; add users with MLflow's auth API)")
     click.echo(f"stop it with: harness server stop --dir {directory}")
 
 

@@ -37,6 +37,8 @@ from harness.errors import HarnessError
 
 STATE_FILE = "server.json"
 PASSWORD_FILE = "db-password"
+ADMIN_USER = "admin"
+ADMIN_PASSWORD_FILE = "admin-password"  # the basic-auth app's admin (harness server start --auth)
 DB_NAME = DB_USER = "mlflow"
 START_TIMEOUT_S = 120.0  # mlflow server creates its schema in PostgreSQL on first start (~15 s on 2 cores)
 
@@ -50,6 +52,7 @@ class Stack:
     port: int
     db_port: int
     server_pid: int
+    auth: bool = False  # MLflow's basic-auth app in front of the REST API and the UI
 
     @property
     def tracking_uri(self) -> str:
@@ -67,7 +70,11 @@ class Stack:
 def db_password(directory: Path, account: str | None) -> str:
     """The database user's password: generated on first start, kept in ``DIR/db-password`` with mode
     600 (owned by the user PostgreSQL runs as, who reads it at initdb), never printed or logged."""
-    path = directory / PASSWORD_FILE
+    return kept_secret(directory / PASSWORD_FILE, account)
+
+
+def kept_secret(path: Path, account: str | None = None) -> str:
+    """A generated secret kept in ``path`` (mode 600), made on first use."""
     if not path.is_file():
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as f:
@@ -194,8 +201,10 @@ def _answers(uri: str) -> bool:
         return False
 
 
-def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: int | None = None) -> Stack:
-    """Start PostgreSQL and the tracking server in ``directory`` (made on first use); returns what runs."""
+def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: int | None = None,
+          auth: bool = False) -> Stack:
+    """Start PostgreSQL and the tracking server in ``directory`` (made on first use); returns what runs.
+    ``auth``: MLflow's basic-auth app (:func:`auth_environment`)."""
     directory = directory.resolve()
     running = read_state(directory)
     if running is not None and _alive(running.server_pid):
@@ -240,15 +249,16 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
                                  env=with_password)
         if created.returncode != 0 and "already exists" not in created.stderr:
             raise HarnessError(f"creating the mlflow database failed: {created.stderr.strip()}")
-        stack = Stack(str(directory), host, port, db_port, 0)
+        stack = Stack(str(directory), host, port, db_port, 0, auth)
         log = open(directory / "mlflow-server.log", "ab")
         # The password reaches the server through its environment, not a command line `ps` shows.
+        env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": stack.backend_uri_for(password),
+               **(auth_environment(directory) if auth else {})}
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server",
+            [sys.executable, "-m", "mlflow", "server", *(["--app-name", "basic-auth"] if auth else []),
              "--artifacts-destination", str(directory / "artifacts"), "--host", host, "--port", str(port),
              "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_BACKEND_STORE_URI": stack.backend_uri_for(password)})
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         stack.server_pid = server.pid
         (directory / STATE_FILE).write_text(json.dumps(asdict(stack), indent=2) + "\n")
         deadline = time.time() + START_TIMEOUT_S
@@ -262,6 +272,21 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
         stop(directory)
         raise
     return stack
+
+
+def auth_environment(directory: Path) -> dict[str, str]:
+    """MLflow's basic-auth app: users in ``DIR/basic_auth.db``, an admin ``admin`` whose generated
+    password is kept in ``DIR/admin-password`` (mode 600), READ for users the admin has not granted
+    more, and the Flask secret its CSRF tokens need (kept too, so a restart keeps sessions valid)."""
+    config = directory / "basic_auth.ini"
+    config.write_text("[mlflow]\n"
+                      "default_permission = READ\n"
+                      f"database_uri = sqlite:///{directory / 'basic_auth.db'}\n"
+                      f"admin_username = {ADMIN_USER}\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": kept_secret(directory / ADMIN_PASSWORD_FILE),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": kept_secret(directory / "flask-secret")}
 
 
 def _trusts_everyone(data: Path) -> bool:

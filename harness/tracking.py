@@ -74,6 +74,7 @@ def prepare_store() -> None:
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
         check_server(uri)
+        check_credentials(uri)
     elif uri.startswith("sqlite:///"):
         prepare_sqlite(Path(uri[len("sqlite:///") :]))
     else:
@@ -142,6 +143,21 @@ def check_database(uri: str, timeout_s: float = 5.0) -> None:
         reason = "no answer within %gs" % timeout_s if isinstance(exc, TimeoutError) else "connection failed"
         raise HarnessError(f"tracking database {redact(uri)} does not answer ({reason}); start it, or point "
                            "MLFLOW_TRACKING_URI at a running server or at a sqlite:///path/mlflow.db file") from None
+
+
+def check_credentials(uri: str) -> None:
+    """A server with MLflow's basic-auth app answers 401 without a user it knows: said at once, in one line."""
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except MlflowException as exc:
+        if "401" in str(exc.message) or getattr(exc, "error_code", "") == "UNAUTHENTICATED":
+            given = "the user in MLFLOW_TRACKING_USERNAME" if os.environ.get("MLFLOW_TRACKING_USERNAME") else "no user"
+            raise HarnessError(f"tracking server {uri} refused {given} (401 Unauthorized); set "
+                               "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it") from None
+        if "403" in str(exc.message):
+            raise HarnessError(f"tracking server {uri} does not let user '{os.environ.get('MLFLOW_TRACKING_USERNAME')}' "
+                               "read its experiments (403 Forbidden); ask its admin for permission") from None
+        raise
 
 
 def prepare_sqlite(db_path: Path) -> None:

@@ -136,7 +136,9 @@ def test_ui_stopped_or_its_terminal_closed_leaves_no_server_on_the_port(store, t
     env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", "ui", "--port", str(port)], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # a terminal's job: its own process group
+                            start_new_session=True,  # a terminal's job: its own process group
+                            # as from a terminal: under nohup (inherited SIG_IGN) SIGHUP is rightly ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
 
     def listening() -> bool:
         with socket.socket() as client:

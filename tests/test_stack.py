@@ -37,7 +37,7 @@ def python_bin(name: str) -> str:
 
 
 @contextlib.contextmanager
-def tracking_server():
+def tracking_server(auth: bool = False):
     try:
         server.postgres_bin()
     except Exception as exc:  # noqa: BLE001
@@ -46,7 +46,7 @@ def tracking_server():
     os.chmod(base, 0o755)
     started = time.perf_counter()
     try:
-        stack = server.start(base / "server", port=server.free_port())
+        stack = server.start(base / "server", port=server.free_port(), auth=auth)
         print(f"tracking server up in {time.perf_counter() - started:.1f} s")
         yield stack, base
     finally:
@@ -233,6 +233,26 @@ def test_the_database_refuses_a_client_without_its_password_and_the_password_is_
         for path in directory.rglob("*"):
             if path.is_file() and path != secret_file and path.stat().st_size < 50_000_000:
                 assert password.encode() not in path.read_bytes(), path
+
+
+def test_with_basic_auth_the_server_refuses_a_client_without_an_account(tmp_path):
+    import requests
+
+    from tests.conftest import run_cli
+
+    with tracking_server(auth=True) as (stack, base):
+        admin_password = (base / "server" / "admin-password").read_text().strip()
+        search = f"{stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert requests.get(search, timeout=30).status_code == 401
+        assert requests.get(search, auth=("admin", admin_password), timeout=30).status_code == 200
+        refused = run_cli(["compare", "--env", "FetchReach-v4"], tmp_path, stack.tracking_uri, check=False)
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+            f"harness: error: tracking server {stack.tracking_uri} refused no user (401 Unauthorized); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it"]
+        with_user = stack.tracking_uri.replace("http://", f"http://admin:{admin_password}@")
+        allowed = run_cli(["compare", "--env", "FetchReach-v4"], tmp_path, with_user, check=False)
+        assert "no finished, evaluated training run for FetchReach-v4" in allowed.stderr
+        assert admin_password not in refused.stderr + allowed.stdout + allowed.stderr
 
 
 def test_server_start_on_a_taken_port_is_one_line_and_starts_nothing(tmp_path):
