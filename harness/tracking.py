@@ -52,9 +52,19 @@ def absolute_tracking_uri() -> str:
     """The tracking URI for another process that may start in another directory (a pipeline's
     worker, a Ray task, a reproduction in a temporary directory): a relative SQLite path is resolved."""
     uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    path = sqlite_path(uri)
+    if path is not None and not path.is_absolute():
+        query = uri.partition("?")[1] + uri.partition("?")[2]
+        return "sqlite:///" + str(path.resolve()) + query
     return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, without its query (``?timeout=30`` is SQLite's
+    connection option, not part of the file name); None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].partition("?")[0])
 
 
 def credential_variables() -> dict[str, str]:
@@ -75,8 +85,8 @@ def prepare_store() -> None:
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         check_credentials(uri)
-    elif uri.startswith("sqlite:///"):
-        prepare_sqlite(Path(uri[len("sqlite:///") :]))
+    elif sqlite_path(uri) is not None:
+        prepare_sqlite(sqlite_path(uri))
     else:
         check_database(uri)
         try:  # a database server, a file store, or an unknown scheme
@@ -96,9 +106,9 @@ def check_store_writable() -> None:
     """A SQLite store that cannot be written (a read-only file or mount), said before minutes of work
     whose results could not be logged; a server's store is known only by writing to it."""
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    db_path = sqlite_path(uri)
+    if db_path is None:
         return
-    db_path = Path(uri[len("sqlite:///"):])
     for path in (db_path, db_path.parent):  # SQLite writes a journal next to the database
         if not os.access(path, os.W_OK):
             raise HarnessError(f"tracking store {db_path} is read-only ({path} cannot be written): nothing could "
@@ -249,9 +259,9 @@ def check_integrity() -> None:
     import sqlite3
 
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    db_path = sqlite_path(uri)
+    if db_path is None:
         return
-    db_path = Path(uri[len("sqlite:///"):])
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
             problems = [line.strip() for row in db.execute("PRAGMA quick_check(3)") for line in row[0].splitlines()]

@@ -88,6 +88,15 @@ def test_stores_that_cannot_be_used_are_named(tmp_path):
         one_line_error(harness(["compare", "--env", "FetchReach-v4"], tmp_path, uri), expected)
 
 
+def test_a_sqlite_uri_with_connection_options_names_the_file_before_the_query(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'q.db'}?timeout=30"
+    one_line_error(harness(["compare", "--env", "FetchReach-v4"], tmp_path, uri), "no finished, evaluated training run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.db", "q.db.lock"]
+    from harness.tracking import sqlite_path
+
+    assert sqlite_path(uri) == tmp_path / "q.db" and sqlite_path("http://host:5000") is None
+
+
 def small_store(path: Path) -> None:
     """A real MLflow store with 30 finished runs in it, made by a plain MLflow client."""
     client = mlflow.MlflowClient(f"sqlite:///{path}")
