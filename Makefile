@@ -59,7 +59,7 @@ bench: setup
 ui: setup
 	$(BIN)/harness ui --port 5000
 
-# A tracking server on PostgreSQL in .mlflow-server/ for workers on several machines (README: More machines).
+# A tracking server on PostgreSQL in .mlflow-server/ for workers on several machines (docs/pipelines.md).
 server: setup postgres
 	$(BIN)/harness server start --dir .mlflow-server --port 5000
 

@@ -248,7 +248,7 @@ def test_mlflow_ui_lands_on_her_vs_no_her(workflow, tmp_path):
                                        tmp_path / "p5"))
         # The metric chart sections, named by prefix with their chart counts (eval/* holds 7 charts).
         assert "eval (7)" in charts and "rollout (" in charts and "train (" in charts
-        if os.environ.get("HARNESS_UI_SCREENSHOTS"):  # refresh README's screenshots: a folder to write them to
+        if os.environ.get("HARNESS_UI_SCREENSHOTS"):  # refresh docs/'s screenshots: a folder to write them to
             out = Path(os.environ["HARNESS_UI_SCREENSHOTS"])
             chromium(chart_url, tmp_path / "p6", screenshot=out / "ui-her-vs-no-her.png")
             chromium(chart_url.replace("&compareRunsMode=CHART", ""), tmp_path / "p7", screenshot=out / "ui-runs.png")

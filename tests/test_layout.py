@@ -5,7 +5,7 @@ from pathlib import Path
 
 import harness
 
-# The stages in the order a run goes through them (README's Layout lists the same order).
+# The stages in the order a run goes through them (docs/architecture.md lists the same order).
 STAGES = [
     "errors", "credentials", "identity", "provenance", "config", "envs", "seeding", "algorithms", "replay", "views", "tracking", "server",
     "checkpoints", "resume", "evaluation", "training", "statistics", "comparison",
@@ -33,7 +33,7 @@ def imports_of(path: Path) -> set[str]:
 
 def test_each_stage_imports_only_the_stages_before_it_and_never_the_cli():
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py"}
-    assert sorted(modules) == sorted(STAGES), "a module was added or removed: place it in STAGES and README's Layout"
+    assert sorted(modules) == sorted(STAGES), "a module was added or removed: place it in STAGES and docs/architecture.md"
     upward = []
     for name, path in modules.items():
         for imported in imports_of(path):

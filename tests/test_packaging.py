@@ -54,8 +54,29 @@ def test_mlproject_parameters_map_onto_cli_options():
 
 
 def test_ci_runs_the_readme_test_command():
-    assert "make test" in (PROJECT_ROOT / ".ci" / "run").read_text()
-    assert "make test" in (PROJECT_ROOT / "README.md").read_text()
+    ci = [line for line in (PROJECT_ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    assert ci[-1].strip() == "make test"  # CI ends by running it, with `set -e` before
+    assert "set -euo pipefail" in ci
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert "```bash\nmake test\n```" in readme  # the README's test command, on its own
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "-m pytest" in recipe
+
+
+def test_the_readme_is_short_and_every_link_of_the_docs_resolves():
+    import re
+
+    readme = PROJECT_ROOT / "README.md"
+    assert len(readme.read_text()) <= 15_000, "the README grew past 15k characters: move detail to docs/"
+    pages = [readme, PROJECT_ROOT / "BENCHMARKS.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+    assert len(pages) >= 8
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["experiment", "--help"],
