@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import tracking  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
-from harness.identity import ALGO_TAG, ENV_TAG, HER_TAG  # noqa: E402
+from harness.identity import ALGO_TAG, ENV_TAG, HER_TAG, KIND_TAG, PRESET_TAG, SEED_TAG
 
 METRIC = "eval/success_rate"
 
@@ -49,9 +49,9 @@ def first_reaching(curve, threshold: float):
 
 
 def find_runs(env_id: str, algo: str, preset: str | None, her: bool, experiment: str | None) -> list:
-    tags = {"harness.kind": "train", ENV_TAG: env_id, ALGO_TAG: algo, HER_TAG: str(her).lower()}
+    tags = {KIND_TAG: "train", ENV_TAG: env_id, ALGO_TAG: algo, HER_TAG: str(her).lower()}
     if preset:
-        tags["harness.preset"] = preset
+        tags[PRESET_TAG] = preset
     return tracking.search_runs(tags, tracking.experiment_ids(experiment), order_by=("attributes.start_time ASC",))
 
 
@@ -62,7 +62,7 @@ def report(runs, thresholds: list[float]) -> list[dict]:
         row = {
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
-            "seed": run.data.tags.get("harness.seed"),
+            "seed": run.data.tags.get(SEED_TAG),
             "status": run.info.status,
             "steps_evaluated": curve[-1][0] if curve else 0,
             "minutes_so_far": round(curve[-1][1], 1) if curve else 0.0,
@@ -108,7 +108,7 @@ def plot(runs, path: Path, title: str, thresholds: list[float]) -> None:
         # the preset's budget tells apart runs of one name made under different preset versions
         steps = run.data.params.get("total_steps")
         budget = f", {int(steps) // 1000}k steps" if steps else ""
-        label = f"{run.info.run_name} ({run.data.tags.get('harness.preset')}{budget})"
+        label = f"{run.info.run_name} ({run.data.tags.get(PRESET_TAG)}{budget})"
         ax.plot([m for _, m, _ in curve], [100 * v for _, _, v in curve], label=label)
     for threshold in thresholds:
         ax.axhline(100 * threshold, color="gray", linestyle="--", linewidth=0.8)
@@ -154,7 +154,7 @@ def main(env_id, algo, preset, her, run_ids, experiment, thresholds, plot_path, 
     if json_path:
         json_path.write_text(json.dumps(rows, indent=2) + "\n")
     if plot_path:
-        env_ids = sorted({run.data.tags.get("harness.env", env_id) for run in runs})
+        env_ids = sorted({run.data.tags.get(ENV_TAG, env_id) for run in runs})
         plot(runs, plot_path, f"{', '.join(env_ids)}: eval success vs wall-clock (dashed: thresholds)", levels)
         click.echo(f"plot: {plot_path}")
 

@@ -7,6 +7,7 @@ import sys
 import click
 
 from entry_points._common import run_command
+from harness.identity import KIND_TAG
 
 
 @click.command(name="ui")
@@ -36,7 +37,7 @@ def ui_command(port, host):
     client = mlflow.MlflowClient()
     trained = []
     for experiment in client.search_experiments():
-        newest = tracking.search_runs({"harness.kind": "train"}, [experiment.experiment_id], max_results=1)
+        newest = tracking.search_runs({KIND_TAG: "train"}, [experiment.experiment_id], max_results=1)
         if newest:
             views.publish(experiment.experiment_id)
             trained.append((newest[0].info.start_time, experiment))

@@ -32,6 +32,7 @@ from stable_baselines3.common.utils import polyak_update
 
 from harness.config import ALGOS
 from harness.errors import HarnessError
+from harness.identity import CPU_CAPABILITY_TAG, DEVICE_TAG, NATIVE_BF16_TAG, PRECISION_TAG, TORCH_THREADS_TAG
 
 
 
@@ -83,9 +84,9 @@ def emulated_bf16_warning(precision: str, device_type: str = "cpu") -> str | Non
 def compute_tags(device_type: str, precision: str) -> dict[str, str]:
     """What a run's arithmetic depended on: the resolved precision, torch's instruction set and thread count,
     and whether the device runs bf16 natively (``harness reproduce`` names them when they differ)."""
-    return {"harness.precision": precision, "harness.cpu_capability": cpu_capability(),
-            "harness.native_bf16": str(native_bf16(device_type)).lower(),
-            "harness.torch_threads": str(th.get_num_threads()), "harness.device": device_type}
+    return {PRECISION_TAG: precision, CPU_CAPABILITY_TAG: cpu_capability(),
+            NATIVE_BF16_TAG: str(native_bf16(device_type)).lower(),
+            TORCH_THREADS_TAG: str(th.get_num_threads()), DEVICE_TAG: device_type}
 
 
 DEVICES = ("auto", "cpu", "cuda")

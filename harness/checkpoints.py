@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.identity import CHECKPOINT_SHA256_TAG, VECNORMALIZE_SHA256_TAG
 
 CHECKPOINT_DIR = Path("checkpoints")
 ARTIFACT_DIR = "checkpoint"
 RUN_ID_LENGTH = 32  # an MLflow run id: 32 hex digits
 # Tags a training run carries with the sha256 of its checkpoint files (see verify_hashes).
-HASH_TAGS = {"model": "harness.checkpoint_sha256", "vecnormalize": "harness.vecnormalize_sha256"}
+HASH_TAGS = {"model": CHECKPOINT_SHA256_TAG, "vecnormalize": VECNORMALIZE_SHA256_TAG}
 
 
 def local_paths(run_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Path]:

@@ -24,7 +24,11 @@ from harness.checkpoints import write_json_atomically
 from harness.credentials import redact
 from harness.errors import HarnessError
 from harness.evaluation import RESULTS_DIR, floor_run, threshold_metrics
-from harness.identity import ALGO_TAG, ENV_TAG, VARIANT_TAG, RunIdentity
+from harness.identity import (
+    ALGO_TAG, CLEAR_SEPARATION_TAG, ENV_TAG, EVALUATED_TAG, EVAL_EPISODES_TAG, KIND_TAG, NOTE_TAG,
+    PARENT_RUN_ID_TAG, RunIdentity, SEEDS_TAG, SEPARATION_TAG_PREFIX, SEPARATION_TEST_TAG, VARIANT_TAG,
+    WARNINGS_TAG
+)
 from harness.statistics import (
     Separation,
     Summary,
@@ -74,7 +78,7 @@ def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str |
         for seed in seeds:
             # The chapter's runs only: an ablation variant of the same (env, algo, her, seed) is not one.
             run = next((r for r in tracking.search_runs(
-                {"harness.kind": "train", "harness.evaluated": "true", **RunIdentity(env_id, algo, her, seed).search_tags()},
+                {KIND_TAG: "train", EVALUATED_TAG: "true", **RunIdentity(env_id, algo, her, seed).search_tags()},
                 ids, status="FINISHED") if not r.data.tags.get(VARIANT_TAG)), None)
             if run is not None:
                 found[her].append(run)
@@ -233,7 +237,7 @@ def condition_key(her: bool) -> str:
 
 def episodes_of(run) -> int:
     """How many deterministic episodes ``harness eval`` scored the run on."""
-    return int(run.data.metrics.get("eval/n_episodes") or run.data.tags.get("harness.eval_episodes") or 0)
+    return int(run.data.metrics.get("eval/n_episodes") or run.data.tags.get(EVAL_EPISODES_TAG) or 0)
 
 
 def first_reached(run, threshold: float) -> tuple[int, float | None] | None:
@@ -441,18 +445,18 @@ def report_comparison(env_id: str, seeds: Sequence[int], found: dict[bool, list]
     chapter_table = markdown_table(summaries)
     markdown = chapter_table + "\n\n" + details + "\n"
 
-    tags = {"harness.kind": "compare", ENV_TAG: env_id, ALGO_TAG: algo,
-            "harness.seeds": ",".join(str(s) for s in seeds),
-            "harness.clear_separation": "yes" if verdict.clear else "no",
-            "harness.separation_test": verdict.test,
+    tags = {KIND_TAG: "compare", ENV_TAG: env_id, ALGO_TAG: algo,
+            SEEDS_TAG: ",".join(str(s) for s in seeds),
+            CLEAR_SEPARATION_TAG: "yes" if verdict.clear else "no",
+            SEPARATION_TEST_TAG: verdict.test,
             # mlflow.note.content is the run's description in the UI, rendered as markdown.
-            "mlflow.note.content": f"# {env_id}: {algo.upper()} without and with HER\n\n{markdown}"}
+            NOTE_TAG: f"# {env_id}: {algo.upper()} without and with HER\n\n{markdown}"}
     for criterion in ("large", "significant", "consistent"):
-        tags[f"harness.separation_{criterion}"] = "yes" if getattr(verdict, criterion) else "no"
+        tags[f"{SEPARATION_TAG_PREFIX}{criterion}"] = "yes" if getattr(verdict, criterion) else "no"
     if statistics["warnings"]:
-        tags["harness.warnings"] = " | ".join(statistics["warnings"])
+        tags[WARNINGS_TAG] = " | ".join(statistics["warnings"])
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[PARENT_RUN_ID_TAG] = parent_run_id
     with tracking.tracked_run(f"compare_{algo}_{env_id}", tags, experiment) as run:
         mlflow.log_text(markdown, "comparison.md")
         mlflow.log_artifact(str(json_path))

@@ -14,7 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from harness.identity import ENV_TAG, RunIdentity
+from harness.identity import (
+    ENV_TAG, EVALUATED_TAG, EVAL_EPISODES_TAG, EVAL_RESET_SEED_TAG, KIND_TAG, PARENT_RUN_ID_TAG,
+    RUN_NAME_TAG, RunIdentity, SOURCE_RUN_ID_TAG
+)
 
 
 EVAL_RESET_SEED = 10_000
@@ -191,17 +194,17 @@ def evaluate_checkpoint(
         client.log_artifact(training_run, str(out), artifact_path="eval")
         for path in videos:
             client.log_artifact(training_run, str(path), artifact_path="videos")
-        client.set_tag(training_run, "harness.eval_episodes", str(n_episodes))
-        client.set_tag(training_run, "harness.evaluated", "true")
+        client.set_tag(training_run, EVAL_EPISODES_TAG, str(n_episodes))
+        client.set_tag(training_run, EVALUATED_TAG, "true")
     report["logged_to_run"] = training_run
 
     attached = os.environ.get("MLFLOW_RUN_ID")
     if parent_run_id or (attached and attached != training_run):
         tags = RunIdentity.of(config, identity.variant).tags("eval")
         if loaded.run_id:
-            tags["harness.source_run_id"] = loaded.run_id
+            tags[SOURCE_RUN_ID_TAG] = loaded.run_id
         if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
+            tags[PARENT_RUN_ID_TAG] = parent_run_id
         with tracking.tracked_run(f"eval_{Path(out).stem}", tags) as run:
             tracking.log_metrics_at(run.info.run_id, metrics, step)
             mlflow.log_artifact(str(out), artifact_path="eval")
@@ -231,8 +234,8 @@ def floor_run(env_id: str, n_episodes: int, experiment_id: str) -> dict[str, Any
 
     from harness import tracking
 
-    tags = {"harness.kind": "floor", ENV_TAG: env_id, "harness.eval_episodes": str(n_episodes),
-            "harness.eval_reset_seed": str(EVAL_RESET_SEED)}
+    tags = {KIND_TAG: "floor", ENV_TAG: env_id, EVAL_EPISODES_TAG: str(n_episodes),
+            EVAL_RESET_SEED_TAG: str(EVAL_RESET_SEED)}
     client = MlflowClient()
     found = tracking.search_runs(tags, tracking.all_experiment_ids(), status="FINISHED", max_results=1)
     if found:
@@ -246,7 +249,7 @@ def floor_run(env_id: str, n_episodes: int, experiment_id: str) -> dict[str, Any
     env.close()
     summary = run_episodes(lambda obs: zero, env_id, n_episodes).summary()
     run = client.create_run(experiment_id, run_name=f"floor_{env_id}",
-                            tags={"mlflow.runName": f"floor_{env_id}", **tracking.provenance_tags(), **tags})
+                            tags={RUN_NAME_TAG: f"floor_{env_id}", **tracking.provenance_tags(), **tags})
     try:
         tracking.log_metrics_at(run.info.run_id, {f"eval/{key}": value for key, value in summary.items()}, 0)
     except BaseException:

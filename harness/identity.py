@@ -18,7 +18,47 @@ from typing import Any, Mapping
 ENV_TAG, ALGO_TAG, HER_TAG, SEED_TAG, VARIANT_TAG = ("harness.env", "harness.algo", "harness.her", "harness.seed",
                                                       "harness.variant")
 CONDITION_TAG = "harness.condition"  # "HER" / "no-HER": what the MLflow UI's view groups by
-KIND_TAG = "harness.kind"
+KIND_TAG = "harness.kind"  # train, eval, compare, pipeline, lab, floor, bench, reproduce
+
+# Every other tag key the harness writes or searches by: the run schema in one place (a test fails
+# on a "harness." or "mlflow." tag literal anywhere else in the package).
+# What a training run is made of and where it ran
+CONFIG_HASH_TAG = "harness.config_hash"
+PRESET_TAG = "harness.preset"
+N_SAMPLED_GOAL_TAG = "harness.n_sampled_goal"
+TOTAL_STEPS_TAG = "harness.total_steps"
+CODE_VERSION_TAG = "harness.code_version"
+GIT_COMMIT_TAG, GIT_DIRTY_TAG = "harness.git_commit", "harness.git_dirty"
+COMMAND_TAG, HOST_TAG, CPU_TAG = "harness.command", "harness.host", "harness.cpu"
+VERSION_TAG_PREFIX = "harness.version."  # + package name
+PRECISION_TAG, DEVICE_TAG, TORCH_THREADS_TAG = "harness.precision", "harness.device", "harness.torch_threads"
+CPU_CAPABILITY_TAG, NATIVE_BF16_TAG = "harness.cpu_capability", "harness.native_bf16"
+WARNINGS_TAG = "harness.warnings"
+# How it went: resumes, checkpoints and their hashes
+RESUMED_FROM_STEP_TAG = "harness.resumed_from_step"
+DAMAGED_CHECKPOINT_TAG = "harness.damaged_checkpoint"
+CHECKPOINT_SHA256_TAG, VECNORMALIZE_SHA256_TAG = "harness.checkpoint_sha256", "harness.vecnormalize_sha256"
+# Evaluation
+EVALUATED_TAG = "harness.evaluated"  # "true" once `harness eval` logged eval/* to the training run
+EVAL_EPISODES_TAG = "harness.eval_episodes"
+EVAL_RESET_SEED_TAG = "harness.eval_reset_seed"
+SOURCE_RUN_ID_TAG = "harness.source_run_id"  # an eval run's (or a registered model's) training run
+# Comparison and its verdict
+SEEDS_TAG = "harness.seeds"
+CLEAR_SEPARATION_TAG = "harness.clear_separation"
+SEPARATION_TAG_PREFIX = "harness.separation_"  # + large / significant / consistent
+SEPARATION_TEST_TAG = "harness.separation_test"
+# Pipelines
+PIPELINE_TAG, PIPELINE_KEY_TAG = "harness.pipeline", "harness.pipeline_key"
+EXECUTOR_TAG, WORKERS_TAG, ACTIONS_TAG = "harness.executor", "harness.workers", "harness.actions"
+# Reproductions
+REPRODUCES_TAG, VERDICT_TAG = "harness.reproduces", "harness.verdict"
+FIRST_DIFFERENCE_STEP_TAG = "harness.first_difference_step"
+# MLflow's own (``mlflow.utils.mlflow_tags``; spelled here so that importing this module costs nothing)
+RUN_NAME_TAG = "mlflow.runName"
+PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + view id: an experiment's saved runs-page view
 
 
 @dataclass(frozen=True)

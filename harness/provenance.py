@@ -13,6 +13,9 @@ from importlib import metadata
 from pathlib import Path
 
 from harness.credentials import redact
+from harness.identity import (
+    CODE_VERSION_TAG, COMMAND_TAG, CPU_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG, HOST_TAG, VERSION_TAG_PREFIX
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DIFF_ARTIFACT = "git.diff"  # a run from a dirty tree logs its uncommitted changes under this name
@@ -84,12 +87,12 @@ def provenance_tags() -> dict[str, str]:
     """Tags every run carries, under ``harness.``."""
     commit, dirty = git_state()
     tags = {
-        "harness.git_commit": commit,
-        "harness.git_dirty": "unknown" if dirty is None else str(dirty).lower(),
-        "harness.code_version": code_version(),
-        "harness.command": command_line(),
-        "harness.cpu": cpu_model(),
-        "harness.host": socket.gethostname(),  # which machine (Ray node) ran it: its system/* metrics are that machine's
+        GIT_COMMIT_TAG: commit,
+        GIT_DIRTY_TAG: "unknown" if dirty is None else str(dirty).lower(),
+        CODE_VERSION_TAG: code_version(),
+        COMMAND_TAG: command_line(),
+        CPU_TAG: cpu_model(),
+        HOST_TAG: socket.gethostname(),  # which machine (Ray node) ran it: its system/* metrics are that machine's
     }
-    tags.update({f"harness.version.{name}": version for name, version in package_versions().items()})
+    tags.update({f"{VERSION_TAG_PREFIX}{name}": version for name, version in package_versions().items()})
     return tags

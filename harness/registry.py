@@ -24,7 +24,10 @@ from mlflow.tracking import MlflowClient
 
 from harness import tracking
 from harness.errors import HarnessError
-from harness.identity import ALGO_TAG, ENV_TAG, HER_TAG, RunIdentity
+from harness.identity import (
+    ALGO_TAG, ENV_TAG, EVALUATED_TAG, EVAL_EPISODES_TAG, GIT_COMMIT_TAG, HER_TAG, KIND_TAG, RunIdentity,
+    SOURCE_RUN_ID_TAG
+)
 
 CHAMPION = "champion"
 POLICY_ARTIFACT = "policy"
@@ -103,7 +106,7 @@ def signature_for(env_id: str):
 
 def best_her_run(env_id: str, algo: str | None = None):
     """The finished, evaluated HER training run with the best eval success (ties: return); of any algo if None."""
-    tags = {"harness.kind": "train", ENV_TAG: env_id, HER_TAG: "true", "harness.evaluated": "true"}
+    tags = {KIND_TAG: "train", ENV_TAG: env_id, HER_TAG: "true", EVALUATED_TAG: "true"}
     if algo is not None:
         tags[ALGO_TAG] = algo
     runs = tracking.search_runs(tags, tracking.experiment_ids(None), status="FINISHED", max_results=1,
@@ -127,7 +130,7 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
     tracking.prepare_store()
     run = tracking.get_run(run_id) if run_id else best_her_run(env_id, algo)
     tags = run.data.tags
-    if tags.get("harness.kind") != "train" or tags.get("harness.evaluated") != "true":
+    if tags.get(KIND_TAG) != "train" or tags.get(EVALUATED_TAG) != "true":
         raise HarnessError(f"run {run.info.run_id} is not an evaluated training run; evaluate it first (harness eval --ckpt {run.info.run_id})")
     identity = RunIdentity.from_tags(tags)
     env_id, algo = identity.env_id, identity.algo
@@ -143,8 +146,8 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
         hashes = export_weights(loaded, weights)
         signature, obs_space = signature_for(env_id)
         example = {key: np.zeros((1, *space.shape)) for key, space in obs_space.spaces.items()}
-        with tracking.tracked_run(f"register_{name}", {"harness.kind": "register", ENV_TAG: env_id,
-                                                       "harness.source_run_id": run.info.run_id}):
+        with tracking.tracked_run(f"register_{name}", {KIND_TAG: "register", ENV_TAG: env_id,
+                                                       SOURCE_RUN_ID_TAG: run.info.run_id}):
             info = mlflow.pyfunc.log_model(
                 name=POLICY_ARTIFACT, python_model=str(Path(__file__).with_name("registry_model.py")),
                 artifacts={WEIGHTS_ARTIFACT: str(weights)}, signature=signature, input_example=example,
@@ -185,14 +188,14 @@ def version_description(run, metrics: dict[str, float], meta: dict[str, Any]) ->
     identity = RunIdentity.from_tags(run.data.tags)
     link = views.url(views.ui_base(mlflow.get_tracking_uri()), run.info.experiment_id, run_id=run.info.run_id)
     shown = ("preset", "total_steps", "n_envs", "batch_size", "gamma", "learning_rate", "n_sampled_goal", "held_object_start")
-    episodes = run.data.tags.get("harness.eval_episodes", "?")
+    episodes = run.data.tags.get(EVAL_EPISODES_TAG, "?")
     lines = [f"**{identity.algo.upper()} + HER on {identity.env_id}, seed {identity.seed}**, from training run "
              f"[{run.info.run_name}]({link}) (`{run.info.run_id}`).", "",
              f"Deterministic evaluation on {episodes} episodes: success **{100 * metrics['eval/success_rate']:.1f}%**, "
              f"return {metrics['eval/mean_return']:.2f}, final distance {metrics['eval/final_distance']:.4f}.", "",
              "| config | value |", "|---|---|"]
     lines += [f"| {key} | {config[key]} |" for key in shown if key in config]
-    lines += ["", f"Code: commit `{run.data.tags.get('harness.git_commit', '?')}`; full config in the version's "
+    lines += ["", f"Code: commit `{run.data.tags.get(GIT_COMMIT_TAG, '?')}`; full config in the version's "
                   "`config` tag and the run's `config.json`."]
     return "\n".join(lines)
 

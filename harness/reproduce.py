@@ -38,7 +38,12 @@ from mlflow.tracking import MlflowClient
 from harness import tracking
 from harness.config import FIELD_NAMES, TrainConfig, config_from_dict
 from harness.errors import HarnessError
-from harness.identity import RunIdentity
+from harness.identity import (
+    ALGO_TAG, CODE_VERSION_TAG, CPU_CAPABILITY_TAG, CPU_TAG, DEVICE_TAG, ENV_TAG, EVALUATED_TAG,
+    EVAL_EPISODES_TAG, FIRST_DIFFERENCE_STEP_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG, HER_TAG, KIND_TAG,
+    NATIVE_BF16_TAG, NOTE_TAG, PRECISION_TAG, REPRODUCES_TAG, RunIdentity, SEED_TAG, TORCH_THREADS_TAG,
+    VERDICT_TAG, VERSION_TAG_PREFIX
+)
 from harness.provenance import DIFF_ARTIFACT, PROJECT_ROOT, code_version
 from harness.statistics import wilson_interval
 
@@ -49,8 +54,8 @@ COMPARED_PREFIXES = ("eval/", "train/", "rollout/")
 # counterparts (eval/steps_to_*) are compared.
 WALL_CLOCK_METRICS = ("eval/minutes_to_",)
 # What the arithmetic ran on: a reproduction on another CPU class may resolve precision 'auto' differently.
-ENVIRONMENT_TAGS = ("harness.cpu", "harness.cpu_capability", "harness.native_bf16", "harness.precision",
-                    "harness.torch_threads", "harness.device")
+ENVIRONMENT_TAGS = (CPU_TAG, CPU_CAPABILITY_TAG, NATIVE_BF16_TAG, PRECISION_TAG,
+                    TORCH_THREADS_TAG, DEVICE_TAG)
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,8 @@ class Record:
 def read_record(run_id: str) -> Record:
     run = tracking.get_run(run_id)
     tags = run.data.tags
-    if tags.get("harness.kind") != "train":
-        raise HarnessError(f"run {run_id} is a {tags.get('harness.kind', 'non-harness')} run; reproduce re-makes "
+    if tags.get(KIND_TAG) != "train":
+        raise HarnessError(f"run {run_id} is a {tags.get(KIND_TAG, 'non-harness')} run; reproduce re-makes "
                            "training runs (harness.kind=train)")
     if run.info.status != "FINISHED":
         raise HarnessError(f"run {run_id} is {run.info.status}, not FINISHED: there is no finished run to compare "
@@ -84,9 +89,9 @@ def read_record(run_id: str) -> Record:
     except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
         raise HarnessError(f"run {run_id} has no config.json artifact: not made by harness train") from None
     config = config_from_dict({k: v for k, v in logged.items() if k in FIELD_NAMES})
-    dirty = {"true": True, "false": False}.get(tags.get("harness.git_dirty", "unknown"))
-    return Record(run, config, logged, tags.get("harness.git_commit", "unknown"), dirty,
-                  tags.get("harness.code_version", ""))
+    dirty = {"true": True, "false": False}.get(tags.get(GIT_DIRTY_TAG, "unknown"))
+    return Record(run, config, logged, tags.get(GIT_COMMIT_TAG, "unknown"), dirty,
+                  tags.get(CODE_VERSION_TAG, ""))
 
 
 def _git(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
@@ -165,7 +170,7 @@ def train_arguments(record: Record, steps: int, experiment: str) -> list[str]:
     """``harness train`` options that resolve to exactly the run's config: every field its code knew set
     explicitly, so a preset edited since cannot change it; the run's torch thread count."""
     config = record.config
-    threads = record.run.data.tags.get("harness.torch_threads", "1")
+    threads = record.run.data.tags.get(TORCH_THREADS_TAG, "1")
     args = ["train", "--env", config.env_id, "--preset", config.preset, "--her", str(config.her).lower(),
             "--seed", str(config.seed), "--total-steps", str(steps), "--experiment", experiment, "--threads", threads,
             "--no-progress"]
@@ -193,7 +198,7 @@ def reproduce(run_id: str, steps: int | None = None, apply_diff: bool = False) -
     try:
         tree = code_tree(record, workdir, apply_diff)
         # Under `mlflow run -e reproduce` the training attaches to that run, in that run's experiment.
-        tags = {"harness.kind": "train", **identity.search_tags()}
+        tags = {KIND_TAG: "train", **identity.search_tags()}
         before = {r.info.run_id for r in tracking.search_runs(tags, tracking.experiment_ids(None))}
         _cli(tree, train_arguments(record, steps, experiment), workdir)
         made = [r for r in tracking.search_runs(tags, tracking.experiment_ids(None)) if r.info.run_id not in before]
@@ -203,9 +208,9 @@ def reproduce(run_id: str, steps: int | None = None, apply_diff: bool = False) -
         new = made[0]
         new_id = new.info.run_id
         # From here on it is a reproduction, never a training run that compare or register could take.
-        client.set_tag(new_id, "harness.kind", "reproduce")
-        client.set_tag(new_id, "harness.reproduces", run_id)
-        episodes = record.run.data.tags.get("harness.eval_episodes")
+        client.set_tag(new_id, KIND_TAG, "reproduce")
+        client.set_tag(new_id, REPRODUCES_TAG, run_id)
+        episodes = record.run.data.tags.get(EVAL_EPISODES_TAG)
         if steps == total and episodes:
             _cli(tree, ["eval", "--ckpt", str(workdir / "checkpoints" / f"{new.info.run_name}.zip"),
                         "--n-episodes", episodes], workdir)
@@ -240,7 +245,7 @@ def compare_runs(original, new, up_to_step: int) -> dict[str, Any]:
                      "reproduction_last": b[common[-1]][-1] if common else None})
     environment = {}
     for key in sorted(set(original.data.tags) | set(new.data.tags)):
-        if key.startswith("harness.version.") or key in ENVIRONMENT_TAGS:
+        if key.startswith(VERSION_TAG_PREFIX) or key in ENVIRONMENT_TAGS:
             was, now = original.data.tags.get(key), new.data.tags.get(key)
             if was != now:
                 environment[key.removeprefix("harness.")] = {"original": was, "reproduction": now}
@@ -269,7 +274,7 @@ def verdict_of(record: Record, comparison: dict[str, Any], whole: bool) -> dict[
         low, high = min(others), max(others)
         inside, yardstick = low <= new_value <= high, f"other seeds of this config: {low:.2f}-{high:.2f}"
     else:
-        episodes = int(record.run.data.tags.get("harness.eval_episodes") or record.config.eval_episodes)
+        episodes = int(record.run.data.tags.get(EVAL_EPISODES_TAG) or record.config.eval_episodes)
         low, high = wilson_interval(round(success["original_last"] * episodes), episodes)
         inside, yardstick = low <= new_value <= high, f"95% Wilson interval of {episodes} episodes: {low:.2f}-{high:.2f}"
     return {"verdict": "equivalent" if inside else "different", "yardstick": yardstick}
@@ -278,11 +283,11 @@ def verdict_of(record: Record, comparison: dict[str, Any], whole: bool) -> dict[
 def seed_spread(record: Record) -> list[float]:
     """Final eval success of the other seeds of the same config (same hash but for the seed)."""
     identity = RunIdentity.of(record.config)
-    tags = {"harness.kind": "train", "harness.evaluated": "true", "harness.env": identity.env_id,
-            "harness.algo": identity.algo, "harness.her": str(identity.her).lower()}
+    tags = {KIND_TAG: "train", EVALUATED_TAG: "true", ENV_TAG: identity.env_id,
+            ALGO_TAG: identity.algo, HER_TAG: str(identity.her).lower()}
     values = []
     for run in tracking.search_runs(tags, [record.run.info.experiment_id], status="FINISHED"):
-        if run.info.run_id == record.run_id or run.data.tags.get("harness.seed") == str(record.config.seed):
+        if run.info.run_id == record.run_id or run.data.tags.get(SEED_TAG) == str(record.config.seed):
             continue
         try:
             other = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/config.json")
@@ -318,9 +323,9 @@ def log_verdict(run_id: str, comparison: dict[str, Any]) -> None:
     client = MlflowClient()
     text = markdown(comparison)
     comparison["markdown"] = text
-    client.set_tag(run_id, "harness.verdict", comparison["verdict"])
+    client.set_tag(run_id, VERDICT_TAG, comparison["verdict"])
     if comparison["first_difference_step"] is not None:
-        client.set_tag(run_id, "harness.first_difference_step", str(comparison["first_difference_step"]))
-    client.set_tag(run_id, "mlflow.note.content", text)
+        client.set_tag(run_id, FIRST_DIFFERENCE_STEP_TAG, str(comparison["first_difference_step"]))
+    client.set_tag(run_id, NOTE_TAG, text)
     client.log_text(run_id, text, "reproduce.md")
     client.log_dict(run_id, {k: v for k, v in comparison.items() if k != "markdown"}, "reproduce.json")

@@ -26,6 +26,7 @@ from stable_baselines3.common.logger import KVWriter
 from harness import views
 from harness.credentials import redact
 from harness.errors import HarnessError, Terminated, first_line, raise_terminated, stop_signals
+from harness.identity import EVALUATED_TAG, KIND_TAG, PARENT_RUN_ID_TAG, RUN_NAME_TAG
 from harness.provenance import provenance_tags
 
 DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
@@ -327,8 +328,8 @@ def tracked_run(
                            log_system_metrics=system_metrics)
     previous_handlers = {sig: signal.signal(sig, raise_terminated) for sig in stop_signals()}
     try:
-        mlflow.set_tags({"mlflow.runName": run_name, **provenance_tags(), **tags})
-        if tags.get("harness.kind") in VIEWED_KINDS:
+        mlflow.set_tags({RUN_NAME_TAG: run_name, **provenance_tags(), **tags})
+        if tags.get(KIND_TAG) in VIEWED_KINDS:
             views.publish(run.info.experiment_id)
         yield run
     except (KeyboardInterrupt, Terminated):
@@ -500,12 +501,12 @@ def search_runs(tags: Mapping[str, str], experiment_ids: Sequence[str], *, statu
 
 def newest_evaluated_run(tags: Mapping[str, str], experiment_ids: Sequence[str]):
     """The newest FINISHED training run that ``harness eval`` scored and that has ``tags`` (None: none)."""
-    runs = search_runs({"harness.kind": "train", "harness.evaluated": "true", **tags}, experiment_ids,
+    runs = search_runs({KIND_TAG: "train", EVALUATED_TAG: "true", **tags}, experiment_ids,
                        status="FINISHED", max_results=1)
     return runs[0] if runs else None
 
 
 def child_runs(parent_run_id: str, experiment_ids: Sequence[str], kind: str | None = None, status: str | None = None) -> list:
     """A pipeline's child runs (of one ``harness.kind``, in one status), oldest first."""
-    tags = {"mlflow.parentRunId": parent_run_id, **({"harness.kind": kind} if kind else {})}
+    tags = {PARENT_RUN_ID_TAG: parent_run_id, **({KIND_TAG: kind} if kind else {})}
     return search_runs(tags, experiment_ids, status=status, order_by=("attributes.start_time ASC",))

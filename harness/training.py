@@ -35,7 +35,10 @@ from harness.credentials import redact
 from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import HarnessError, first_line, warn
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
-from harness.identity import RunIdentity
+from harness.identity import (
+    CONFIG_HASH_TAG, DAMAGED_CHECKPOINT_TAG, KIND_TAG, N_SAMPLED_GOAL_TAG, PARENT_RUN_ID_TAG, PRESET_TAG,
+    RESUMED_FROM_STEP_TAG, RUN_NAME_TAG, RunIdentity, TOTAL_STEPS_TAG, WARNINGS_TAG
+)
 from harness.provenance import DIFF_ARTIFACT, code_version, git_diff, git_state, package_versions
 from harness.replay import her_buffer
 from harness.seeding import seed_everything
@@ -54,10 +57,10 @@ def run_tags(config: TrainConfig, identity: RunIdentity, kind: str = "train") ->
     and the config facts shown beside it in the UI."""
     return {
         **identity.tags(kind),
-        "harness.n_sampled_goal": str(config.n_sampled_goal),
-        "harness.preset": config.preset,
-        "harness.config_hash": config.config_hash,
-        "harness.total_steps": str(config.total_steps),
+        N_SAMPLED_GOAL_TAG: str(config.n_sampled_goal),
+        PRESET_TAG: config.preset,
+        CONFIG_HASH_TAG: config.config_hash,
+        TOTAL_STEPS_TAG: str(config.total_steps),
     }
 
 
@@ -235,9 +238,9 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
     for warning in warnings:
         warn(warning)
     if warnings:
-        tags["harness.warnings"] = "; ".join(warnings)
+        tags[WARNINGS_TAG] = "; ".join(warnings)
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[PARENT_RUN_ID_TAG] = parent_run_id
     tracking.prepare_store()
     tracking.check_integrity()  # not minutes of training into a store that cannot keep them
     tracking.check_store_writable()
@@ -272,7 +275,7 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
                                    "command again starts the training anew") from None
             if hasattr(model, "precision"):  # 'auto' resolves for the machine the run continues on
                 model.precision = precision
-            mlflow.set_tag("harness.resumed_from_step", str(model.num_timesteps))
+            mlflow.set_tag(RESUMED_FROM_STEP_TAG, str(model.num_timesteps))
         else:
             model = build_model(config, env, logger, device)
         callbacks = [PeriodicEvaluation(config, run_id, vecnormalize), ResumableCheckpoint(config, run_id, vecnormalize)]
@@ -321,13 +324,13 @@ def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple
         experiment_ids = [found.experiment_id] if found is not None and found.lifecycle_stage == "active" else []
     if not experiment_ids:
         return None
-    tags = {"harness.kind": "train", "harness.config_hash": config.config_hash, "mlflow.runName": config.run_name}
-    same_name = {key: value for key, value in tags.items() if key != "harness.config_hash"}
+    tags = {KIND_TAG: "train", CONFIG_HASH_TAG: config.config_hash, RUN_NAME_TAG: config.run_name}
+    same_name = {key: value for key, value in tags.items() if key != CONFIG_HASH_TAG}
     for run in tracking.search_runs(same_name, experiment_ids):
         run_id = run.info.run_id
-        if run.info.status == "FINISHED" or "mlflow.parentRunId" in run.data.tags or not resume.abandoned(run_id):
+        if run.info.status == "FINISHED" or PARENT_RUN_ID_TAG in run.data.tags or not resume.abandoned(run_id):
             continue
-        if run.data.tags.get("harness.config_hash") != config.config_hash:
+        if run.data.tags.get(CONFIG_HASH_TAG) != config.config_hash:
             # Another config of this name whose process died: not ours to resume (its own command can,
             # from its checkpoint), but no longer RUNNING either.
             if run.info.status == "RUNNING":
@@ -341,7 +344,7 @@ def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple
             kept = resume.set_aside(saved)
             warn(f"the resumable checkpoint of run {run_id} at {saved.name} is damaged ({problem}); set aside as "
                  f"{kept}; the run is marked FAILED and the training starts anew")
-            client.set_tag(run_id, "harness.damaged_checkpoint", str(kept))
+            client.set_tag(run_id, DAMAGED_CHECKPOINT_TAG, str(kept))
             client.set_terminated(run_id, "FAILED")
             continue
         if run.info.status == "RUNNING":

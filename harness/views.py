@@ -16,11 +16,11 @@ import json
 import time
 
 from harness.credentials import without_userinfo
-from harness.identity import ALGO_TAG, CONDITION_TAG, ENV_TAG, SEED_TAG
+from harness.identity import ALGO_TAG, CONDITION_TAG, ENV_TAG, KIND_TAG, SEED_TAG, SHARED_VIEW_TAG_PREFIX
 
 VIEW_ID = "her-vs-no-her"
 VIEW_NAME = "HER vs no-HER"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
+VIEW_TAG = f"{SHARED_VIEW_TAG_PREFIX}{VIEW_ID}"
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `harness ui` / `make ui` serve a local store
 SUCCESS = "eval/success_rate"
 
@@ -33,7 +33,7 @@ def column(kind: str, key: str) -> str:
 def view_state() -> dict:
     """The runs page's state: the search facets and the UI settings the view fixes."""
     return {
-        "searchFilter": f"{column('tags', 'harness.kind')} = 'train'",
+        "searchFilter": f"{column('tags', KIND_TAG)} = 'train'",
         "orderByKey": "attributes.start_time",
         "orderByAsc": False,
         "selectedColumns": [column("metrics", SUCCESS), column("tags", CONDITION_TAG), column("tags", SEED_TAG),

@@ -46,3 +46,41 @@ def test_each_stage_imports_only_the_stages_before_it_and_never_the_cli():
                 if not target or STAGES.index(target) >= STAGES.index(name):
                     upward.append(f"{name} imports {imported}")
     assert not upward, upward
+
+
+def test_tag_keys_are_spelled_only_in_identity():
+    """The run schema lives in harness/identity.py: a "harness." or "mlflow." tag key written anywhere
+    else (outside docstrings; module names such as "harness.tracking" are not tags) is an error."""
+    import importlib.util
+
+    def is_module(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name.rstrip(".")) is not None
+        except (ImportError, ValueError):
+            return False
+
+    root = PACKAGE.parent
+    offenders = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(root / "entry_points").glob("*.py"), *(root / "bench").glob("*.py")]):
+        if path == PACKAGE / "identity.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                    and node.value.startswith(("harness.", "mlflow.")) and " " not in node.value
+                    and not is_module(node.value)):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
+    assert offenders == [], "tag keys belong in harness/identity.py: " + "; ".join(offenders)
+
+
+def test_mlflows_own_tag_keys_are_spelled_as_mlflow_spells_them():
+    from mlflow.utils import mlflow_tags
+
+    from harness import identity
+
+    assert identity.RUN_NAME_TAG == mlflow_tags.MLFLOW_RUN_NAME
+    assert identity.PARENT_RUN_ID_TAG == mlflow_tags.MLFLOW_PARENT_RUN_ID
+    assert identity.NOTE_TAG == mlflow_tags.MLFLOW_RUN_NOTE

@@ -31,6 +31,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from harness.identity import KIND_TAG
+
 STRATEGIES = ("future", "final", "episode")
 ComputeReward = Callable[[np.ndarray, np.ndarray, Any], Any]
 
@@ -275,7 +277,7 @@ def demo(n_episodes: int = 50, seed: int = 0, track: bool = False, out=sys.stdou
 
         from harness import tracking
 
-        with tracking.tracked_run("her_lab_demo", {"harness.kind": "lab"}) as run:
+        with tracking.tracked_run("her_lab_demo", {KIND_TAG: "lab"}) as run:
             mlflow.log_params({"n_episodes": n_episodes, "seed": seed})
             mlflow.log_text(text, "her_lab_tables.md")
             mlflow.log_dict(tables, "her_lab_tables.json")

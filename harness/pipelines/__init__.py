@@ -33,6 +33,7 @@ import mlflow
 from harness import tracking
 from harness.checkpoints import CHECKPOINT_DIR
 from harness.errors import HarnessError
+from harness.identity import ACTIONS_TAG, EXECUTOR_TAG, KIND_TAG, PIPELINE_KEY_TAG, PIPELINE_TAG, WORKERS_TAG
 from harness.pipelines.execute import EXECUTORS, check_ray_address, cpu_count, execute_local, execute_ray, job_spec
 from harness.pipelines.overview import overview
 from harness.pipelines.plan import (Job, Planned, ablation_jobs, chapter_jobs, mark_abandoned_runs_killed, pipeline_key,
@@ -83,8 +84,8 @@ def run_pipeline(
     tracking.prepare_store()
     attached = bool(os.environ.get("MLFLOW_RUN_ID"))
     previous = None if attached else unfinished_parent(key)
-    tags = {"harness.kind": "pipeline", "harness.pipeline": kind, "harness.pipeline_key": key,
-            "harness.executor": executor, "harness.workers": str(workers)}
+    tags = {KIND_TAG: "pipeline", PIPELINE_TAG: kind, PIPELINE_KEY_TAG: key,
+            EXECUTOR_TAG: executor, WORKERS_TAG: str(workers)}
     started = time.perf_counter()
     with tracking.tracked_run(f"{kind}_{jobs[0].config.env_id}", tags, experiment, run_id=previous) as parent:
         parent_id = parent.info.run_id
@@ -124,6 +125,6 @@ def run_pipeline(
         result = PipelineResult(parent_id, planned, run_ids, wall)
         result.report = report(parent_id, run_ids)
         mlflow.log_metric("pipeline/wall_time_s", wall)
-        mlflow.set_tag("harness.actions", json.dumps({p.job.run_name: p.action for p in planned}))
+        mlflow.set_tag(ACTIONS_TAG, json.dumps({p.job.run_name: p.action for p in planned}))
     lock.close()
     return result

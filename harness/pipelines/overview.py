@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from harness import tracking
+from harness.identity import EVALUATED_TAG
 from harness.pipelines.plan import Planned
 
 
@@ -25,7 +26,7 @@ def overview(planned: Sequence[Planned], parent_run_id: str, experiment_ids: Seq
             fps = run.data.metrics.get("time/fps", 0.0)
             eta = f"{(total - steps) / fps / 60:.1f} min" if fps > 0 else "?"
             lines.append(f"  {name:<42} running  {steps:>8}/{total} steps  {fps:6.0f} steps/s  ETA {eta}")
-        elif run is not None and run.data.tags.get("harness.evaluated") == "true":
+        elif run is not None and run.data.tags.get(EVALUATED_TAG) == "true":
             lines.append(f"  {name:<42} done     eval success {100 * run.data.metrics.get('eval/success_rate', 0):.0f}%")
         else:
             lines.append(f"  {name:<42} {'evaluating' if run is not None or item.action == 'evaluate' else 'queued'}")

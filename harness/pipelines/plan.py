@@ -17,7 +17,10 @@ from mlflow.tracking import MlflowClient
 from harness import resume, tracking
 from harness.config import TrainConfig, resolve_config
 from harness.envs import validate_her_start
-from harness.identity import RunIdentity
+from harness.identity import (
+    CODE_VERSION_TAG, CONFIG_HASH_TAG, EVAL_EPISODES_TAG, KIND_TAG, PIPELINE_KEY_TAG, RUN_NAME_TAG,
+    RunIdentity
+)
 from harness.provenance import code_version
 
 
@@ -77,11 +80,11 @@ def plan(jobs: Sequence[Job], experiment_ids: Sequence[str]) -> list[Planned]:
     version = code_version()
     planned = []
     for job in jobs:
-        tags = {"harness.kind": "train", "harness.config_hash": job.config.config_hash,
-                "harness.code_version": version, "mlflow.runName": job.run_name}
+        tags = {KIND_TAG: "train", CONFIG_HASH_TAG: job.config.config_hash,
+                CODE_VERSION_TAG: version, RUN_NAME_TAG: job.run_name}
         runs = tracking.search_runs(tags, experiment_ids)
         finished = [r for r in runs if r.info.status == "FINISHED"]
-        evaluated = [r for r in finished if r.data.tags.get("harness.eval_episodes") == str(job.n_eval_episodes)]
+        evaluated = [r for r in finished if r.data.tags.get(EVAL_EPISODES_TAG) == str(job.n_eval_episodes)]
         resumable = [r for r in runs if r.info.status != "FINISHED" and resume.available(r.info.run_id)]
         if evaluated:
             planned.append(Planned(job, "reuse", evaluated[0].info.run_id))
@@ -109,7 +112,7 @@ def lost_attempt(parent_run_id: str, run_name: str, experiment_ids: Sequence[str
     lock, started nothing else under that name). Returns that run when it has a checkpoint to continue
     from (here or in its artifacts); without one the run is marked KILLED and the job trains anew."""
     for run in tracking.child_runs(parent_run_id, experiment_ids, kind="train", status="RUNNING"):
-        if run.data.tags.get("mlflow.runName") != run_name:
+        if run.data.tags.get(RUN_NAME_TAG) != run_name:
             continue
         if resume.available(run.info.run_id):
             return run.info.run_id
@@ -119,6 +122,6 @@ def lost_attempt(parent_run_id: str, run_name: str, experiment_ids: Sequence[str
 
 def unfinished_parent(key: str) -> str | None:
     """The parent run of an earlier attempt at this pipeline that did not finish (None: there is none)."""
-    runs = tracking.search_runs({"harness.pipeline_key": key}, tracking.experiment_ids(None), unfinished=True,
+    runs = tracking.search_runs({PIPELINE_KEY_TAG: key}, tracking.experiment_ids(None), unfinished=True,
                                 max_results=1)
     return runs[0].info.run_id if runs else None

@@ -13,7 +13,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from harness.evaluation import RESULTS_DIR
-from harness.identity import RunIdentity
+from harness.identity import NOTE_TAG, RunIdentity
 from harness.statistics import summarize
 
 
@@ -41,7 +41,7 @@ def chapter_report(env_id: str, seeds: Sequence[int], algo: str) -> Callable:
         md_path.write_text("\n".join(lines) + "\n")
         mlflow.log_artifact(str(md_path))
         # The pipeline run's description in the MLflow UI (rendered as markdown).
-        mlflow.set_tag("mlflow.note.content", "\n".join(lines[:lines.index(f"![eval success]({plot})")]))
+        mlflow.set_tag(NOTE_TAG, "\n".join(lines[:lines.index(f"![eval success]({plot})")]))
         mlflow.log_artifact(comparison["plot_file"])
         mlflow.log_artifact(comparison["results_file"])
         return {**comparison, "report_file": str(md_path)}
@@ -102,7 +102,7 @@ def ablation_report(env_id: str, nsg_values: Sequence[int], seeds: Sequence[int]
                                            + markdown + f"\n![ablation]({stem.name}.png)\n")
         for suffix in (".json", ".png", ".md"):
             mlflow.log_artifact(str(stem.with_suffix(suffix)))
-        mlflow.set_tag("mlflow.note.content", f"# {env_id}: HER n_sampled_goal ablation\n\n{markdown}")
+        mlflow.set_tag(NOTE_TAG, f"# {env_id}: HER n_sampled_goal ablation\n\n{markdown}")
         return {**report, "results_file": str(stem.with_suffix(".json")), "report_file": str(stem.with_suffix(".md"))}
 
     return build
