@@ -15,7 +15,7 @@ DEMO_STEPS ?= 10000
 DEMO_PRESET ?= fast
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
-.PHONY: setup browser postgres test demo bench ui server server-stop clean
+.PHONY: setup browser postgres test lint demo bench ui server server-stop clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ postgres:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "PostgreSQL not installed (needs root and apt-get): the stack test will be skipped"; fi; }
+
+# ruff with SB3-like settings (pyproject.toml): lint, and the formatting `ruff format` would give.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: setup browser postgres
 	@$(BIN)/python -m pytest -q; rc=$$?; \

@@ -45,9 +45,11 @@ def machine_line() -> str:
     from harness.algorithms import cpu_capability, native_bf16
     from harness.provenance import cpu_model
 
-    return (f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, instruction set "
-            f"{cpu_capability()}, native bf16 {'yes' if native_bf16('cpu') else 'no'}, "
-            f"{torch.get_num_threads()} thread(s); {date.today().isoformat()}")
+    return (
+        f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, instruction set "
+        f"{cpu_capability()}, native bf16 {'yes' if native_bf16('cpu') else 'no'}, "
+        f"{torch.get_num_threads()} thread(s); {date.today().isoformat()}"
+    )
 
 
 def matmul_gflops(batch: int, width: int, precision: str, seconds: float = 1.0) -> float:
@@ -71,8 +73,9 @@ def recipe_config(env_id: str, precision: str, steps: int, overrides: dict | Non
     given = {**(overrides or {}), "her": True, "precision": precision}
     config = resolve_config("fast", env_id, given)
     warmup = config.learning_starts + config.train_freq * config.n_envs  # past the first training round
-    return resolve_config("fast", env_id, {**given, "total_steps": warmup + steps, "eval_freq": 0,
-                                           "checkpoint_freq": 0}), warmup
+    return resolve_config(
+        "fast", env_id, {**given, "total_steps": warmup + steps, "eval_freq": 0, "checkpoint_freq": 0}
+    ), warmup
 
 
 def env_step_ms(config, steps: int) -> float:
@@ -120,26 +123,61 @@ def measure(config, warmup: int, steps: int) -> dict:
         train(1, config.batch_size)
     env.close()
     rounds_per_env_step = config.gradient_steps / (config.train_freq * config.n_envs)
-    return {"env": config.env_id, "precision": config.precision, "batch_size": config.batch_size,
-            "gradient_steps": config.gradient_steps, "env_steps_per_round": config.train_freq * config.n_envs,
-            "net_arch": list(config.net_arch), "n_envs": config.n_envs, "env_steps": done,
-            "steps_per_s": done / elapsed, "ms_per_env_step": elapsed / done * 1000,
-            "grad_ms_per_env_step": grad_seconds[0] / done * 1000,
-            "gflop_per_gradient_step": counter.get_total_flops() / 1e9,
-            "gflop_per_env_step": counter.get_total_flops() / 1e9 * rounds_per_env_step}
+    return {
+        "env": config.env_id,
+        "precision": config.precision,
+        "batch_size": config.batch_size,
+        "gradient_steps": config.gradient_steps,
+        "env_steps_per_round": config.train_freq * config.n_envs,
+        "net_arch": list(config.net_arch),
+        "n_envs": config.n_envs,
+        "env_steps": done,
+        "steps_per_s": done / elapsed,
+        "ms_per_env_step": elapsed / done * 1000,
+        "grad_ms_per_env_step": grad_seconds[0] / done * 1000,
+        "gflop_per_gradient_step": counter.get_total_flops() / 1e9,
+        "gflop_per_env_step": counter.get_total_flops() / 1e9 * rounds_per_env_step,
+    }
 
 
 @click.command()
-@click.option("--env", "envs", multiple=True, type=click.Choice(RECIPE_ENVS), default=RECIPE_ENVS,
-              show_default=True, help="Recipes to measure (repeatable).")
-@click.option("--steps", type=click.IntRange(min=800), default=4800, show_default=True,
-              help="Env steps measured per recipe and precision, after the first training round.")
-@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Torch threads; 0 keeps torch's default. One per training is how the recipes run side by side.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Measure a variant of the recipes, e.g. --set batch_size=2048 (repeatable).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the figures to this JSON file.")
+@click.option(
+    "--env",
+    "envs",
+    multiple=True,
+    type=click.Choice(RECIPE_ENVS),
+    default=RECIPE_ENVS,
+    show_default=True,
+    help="Recipes to measure (repeatable).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=800),
+    default=4800,
+    show_default=True,
+    help="Env steps measured per recipe and precision, after the first training round.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Torch threads; 0 keeps torch's default. One per training is how the recipes run side by side.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Measure a variant of the recipes, e.g. --set batch_size=2048 (repeatable).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the figures to this JSON file.",
+)
 def main(envs, steps, threads, settings, json_path):
     """Print each fast recipe's env steps/s here, in fp32 and (where native) bf16, against the machine's limit."""
     import torch
@@ -172,7 +210,8 @@ def main(envs, steps, threads, settings, json_path):
                 f"({row['steps_per_s'] / row['limit_steps_per_s']:.0%}) | batch {row['batch_size']}, "
                 f"{row['gradient_steps']} grad steps / {row['env_steps_per_round']} env steps, "
                 f"{row['gflop_per_env_step']:.3f} GFLOP/env step, matmul {row['matmul_gflops']:.0f} GFLOP/s | per env "
-                f"step: env {row['env_ms']:.2f} ms, gradients {row['grad_ms_per_env_step']:.2f} ms, other {other:.2f} ms")
+                f"step: env {row['env_ms']:.2f} ms, gradients {row['grad_ms_per_env_step']:.2f} ms, other {other:.2f} ms"
+            )
     if json_path:
         json_path.write_text(json.dumps({"machine": machine_line(), "rows": rows}, indent=2) + "\n")
 

@@ -58,12 +58,20 @@ def plain_sb3(warmup: int, steps: int) -> float:
     from stable_baselines3 import SAC, HerReplayBuffer
     from stable_baselines3.common.env_util import make_vec_env
 
-    import harness.envs  # noqa: F401  (registers the Fetch envs, as the chapter's gymnasium_robotics import does)
+    import harness.envs  # noqa: F401 - (registers the Fetch envs, as the chapter's gymnasium_robotics import does)
 
     env = make_vec_env(ENV_ID, n_envs=1, seed=0)
-    model = SAC("MultiInputPolicy", env, replay_buffer_class=HerReplayBuffer,
-                replay_buffer_kwargs=dict(n_sampled_goal=4, goal_selection_strategy="future"),
-                learning_starts=warmup, buffer_size=warmup + steps + 1, seed=0, device="cpu", verbose=0)
+    model = SAC(
+        "MultiInputPolicy",
+        env,
+        replay_buffer_class=HerReplayBuffer,
+        replay_buffer_kwargs=dict(n_sampled_goal=4, goal_selection_strategy="future"),
+        learning_starts=warmup,
+        buffer_size=warmup + steps + 1,
+        seed=0,
+        device="cpu",
+        verbose=0,
+    )
     started = time.perf_counter()
     model.learn(total_timesteps=warmup + steps)
     elapsed = time.perf_counter() - started
@@ -82,23 +90,50 @@ def harness_path(preset: str, overrides: dict, name: str) -> tuple[float, dict]:
 
 
 @click.command()
-@click.option("--steps", type=click.IntRange(min=100), default=3000, show_default=True,
-              help="Training env steps per configuration, after the warm-up.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Interleaved (a)/(b) pairs; figures are medians over them.")
-@click.option("--warmup", type=click.IntRange(min=100), default=200, show_default=True,
-              help="Random-action env steps before learning starts (HER needs whole episodes stored).")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Torch threads for all three; 0 keeps torch's default.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the figures to this JSON file.")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=100),
+    default=3000,
+    show_default=True,
+    help="Training env steps per configuration, after the warm-up.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Interleaved (a)/(b) pairs; figures are medians over them.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=100),
+    default=200,
+    show_default=True,
+    help="Random-action env steps before learning starts (HER needs whole episodes stored).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Torch threads for all three; 0 keeps torch's default.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the figures to this JSON file.",
+)
 def main(steps, rounds, warmup, threads, json_path):
     """Print env steps/s of (a) plain SB3, (b) the harness at the same config, (c) the fast preset."""
     if threads:
         torch.set_num_threads(threads)
-    click.echo(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-               f"torch {torch.__version__}; FetchPush-v4 + HER, {warmup} warm-up + {steps} training steps each, "
-               f"{rounds} interleaved round(s)")
+    click.echo(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"torch {torch.__version__}; FetchPush-v4 + HER, {warmup} warm-up + {steps} training steps each, "
+        f"{rounds} interleaved round(s)"
+    )
     a_rates, b_rates, b_run_ids = [], [], []
     for round_index in range(rounds):
         a = plain_sb3(warmup, steps)
@@ -107,7 +142,7 @@ def main(steps, rounds, warmup, threads, json_path):
         b_rates.append(b)
         b_run_ids.append(b_config["run_id"])
         click.echo(f"  round {round_index + 1}: (a) {a:7.1f}  (b) {b:7.1f} env steps/s  ratio {b / a:.2f}")
-    speedups = [b / a for a, b in zip(a_rates, b_rates)]
+    speedups = [b / a for a, b in zip(a_rates, b_rates, strict=True)]
     a, b, speedup = statistics.median(a_rates), statistics.median(b_rates), statistics.median(speedups)
     click.echo(f"(a) chapter config, plain SB3 SAC+HER:        {a:7.1f} env steps/s  (median)")
     click.echo(f"(b) chapter config, harness training path:    {b:7.1f} env steps/s  (median; runs {', '.join(b_run_ids)})")
@@ -115,18 +150,35 @@ def main(steps, rounds, warmup, threads, json_path):
 
     # HER samples only finished episodes: the warm-up covers one 50-step episode in each of the preset's envs
     fast_warmup = max(warmup, 50 * resolve_config("fast", ENV_ID, {"her": True}).n_envs)
-    fast_overrides = dict(her=True, learning_starts=fast_warmup, total_steps=fast_warmup + steps, eval_freq=0,
-                          checkpoint_freq=0)
+    fast_overrides = dict(
+        her=True, learning_starts=fast_warmup, total_steps=fast_warmup + steps, eval_freq=0, checkpoint_freq=0
+    )
     c, c_config = harness_path("fast", fast_overrides, "bench-fast")
-    click.echo(f"(c) fast preset ({c_config['algo']}, {c_config['n_envs']} envs, batch {c_config['batch_size']}, "
-               f"{c_config['gradient_steps']} grad steps / {c_config['train_freq'] * c_config['n_envs']} env steps): "
-               f"{c:7.1f} env steps/s  (run {c_config['run_id']})")
+    click.echo(
+        f"(c) fast preset ({c_config['algo']}, {c_config['n_envs']} envs, batch {c_config['batch_size']}, "
+        f"{c_config['gradient_steps']} grad steps / {c_config['train_freq'] * c_config['n_envs']} env steps): "
+        f"{c:7.1f} env steps/s  (run {c_config['run_id']})"
+    )
     if json_path:
-        json_path.write_text(json.dumps({"steps": steps, "warmup": warmup, "rounds": rounds,
-                                         "torch_threads": torch.get_num_threads(),
-                                         "a_plain_sb3": a_rates, "b_harness_same_config": b_rates, "c_fast_preset": c,
-                                         "b_run_ids": b_run_ids, "c_run_id": c_config["run_id"],
-                                         "paired_speedups": speedups, "equal_config_speedup": speedup}, indent=2) + "\n")
+        json_path.write_text(
+            json.dumps(
+                {
+                    "steps": steps,
+                    "warmup": warmup,
+                    "rounds": rounds,
+                    "torch_threads": torch.get_num_threads(),
+                    "a_plain_sb3": a_rates,
+                    "b_harness_same_config": b_rates,
+                    "c_fast_preset": c,
+                    "b_run_ids": b_run_ids,
+                    "c_run_id": c_config["run_id"],
+                    "paired_speedups": speedups,
+                    "equal_config_speedup": speedup,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     click.echo(f"equal-config speedup: {speedup:.2f}")
 
 

@@ -4,7 +4,7 @@ Reads the ``eval/success_rate`` learning curves that training logs to MLflow (th
 deterministic evaluation, ``eval_freq`` env steps apart), so it measures runs that already
 exist, finished or still running:
 
-    python bench/time_to_success.py --env FetchPush-v4 --preset fast          # the fast preset's SAC (--algo ddpg: the HER paper's DDPG)
+    python bench/time_to_success.py --env FetchPush-v4 --preset fast   # the fast preset's SAC (--algo ddpg: the paper's DDPG)
     python bench/time_to_success.py --run-id <id> --run-id <id>
 
 Wall-clock is counted from the run's start to the timestamp of the evaluation that first reached
@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import tracking  # noqa: E402
-from harness.errors import HarnessError  # noqa: E402
+from harness import tracking
+from harness.errors import HarnessError
 from harness.identity import ALGO_TAG, ENV_TAG, HER_TAG, KIND_TAG, PRESET_TAG, SEED_TAG
 
 METRIC = "eval/success_rate"
@@ -84,8 +84,10 @@ def print_table(rows: list[dict], thresholds: list[float]) -> None:
     header += "".join(f" {'steps@' + k:>11} {'min@' + k:>8}" for k in keys)
     click.echo(header)
     for r in rows:
-        line = (f"{r['run_name'][:34]:34} {r['seed'] or '-':>4} {r['status']:9} {r['steps_evaluated']:>8} "
-                f"{r['minutes_so_far']:>6.1f} {_pct(r['last_success']):>6} {_pct(r['best_success']):>6}")
+        line = (
+            f"{r['run_name'][:34]:34} {r['seed'] or '-':>4} {r['status']:9} {r['steps_evaluated']:>8} "
+            f"{r['minutes_so_far']:>6.1f} {_pct(r['last_success']):>6} {_pct(r['best_success']):>6}"
+        )
         for k in keys:
             steps, minutes = r[f"steps_to_{k}"], r[f"minutes_to_{k}"]
             line += f" {steps if steps is not None else 'never':>11} {minutes if minutes is not None else '-':>8}"
@@ -131,22 +133,29 @@ def plot(runs, path: Path, title: str, thresholds: list[float]) -> None:
 @click.option("--run-id", "run_ids", multiple=True, help="Measure these runs instead of searching by tags.")
 @click.option("--experiment", default=None, help="MLflow experiment [default: all].")
 @click.option("--thresholds", default="0.5,0.9", show_default=True)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write success vs wall-clock to this PNG.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write success vs wall-clock to this PNG.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def main(env_id, algo, preset, her, run_ids, experiment, thresholds, plot_path, json_path):
     """Print, per run, the env steps and minutes until eval success first reached each threshold."""
     try:
         levels = [float(t) for t in thresholds.split(",")]
     except ValueError:
-        raise click.BadParameter(f"'{thresholds}' is not a comma-separated list of numbers", param_hint="--thresholds")
+        raise click.BadParameter(
+            f"'{thresholds}' is not a comma-separated list of numbers", param_hint="--thresholds"
+        ) from None
     try:
         if run_ids:
             runs = [tracking.get_run(r) for r in run_ids]
         else:
             runs = find_runs(env_id, algo, preset, her, experiment)
     except HarnessError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from None
     if not runs:
         raise click.ClickException(f"no training runs match env={env_id} algo={algo} preset={preset} her={her}")
     rows = report(runs, levels)

@@ -88,8 +88,9 @@ def parse_int_list(text: str, example: str = "0,1,2") -> list[int]:
         raise click.BadParameter(f"'{text}' must list one or more integers >= 0, such as {example}")
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:  # `compare --seeds 0,0` would count one run twice and report a spread of zero
-        raise click.BadParameter(f"'{text}' lists {', '.join(map(str, repeated))} more than once; "
-                                 f"give distinct integers such as {example}")
+        raise click.BadParameter(
+            f"'{text}' lists {', '.join(map(str, repeated))} more than once; give distinct integers such as {example}"
+        )
     return values
 
 

@@ -11,8 +11,13 @@ from harness.config import ALGOS
 @click.command(name="compare")
 @click.option("--env", "env_id", required=True, help="Env id whose runs to compare, e.g. FetchPush-v4.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
-@click.option("--algo", type=click.Choice((*ALGOS, "auto")), default="auto", show_default=True,
-              help="sac, tqc or ddpg, or auto: the algo of the newest evaluated training run for --env.")
+@click.option(
+    "--algo",
+    type=click.Choice((*ALGOS, "auto")),
+    default="auto",
+    show_default=True,
+    help="sac, tqc or ddpg, or auto: the algo of the newest evaluated training run for --env.",
+)
 @click.option("--experiment", default=None, help="Only runs in this MLflow experiment [default: all].")
 def compare_command(env_id, seeds, algo, experiment):
     """Compare HER and no-HER: the chapter's table (mean +/- 95% CI over seeds, Student's t), then

@@ -8,13 +8,21 @@ from entry_points._common import echo_ui_link, run_command
 
 
 @click.command(name="eval")
-@click.option("--ckpt", required=True,
-              help="Checkpoint: a .zip path (checkpoints/sac_her_FetchPush-v4_seed0.zip), an MLflow run id, "
-                   "runs:/<run id>, or a registered model models:/ch04-sac-her-FetchPush-v4@champion.")
+@click.option(
+    "--ckpt",
+    required=True,
+    help="Checkpoint: a .zip path (checkpoints/sac_her_FetchPush-v4_seed0.zip), an MLflow run id, "
+    "runs:/<run id>, or a registered model models:/ch04-sac-her-FetchPush-v4@champion.",
+)
 @click.option("--n-episodes", type=click.IntRange(min=1), default=100, show_default=True, help="Deterministic episodes.")
 @click.option("--env", "env_id", default=None, help="Env id, only needed for a zip without its .meta.json.")
-@click.option("--video", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Render the first N evaluation episodes to MP4 (results/videos/, and run artifacts videos/).")
+@click.option(
+    "--video",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Render the first N evaluation episodes to MP4 (results/videos/, and run artifacts videos/).",
+)
 def eval_command(ckpt, n_episodes, env_id, video):
     """Evaluate a checkpoint: success rate, mean return and final distance (each with std).
 
@@ -38,8 +46,10 @@ def eval_command(ckpt, n_episodes, env_id, video):
         click.echo(f"logged eval/* to training run {report['logged_to_run']}")
         echo_ui_link(report["logged_to_run"])
     elif report["trained_on"] not in (None, report["env_id"]):
-        click.echo(f"note: trained on {report['trained_on']}, scored on {report['env_id']}: not logged as the "
-                   "training run's evaluation (compare and register read that)")
+        click.echo(
+            f"note: trained on {report['trained_on']}, scored on {report['env_id']}: not logged as the "
+            "training run's evaluation (compare and register read that)"
+        )
     else:
         click.echo("note: the training run is not in this tracking store; nothing was logged to MLflow")
 

@@ -13,19 +13,46 @@ def pipeline_options(command):
     """Options every pipeline shares (training overrides, evaluation, execution)."""
     options = [
         click.option("--total-steps", type=IntOrPreset(1), help="Env steps per training [default: the preset's]."),
-        click.option("--preset", type=click.Choice(available_presets()), default="ch04", show_default=True,
-                     help="Hyperparameter preset (harness/presets/<name>.yaml)."),
-        click.option("--learning-starts", type=IntOrPreset(0), help="Random-action steps before learning [default: the preset's]."),
+        click.option(
+            "--preset",
+            type=click.Choice(available_presets()),
+            default="ch04",
+            show_default=True,
+            help="Hyperparameter preset (harness/presets/<name>.yaml).",
+        ),
+        click.option(
+            "--learning-starts", type=IntOrPreset(0), help="Random-action steps before learning [default: the preset's]."
+        ),
         click.option("--algo", type=ChoiceOrPreset(ALGOS), help="sac, tqc or ddpg [default: the preset's]."),
-        click.option("--eval-freq", type=IntOrPreset(0), help="Env steps between evaluations during training [default: the preset's]."),
-        click.option("--checkpoint-freq", type=IntOrPreset(0), help="Env steps between resumable checkpoints [default: the preset's]."),
-        click.option("--n-eval-episodes", type=click.IntRange(min=1), default=100, show_default=True,
-                     help="Deterministic episodes per final evaluation."),
-        click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="Trainings at once [default: the number of cores]; torch threads per worker = cores / workers."),
-        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                     help="local worker processes, or Ray tasks (pip install '.[ray]')."),
-        click.option("--ray-address", default=None, help="Ray cluster address (ray://host:10001 or auto) [default: start a local Ray]."),
+        click.option(
+            "--eval-freq", type=IntOrPreset(0), help="Env steps between evaluations during training [default: the preset's]."
+        ),
+        click.option(
+            "--checkpoint-freq", type=IntOrPreset(0), help="Env steps between resumable checkpoints [default: the preset's]."
+        ),
+        click.option(
+            "--n-eval-episodes",
+            type=click.IntRange(min=1),
+            default=100,
+            show_default=True,
+            help="Deterministic episodes per final evaluation.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Trainings at once [default: the number of cores]; torch threads per worker = cores / workers.",
+        ),
+        click.option(
+            "--executor",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="local worker processes, or Ray tasks (pip install '.[ray]').",
+        ),
+        click.option(
+            "--ray-address", default=None, help="Ray cluster address (ray://host:10001 or auto) [default: start a local Ray]."
+        ),
         click.option("--experiment", default=None, help="MLflow experiment [default: ch04-her-sparse-reach-push]."),
     ]
     for option in reversed(options):
@@ -36,42 +63,70 @@ def pipeline_options(command):
 def _run(kind, jobs, report, workers, executor, ray_address, experiment):
     from harness.pipelines import run_pipeline
 
-    result = run_pipeline(kind, jobs, report, workers=workers, executor=executor, ray_address=ray_address,
-                          experiment=experiment, echo=click.echo)
+    result = run_pipeline(
+        kind, jobs, report, workers=workers, executor=executor, ray_address=ray_address, experiment=experiment, echo=click.echo
+    )
     click.echo("")
     click.echo(result.report["table"])
     if result.report.get("details"):
         click.echo("")
         click.echo(result.report["details"])
-    click.echo(f"\nreport: {result.report['report_file']}; pipeline run {result.parent_run_id}; "
-               f"wall-clock {result.wall_time_s / 60:.1f} min")
+    click.echo(
+        f"\nreport: {result.report['report_file']}; pipeline run {result.parent_run_id}; "
+        f"wall-clock {result.wall_time_s / 60:.1f} min"
+    )
     echo_ui_link(result.parent_run_id)
 
 
 def chapter_options(command):
     """What the chapter's pipelines add to the shared options: the seeds and HER's k."""
     command = pipeline_options(command)
-    command = click.option("--n-sampled-goal", type=IntOrPreset(0),
-                           help="HER relabeled goals per transition [default: the preset's, 4; the chapter's "
-                                "tuned Push run: 8].")(command)
+    command = click.option(
+        "--n-sampled-goal",
+        type=IntOrPreset(0),
+        help="HER relabeled goals per transition [default: the preset's, 4; the chapter's tuned Push run: 8].",
+    )(command)
     return click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")(command)
 
 
-CHAPTER_STEPS = ("train no-HER per seed, evaluate each, train HER per seed, evaluate each, compare. One parent MLflow "
-                 "run with child runs; re-running the same command reuses finished runs, resumes interrupted ones and "
-                 "runs only what is missing. Writes results/ch04_<env>_report.md, the comparison JSON and PNG.")
+CHAPTER_STEPS = (
+    "train no-HER per seed, evaluate each, train HER per seed, evaluate each, compare. One parent MLflow "
+    "run with child runs; re-running the same command reuses finished runs, resumes interrupted ones and "
+    "runs only what is missing. Writes results/ch04_<env>_report.md, the comparison JSON and PNG."
+)
 
 
-def run_chapter(name, env_id, seeds, n_sampled_goal, total_steps, preset, learning_starts, algo, eval_freq,
-                checkpoint_freq, n_eval_episodes, workers, executor, ray_address, experiment):
+def run_chapter(
+    name,
+    env_id,
+    seeds,
+    n_sampled_goal,
+    total_steps,
+    preset,
+    learning_starts,
+    algo,
+    eval_freq,
+    checkpoint_freq,
+    n_eval_episodes,
+    workers,
+    executor,
+    ray_address,
+    experiment,
+):
     seed_list = parse_seeds(seeds)
     from harness.envs import validate_env_id
 
     validate_env_id(env_id, her=True)
     from harness.pipelines import chapter_jobs, chapter_report
 
-    overrides = dict(total_steps=total_steps, n_sampled_goal=n_sampled_goal, learning_starts=learning_starts, algo=algo,
-                     eval_freq=eval_freq, checkpoint_freq=checkpoint_freq)
+    overrides = dict(
+        total_steps=total_steps,
+        n_sampled_goal=n_sampled_goal,
+        learning_starts=learning_starts,
+        algo=algo,
+        eval_freq=eval_freq,
+        checkpoint_freq=checkpoint_freq,
+    )
     jobs = chapter_jobs(env_id, seed_list, preset, overrides, n_eval_episodes)
     report = chapter_report(env_id, seed_list, jobs[0].config.algo)
     _run(name, jobs, report, workers, executor, ray_address, experiment)
@@ -90,8 +145,10 @@ reach_all_command = chapter_pipeline("reach-all", "FetchReach-v4")
 push_all_command = chapter_pipeline("push-all", "FetchPush-v4")
 
 
-@click.command(name="experiment", help=f"The chapter's pipeline on any goal-conditioned env (FetchPickAndPlace-v4, "
-                                       f"FetchSlide-v4, ...): {CHAPTER_STEPS}")
+@click.command(
+    name="experiment",
+    help=f"The chapter's pipeline on any goal-conditioned env (FetchPickAndPlace-v4, FetchSlide-v4, ...): {CHAPTER_STEPS}",
+)
 @click.option("--env", "env_id", required=True, help="Env id, e.g. FetchPickAndPlace-v4 or FetchSlide-v4.")
 @chapter_options
 def experiment_command(env_id, **options):
@@ -104,8 +161,23 @@ def experiment_command(env_id, **options):
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="One seed (the chapter's form) [default: 0].")
 @click.option("--seeds", default=None, help="Several seeds, comma-separated (mean +/- 95% CI per value).")
 @pipeline_options
-def ablation_command(env_id, nsg_values, seed, seeds, total_steps, preset, learning_starts, algo, eval_freq,
-                     checkpoint_freq, n_eval_episodes, workers, executor, ray_address, experiment):
+def ablation_command(
+    env_id,
+    nsg_values,
+    seed,
+    seeds,
+    total_steps,
+    preset,
+    learning_starts,
+    algo,
+    eval_freq,
+    checkpoint_freq,
+    n_eval_episodes,
+    workers,
+    executor,
+    ray_address,
+    experiment,
+):
     """HER runs per n_sampled_goal value, each evaluated, with a table across the values.
 
     Writes results/ch04_<env>_ablation_nsg.{json,md,png} and logs them to the parent MLflow run.
@@ -119,18 +191,34 @@ def ablation_command(env_id, nsg_values, seed, seeds, total_steps, preset, learn
     validate_env_id(env_id, her=True)
     from harness.pipelines import ablation_jobs, ablation_report
 
-    overrides = dict(total_steps=total_steps, learning_starts=learning_starts, algo=algo, eval_freq=eval_freq,
-                     checkpoint_freq=checkpoint_freq)
+    overrides = dict(
+        total_steps=total_steps,
+        learning_starts=learning_starts,
+        algo=algo,
+        eval_freq=eval_freq,
+        checkpoint_freq=checkpoint_freq,
+    )
     jobs = ablation_jobs(env_id, values, seed_list, preset, overrides, n_eval_episodes)
-    _run("ablation", jobs, ablation_report(env_id, values, seed_list, jobs[0].config.algo), workers, executor,
-         ray_address, experiment)
+    _run(
+        "ablation",
+        jobs,
+        ablation_report(env_id, values, seed_list, jobs[0].config.algo),
+        workers,
+        executor,
+        ray_address,
+        experiment,
+    )
 
 
 if __name__ == "__main__":
     import sys
 
-    commands = {"reach-all": reach_all_command, "push-all": push_all_command, "experiment": experiment_command,
-                "ablation": ablation_command}
+    commands = {
+        "reach-all": reach_all_command,
+        "push-all": push_all_command,
+        "experiment": experiment_command,
+        "ablation": ablation_command,
+    }
     name = sys.argv[1] if len(sys.argv) > 1 else ""
     if name not in commands:
         sys.exit(f"usage: python -m entry_points.pipelines {{{'|'.join(commands)}}} [OPTIONS]")

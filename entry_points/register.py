@@ -10,8 +10,13 @@ from harness.config import ALGOS
 
 @click.command(name="register")
 @click.option("--env", "env_id", default=None, help="Env whose best evaluated HER run to register, e.g. FetchPush-v4.")
-@click.option("--algo", type=click.Choice((*ALGOS, "auto")), default="auto", show_default=True,
-              help="sac, tqc or ddpg, or auto: the best evaluated HER run of any algo.")
+@click.option(
+    "--algo",
+    type=click.Choice((*ALGOS, "auto")),
+    default="auto",
+    show_default=True,
+    help="sac, tqc or ddpg, or auto: the best evaluated HER run of any algo.",
+)
 @click.option("--run-id", default=None, help="Register this evaluated HER training run instead of the best one.")
 def register_command(env_id, algo, run_id):
     """Register a HER policy as ch04-<algo>-her-<env> and move the alias 'champion' if it is better.
@@ -26,8 +31,10 @@ def register_command(env_id, algo, run_id):
 
     result = register(env_id=env_id, algo=None if algo == "auto" else algo, run_id=run_id)
     metrics = result["metrics"]
-    click.echo(f"registered {result['name']} version {result['version']} from run {result['source_run_id']} "
-               f"(eval success {100 * metrics['eval/success_rate']:.1f}%, return {metrics['eval/mean_return']:.2f})")
+    click.echo(
+        f"registered {result['name']} version {result['version']} from run {result['source_run_id']} "
+        f"(eval success {100 * metrics['eval/success_rate']:.1f}%, return {metrics['eval/mean_return']:.2f})"
+    )
     if result["champion_moved"]:
         click.echo(f"alias champion -> version {result['version']}: {result['uri']}")
     else:

@@ -11,11 +11,22 @@ from entry_points._common import echo_ui_link, run_command
 
 @click.command(name="reproduce")
 @click.argument("run_id")
-@click.option("--steps", type=click.IntRange(min=0), default=0,
-              help="Re-make only the first N env steps and compare the curves up to there [default: 0, the whole run].")
-@click.option("--apply-diff", type=click.BOOL, is_flag=False, flag_value="true", default="false", show_default=True,
-              help="Run the uncommitted changes the run logged (its git.diff artifact) on top of its commit; bare "
-                   "--apply-diff means true. Without it a run made from a dirty tree is refused and its diff printed.")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Re-make only the first N env steps and compare the curves up to there [default: 0, the whole run].",
+)
+@click.option(
+    "--apply-diff",
+    type=click.BOOL,
+    is_flag=False,
+    flag_value="true",
+    default="false",
+    show_default=True,
+    help="Run the uncommitted changes the run logged (its git.diff artifact) on top of its commit; bare "
+    "--apply-diff means true. Without it a run made from a dirty tree is refused and its diff printed.",
+)
 def reproduce_command(run_id, steps, apply_diff):
     """Re-train RUN_ID (a training run) with its logged config, seed, code (a git worktree at its commit,
     plus its logged diff, when this checkout differs) and thread count; evaluate it on the same episodes;

@@ -8,9 +8,14 @@ import click
 
 from entry_points._common import run_command
 
-DIR_OPTION = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-                          default=Path(".mlflow-server"), show_default=True,
-                          help="Where the PostgreSQL cluster, the artifacts and the logs live.")
+DIR_OPTION = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlflow-server"),
+    show_default=True,
+    help="Where the PostgreSQL cluster, the artifacts and the logs live.",
+)
 
 
 @click.group(name="server")
@@ -25,11 +30,19 @@ def server_command():
 @server_command.command(name="start")
 @DIR_OPTION
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="0.0.0.0 lets other machines reach it (PostgreSQL itself stays on 127.0.0.1).")
-@click.option("--auth/--no-auth", default=False, show_default=True,
-              help="MLflow's basic-auth app: every request needs a user and password; the admin's is "
-                   "generated into DIR/admin-password (mode 600); other users get READ until granted more.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="0.0.0.0 lets other machines reach it (PostgreSQL itself stays on 127.0.0.1).",
+)
+@click.option(
+    "--auth/--no-auth",
+    default=False,
+    show_default=True,
+    help="MLflow's basic-auth app: every request needs a user and password; the admin's is "
+    "generated into DIR/admin-password (mode 600); other users get READ until granted more.",
+)
 def start_command(directory, port, host, auth):
     """Start PostgreSQL (made on first use, password-protected) and `mlflow server` on it; print the URI to export."""
     from harness import server
@@ -38,9 +51,11 @@ def start_command(directory, port, host, auth):
     click.echo(f"tracking server on PostgreSQL (port {stack.db_port}), artifacts in {directory / 'artifacts'}")
     click.echo(f"export MLFLOW_TRACKING_URI={stack.tracking_uri}")
     if auth:
-        click.echo(f"basic auth on: export MLFLOW_TRACKING_USERNAME={server.ADMIN_USER} "
-                   f"MLFLOW_TRACKING_PASSWORD=\"$(cat {directory / server.ADMIN_PASSWORD_FILE})\" "
-                   "(the admin; add users with MLflow's auth API)")
+        click.echo(
+            f"basic auth on: export MLFLOW_TRACKING_USERNAME={server.ADMIN_USER} "
+            f'MLFLOW_TRACKING_PASSWORD="$(cat {directory / server.ADMIN_PASSWORD_FILE})" '
+            "(the admin; add users with MLflow's auth API)"
+        )
     click.echo(f"stop it with: harness server stop --dir {directory}")
 
 

@@ -42,42 +42,119 @@ class ChoiceOrPreset(click.Choice):
 
 
 @click.command(name="train")
-@click.option("--env", "env_id", default="FetchReach-v4", show_default=True,
-              help="Gymnasium id, e.g. FetchReach-v4, FetchPush-v4, FetchPickAndPlace-v4, FetchSlide-v4 (or *Dense-v4).")
-@click.option("--her", type=click.BOOL, is_flag=False, flag_value="true", default="false", show_default=True,
-              help="Train with Hindsight Experience Replay. Bare --her means true; also --her true|false|1|0|yes|no.")
+@click.option(
+    "--env",
+    "env_id",
+    default="FetchReach-v4",
+    show_default=True,
+    help="Gymnasium id, e.g. FetchReach-v4, FetchPush-v4, FetchPickAndPlace-v4, FetchSlide-v4 (or *Dense-v4).",
+)
+@click.option(
+    "--her",
+    type=click.BOOL,
+    is_flag=False,
+    flag_value="true",
+    default="false",
+    show_default=True,
+    help="Train with Hindsight Experience Replay. Bare --her means true; also --her true|false|1|0|yes|no.",
+)
 @click.option("--no-her", is_flag=True, help="Train without HER (the default; same as --her false).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random stream.")
 @click.option("--total-steps", type=IntOrPreset(1), help="Env steps to train for [default: the preset's].")
 @click.option("--n-sampled-goal", type=IntOrPreset(0), help="HER relabeled goals per transition [default: the preset's, 4].")
-@click.option("--goal-selection-strategy", type=ChoiceOrPreset(GOAL_SELECTION_STRATEGIES),
-              help="HER goal source [default: the preset's, future].")
-@click.option("--learning-starts", type=IntOrPreset(0), help="Random-action env steps before learning [default: the preset's].")
-@click.option("--algo", type=ChoiceOrPreset(ALGOS),
-              help="sac (stable-baselines3), tqc (sb3-contrib) or ddpg (the HER paper's DDPG) [default: the preset's].")
+@click.option(
+    "--goal-selection-strategy",
+    type=ChoiceOrPreset(GOAL_SELECTION_STRATEGIES),
+    help="HER goal source [default: the preset's, future].",
+)
+@click.option(
+    "--learning-starts", type=IntOrPreset(0), help="Random-action env steps before learning [default: the preset's]."
+)
+@click.option(
+    "--algo",
+    type=ChoiceOrPreset(ALGOS),
+    help="sac (stable-baselines3), tqc (sb3-contrib) or ddpg (the HER paper's DDPG) [default: the preset's].",
+)
 @click.option("--n-envs", type=IntOrPreset(1), help="Parallel envs in the process [default: the preset's].")
-@click.option("--eval-freq", type=IntOrPreset(0), help="Env steps between evaluations during training, 0 for none [default: the preset's].")
+@click.option(
+    "--eval-freq",
+    type=IntOrPreset(0),
+    help="Env steps between evaluations during training, 0 for none [default: the preset's].",
+)
 @click.option("--eval-episodes", type=IntOrPreset(1), help="Episodes per evaluation during training [default: the preset's].")
-@click.option("--checkpoint-freq", type=IntOrPreset(0),
-              help="Env steps between resumable checkpoints, 0 for none [default: the preset's].")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Any other config field, e.g. --set gamma=0.98 --set net_arch=[256,256,256] (repeatable; see harness/config.py).")
-@click.option("--preset", type=click.Choice(available_presets()), default="ch04", show_default=True,
-              help="Named hyperparameter set from harness/presets/<name>.yaml.")
-@click.option("--experiment", default=None, help="MLflow experiment [default: ch04-her-sparse-reach-push; under mlflow run: its own].")
-@click.option("--threads", type=click.IntRange(min=0, max=MAX_THREADS), default=0, show_default=True,
-              help="Torch threads; 0 keeps torch's default (all cores). Use 1 per process when training side by side.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where the networks train; auto picks CUDA when torch sees a GPU. Any checkpoint evaluates on a CPU.")
+@click.option(
+    "--checkpoint-freq",
+    type=IntOrPreset(0),
+    help="Env steps between resumable checkpoints, 0 for none [default: the preset's].",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other config field, e.g. --set gamma=0.98 --set net_arch=[256,256,256] (repeatable; see harness/config.py).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(available_presets()),
+    default="ch04",
+    show_default=True,
+    help="Named hyperparameter set from harness/presets/<name>.yaml.",
+)
+@click.option(
+    "--experiment", default=None, help="MLflow experiment [default: ch04-her-sparse-reach-push; under mlflow run: its own]."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0, max=MAX_THREADS),
+    default=0,
+    show_default=True,
+    help="Torch threads; 0 keeps torch's default (all cores). Use 1 per process when training side by side.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the networks train; auto picks CUDA when torch sees a GPU. Any checkpoint evaluates on a CPU.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on in a terminal].")
-@click.option("--system-metrics/--no-system-metrics", default=True, show_default=True,
-              help="Log MLflow's system metrics (CPU, memory, disk, network) to the run as system/*.")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue this config's run if a crash, a kill or a closed terminal cut it short (its resumable "
-                   "checkpoint in checkpoints/resume/), instead of starting a new run.")
-def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_selection_strategy, learning_starts,
-                  algo, n_envs, eval_freq, eval_episodes, checkpoint_freq, settings, preset, experiment, threads, device,
-                  progress, system_metrics, resume):
+@click.option(
+    "--system-metrics/--no-system-metrics",
+    default=True,
+    show_default=True,
+    help="Log MLflow's system metrics (CPU, memory, disk, network) to the run as system/*.",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue this config's run if a crash, a kill or a closed terminal cut it short (its resumable "
+    "checkpoint in checkpoints/resume/), instead of starting a new run.",
+)
+def train_command(
+    env_id,
+    her,
+    no_her,
+    seed,
+    total_steps,
+    n_sampled_goal,
+    goal_selection_strategy,
+    learning_starts,
+    algo,
+    n_envs,
+    eval_freq,
+    eval_episodes,
+    checkpoint_freq,
+    settings,
+    preset,
+    experiment,
+    threads,
+    device,
+    progress,
+    system_metrics,
+    resume,
+):
     """Train SAC, TQC or the HER paper's DDPG, with or without HER, as one MLflow run.
 
     Logs the resolved config as params, SB3's metrics and eval/* learning curves by env step,
@@ -89,10 +166,19 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
 
     if her and no_her:
         raise click.UsageError("--her and --no-her contradict each other; give one")
-    overrides = dict(her=her, seed=seed, total_steps=total_steps, n_sampled_goal=n_sampled_goal,
-                     goal_selection_strategy=goal_selection_strategy, learning_starts=learning_starts,
-                     algo=algo, n_envs=n_envs, eval_freq=eval_freq, eval_episodes=eval_episodes,
-                     checkpoint_freq=checkpoint_freq)
+    overrides = dict(
+        her=her,
+        seed=seed,
+        total_steps=total_steps,
+        n_sampled_goal=n_sampled_goal,
+        goal_selection_strategy=goal_selection_strategy,
+        learning_starts=learning_starts,
+        algo=algo,
+        n_envs=n_envs,
+        eval_freq=eval_freq,
+        eval_episodes=eval_episodes,
+        checkpoint_freq=checkpoint_freq,
+    )
     overrides.update(parse_settings(settings))
     config = resolve_config(preset, env_id, overrides)
     from harness.envs import validate_env_id
@@ -102,17 +188,31 @@ def train_command(env_id, her, no_her, seed, total_steps, n_sampled_goal, goal_s
 
     resolve_device(device)  # --device cuda without a GPU: said before any store or run is touched
     from harness.training import RunOptions, interrupted_run, train
+
     show_progress = sys.stderr.isatty() if progress is None else progress
     interrupted = interrupted_run(config, experiment) if resume and not os.environ.get("MLFLOW_RUN_ID") else None
     if interrupted:
-        click.echo(f"resuming run {interrupted[0]} ({config.run_name}) from its checkpoint at step {interrupted[1]}; "
-                   "--no-resume starts a new run", err=True)
-    result = train(config, RunOptions(experiment=experiment, progress_bar=show_progress, torch_threads=threads,
-                                      resume_run_id=interrupted[0] if interrupted else None,
-                                      system_metrics=system_metrics, device=device))
+        click.echo(
+            f"resuming run {interrupted[0]} ({config.run_name}) from its checkpoint at step {interrupted[1]}; "
+            "--no-resume starts a new run",
+            err=True,
+        )
+    result = train(
+        config,
+        RunOptions(
+            experiment=experiment,
+            progress_bar=show_progress,
+            torch_threads=threads,
+            resume_run_id=interrupted[0] if interrupted else None,
+            system_metrics=system_metrics,
+            device=device,
+        ),
+    )
     final = result.meta["final_metrics"]
-    click.echo(f"run {result.run_id} ({result.run_name}) finished: {result.meta['num_timesteps']} steps "
-               f"in {result.meta['wall_time_s']:.0f}s ({result.meta['steps_per_second']} steps/s)")
+    click.echo(
+        f"run {result.run_id} ({result.run_name}) finished: {result.meta['num_timesteps']} steps "
+        f"in {result.meta['wall_time_s']:.0f}s ({result.meta['steps_per_second']} steps/s)"
+    )
     if "eval/success_rate" in final:
         click.echo(f"last eval during training: success {100 * final['eval/success_rate']:.1f}%")
     click.echo(f"checkpoint: {result.checkpoint}")

@@ -35,7 +35,6 @@ from harness.errors import HarnessError
 from harness.identity import CPU_CAPABILITY_TAG, DEVICE_TAG, NATIVE_BF16_TAG, PRECISION_TAG, TORCH_THREADS_TAG
 
 
-
 def layer_precision(precision: str, device_type: str = "cpu"):
     """Where the networks' layers run during gradient steps: ``fp32``, or ``bf16`` through autocast on
     the model's device (matrix multiplies in bfloat16, weights, gradients and optimizer state stay
@@ -77,16 +76,22 @@ def emulated_bf16_warning(precision: str, device_type: str = "cpu") -> str | Non
     if precision != "bf16" or native_bf16(device_type):
         return None
     where = f"this CPU (torch: {cpu_capability()})" if device_type == "cpu" else "this GPU"
-    return (f"precision bf16 on {where} without native bfloat16: torch emulates it and gradient steps run "
-            f"~{EMULATED_BF16_SLOWDOWN:g}x slower than fp32; use precision auto or fp32")
+    return (
+        f"precision bf16 on {where} without native bfloat16: torch emulates it and gradient steps run "
+        f"~{EMULATED_BF16_SLOWDOWN:g}x slower than fp32; use precision auto or fp32"
+    )
 
 
 def compute_tags(device_type: str, precision: str) -> dict[str, str]:
     """What a run's arithmetic depended on: the resolved precision, torch's instruction set and thread count,
     and whether the device runs bf16 natively (``harness reproduce`` names them when they differ)."""
-    return {PRECISION_TAG: precision, CPU_CAPABILITY_TAG: cpu_capability(),
-            NATIVE_BF16_TAG: str(native_bf16(device_type)).lower(),
-            TORCH_THREADS_TAG: str(th.get_num_threads()), DEVICE_TAG: device_type}
+    return {
+        PRECISION_TAG: precision,
+        CPU_CAPABILITY_TAG: cpu_capability(),
+        NATIVE_BF16_TAG: str(native_bf16(device_type)).lower(),
+        TORCH_THREADS_TAG: str(th.get_num_threads()),
+        DEVICE_TAG: device_type,
+    }
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -97,8 +102,10 @@ def resolve_device(device: str) -> str:
     if device not in DEVICES:
         raise HarnessError(f"unknown device '{device}'; accepted: {', '.join(DEVICES)}")
     if device == "cuda" and not th.cuda.is_available():
-        raise HarnessError("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False; "
-                           f"torch {th.__version__}); accepted on this machine: auto, cpu")
+        raise HarnessError(
+            "--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False; "
+            f"torch {th.__version__}); accepted on this machine: auto, cpu"
+        )
     if device == "auto":
         return "cuda" if th.cuda.is_available() else "cpu"
     return device
@@ -107,8 +114,18 @@ def resolve_device(device: str) -> str:
 class HerDDPG(TD3):
     """DDPG with the HER paper's exploration, action penalty and target clipping (see module doc)."""
 
-    def __init__(self, policy, env, *, random_eps: float = 0.3, action_noise_std: float = 0.2,
-                 action_l2: float = 1.0, clip_target: bool = True, precision: str = "fp32", **kwargs):
+    def __init__(
+        self,
+        policy,
+        env,
+        *,
+        random_eps: float = 0.3,
+        action_noise_std: float = 0.2,
+        action_l2: float = 1.0,
+        clip_target: bool = True,
+        precision: str = "fp32",
+        **kwargs,
+    ):
         kwargs.setdefault("policy_delay", 1)
         kwargs.setdefault("target_policy_noise", 0.0)
         kwargs.setdefault("target_noise_clip", 0.0)
@@ -142,8 +159,7 @@ class HerDDPG(TD3):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
             with th.no_grad():
                 with layer_precision(self.precision, self.device.type):
-                    next_q = self.critic_target.q1_forward(data.next_observations,
-                                                           self.actor_target(data.next_observations))
+                    next_q = self.critic_target.q1_forward(data.next_observations, self.actor_target(data.next_observations))
                 target_q = data.rewards + (1 - data.dones) * self.gamma * next_q.float()
                 if self.clip_target:
                     target_q.clamp_(lowest_return, 0.0)
@@ -248,6 +264,7 @@ class FastSAC(SAC):
             return super().train(gradient_steps, batch_size)
         self.policy.set_training_mode(True)
         self._update_learning_rate(self._optimizers())
+
         def flatten(obs):  # the extractor has no weights: actor's and critics' features are the same
             return self.actor.extract_features(obs, self.actor.features_extractor)
 
@@ -273,8 +290,9 @@ class FastSAC(SAC):
 
             with th.no_grad():
                 next_actions, next_log_prob = self._actor_sample(next_features)
-                next_q = th.min(th.cat(self._q_values(self.critic_target, next_features, next_actions), dim=1),
-                                dim=1, keepdim=True)[0]
+                next_q = th.min(
+                    th.cat(self._q_values(self.critic_target, next_features, next_actions), dim=1), dim=1, keepdim=True
+                )[0]
                 next_q = next_q - ent_coef * next_log_prob
                 target_q = data.rewards + (1 - data.dones) * discounts * next_q
 

@@ -134,16 +134,22 @@ def verify_hashes(run_id: str, zip_path: Path) -> None:
     for tag, digest in found.items():
         name = zip_path.name if tag == HASH_TAGS["model"] else stats_path(zip_path).name
         if tag not in recorded:
-            raise HarnessError(f"run {run_id} records no sha256 for its artifact {ARTIFACT_DIR}/{name} (tag {tag}); "
-                               "refusing to unpickle a file its training did not record (an SB3 checkpoint runs code "
-                               "when loaded); if you trust it, download it and pass the local .zip path")
+            raise HarnessError(
+                f"run {run_id} records no sha256 for its artifact {ARTIFACT_DIR}/{name} (tag {tag}); "
+                "refusing to unpickle a file its training did not record (an SB3 checkpoint runs code "
+                "when loaded); if you trust it, download it and pass the local .zip path"
+            )
         if digest != recorded[tag]:
-            raise HarnessError(f"the checkpoint files of run {run_id} differ from the sha256 recorded on the run at "
-                               f"training ({tag}); refusing to load them (an SB3 checkpoint runs code when loaded)")
+            raise HarnessError(
+                f"the checkpoint files of run {run_id} differ from the sha256 recorded on the run at "
+                f"training ({tag}); refusing to load them (an SB3 checkpoint runs code when loaded)"
+            )
     missing = sorted(recorded.keys() - found.keys())  # e.g. the statistics the model was trained with
     if missing:
-        raise HarnessError(f"run {run_id} recorded {missing[0]} at training but its {ARTIFACT_DIR}/ artifacts lack "
-                           "that file; refusing to load the checkpoint without it")
+        raise HarnessError(
+            f"run {run_id} recorded {missing[0]} at training but its {ARTIFACT_DIR}/ artifacts lack "
+            "that file; refusing to load the checkpoint without it"
+        )
 
 
 def looks_like_run_id(text: str) -> bool:
@@ -174,7 +180,8 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
     path = Path(ckpt)
     if not path.is_file():
         raise HarnessError(
-            f"checkpoint '{ckpt}' not found; give a .zip path, an MLflow run id, a runs:/<run id> or a models:/<name>@<alias> URI"
+            f"checkpoint '{ckpt}' not found; give a .zip path, an MLflow run id, a runs:/<run id> "
+            "or a models:/<name>@<alias> URI"
         )
     meta_path = path.with_name(path.name[: -len(".zip")] + ".meta.json") if path.name.endswith(".zip") else None
     meta = read_meta(meta_path) if meta_path is not None and meta_path.is_file() else {}
@@ -188,8 +195,10 @@ def read_meta(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise HarnessError(f"checkpoint metadata '{path}' is not valid JSON; delete it and pass --env") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
-        raise HarnessError(f"checkpoint metadata '{path}' is not a harness meta.json (a JSON object with a "
-                           "'config' object); delete it and pass --env")
+        raise HarnessError(
+            f"checkpoint metadata '{path}' is not a harness meta.json (a JSON object with a "
+            "'config' object); delete it and pass --env"
+        )
     return meta
 
 
@@ -235,9 +244,13 @@ def export_weights(loaded: LoadedCheckpoint, directory: Path) -> dict[str, str]:
     torch.save(loaded.model.policy.state_dict(), directory / WEIGHTS_FILE)
     if loaded.vecnormalize is not None:
         rms = loaded.vecnormalize.obs_rms
-        stats = {"clip_obs": loaded.vecnormalize.clip_obs, "epsilon": loaded.vecnormalize.epsilon,
-                 "obs_rms": {key: {"mean": r.mean.tolist(), "var": r.var.tolist(), "count": float(r.count)}
-                             for key, r in rms.items()}}
+        stats = {
+            "clip_obs": loaded.vecnormalize.clip_obs,
+            "epsilon": loaded.vecnormalize.epsilon,
+            "obs_rms": {
+                key: {"mean": r.mean.tolist(), "var": r.var.tolist(), "count": float(r.count)} for key, r in rms.items()
+            },
+        }
         (directory / NORMALIZATION_FILE).write_text(json.dumps(stats))
     meta = {**loaded.meta, "num_timesteps": int(loaded.model.num_timesteps)}
     (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -262,8 +275,9 @@ def load_weights(directory: Path, source: str, env_id: str | None = None) -> Loa
     policy_kwargs: dict[str, Any] = {"net_arch": list(config["net_arch"])}
     if config["algo"] == "ddpg":
         policy_kwargs["n_critics"] = 1
-    model = algo_class(config["algo"])("MultiInputPolicy", env, buffer_size=1, policy_kwargs=policy_kwargs,
-                                       device="cpu", verbose=0)
+    model = algo_class(config["algo"])(
+        "MultiInputPolicy", env, buffer_size=1, policy_kwargs=policy_kwargs, device="cpu", verbose=0
+    )
     try:
         state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.policy.load_state_dict(state)
@@ -275,14 +289,19 @@ def load_weights(directory: Path, source: str, env_id: str | None = None) -> Loa
     normalization = directory / NORMALIZATION_FILE
     if normalization.is_file():
         stats = json.loads(normalization.read_text())
-        vecnormalize = VecNormalize(env, training=False, norm_obs=True, norm_reward=False,
-                                    clip_obs=stats["clip_obs"], epsilon=stats["epsilon"])
+        vecnormalize = VecNormalize(
+            env, training=False, norm_obs=True, norm_reward=False, clip_obs=stats["clip_obs"], epsilon=stats["epsilon"]
+        )
         for key, saved in stats["obs_rms"].items():
             rms = RunningMeanStd(shape=vecnormalize.obs_rms[key].mean.shape)
             rms.mean, rms.var, rms.count = np.asarray(saved["mean"]), np.asarray(saved["var"]), saved["count"]
             vecnormalize.obs_rms[key] = rms
-    return LoadedCheckpoint(model=model, meta={**meta, "config": config, "trained_env_id": trained_env_id},
-                            vecnormalize=vecnormalize, source=source)
+    return LoadedCheckpoint(
+        model=model,
+        meta={**meta, "config": config, "trained_env_id": trained_env_id},
+        vecnormalize=vecnormalize,
+        source=source,
+    )
 
 
 def load_checkpoint(ckpt: str, env_id: str | None = None) -> LoadedCheckpoint:
@@ -317,11 +336,15 @@ def _load_registered(model_uri: str, download_dir: Path, env_id: str | None) -> 
         raise HarnessError(f"registered model '{model_uri}' not found in {mlflow.get_tracking_uri()} ({exc})") from None
     weights = local / "artifacts" / WEIGHTS_ARTIFACT
     if recorded is None or not (weights / WEIGHTS_FILE).is_file():
-        raise HarnessError(f"registered model '{model_uri}' holds no plain policy weights with a recorded sha256 "
-                           "(an older harness registered a pickled checkpoint); register it again with harness register")
+        raise HarnessError(
+            f"registered model '{model_uri}' holds no plain policy weights with a recorded sha256 "
+            "(an older harness registered a pickled checkpoint); register it again with harness register"
+        )
     if {path.name: sha256_of(path) for path in sorted(weights.iterdir())} != json.loads(recorded):
-        raise HarnessError(f"the files of registered model '{model_uri}' differ from the sha256 recorded when it was "
-                           "registered; refusing to load them")
+        raise HarnessError(
+            f"the files of registered model '{model_uri}' differ from the sha256 recorded when it was "
+            "registered; refusing to load them"
+        )
     return load_weights(weights, model_uri, env_id)
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import mlflow
 import numpy as np
@@ -25,9 +26,20 @@ from harness.credentials import redact
 from harness.errors import HarnessError
 from harness.evaluation import RESULTS_DIR, floor_run, threshold_metrics
 from harness.identity import (
-    ALGO_TAG, CLEAR_SEPARATION_TAG, ENV_TAG, EVALUATED_TAG, EVAL_EPISODES_TAG, KIND_TAG, NOTE_TAG,
-    PARENT_RUN_ID_TAG, RunIdentity, SEEDS_TAG, SEPARATION_TAG_PREFIX, SEPARATION_TEST_TAG, VARIANT_TAG,
-    WARNINGS_TAG
+    ALGO_TAG,
+    CLEAR_SEPARATION_TAG,
+    ENV_TAG,
+    EVALUATED_TAG,
+    EVAL_EPISODES_TAG,
+    KIND_TAG,
+    NOTE_TAG,
+    PARENT_RUN_ID_TAG,
+    RunIdentity,
+    SEEDS_TAG,
+    SEPARATION_TAG_PREFIX,
+    SEPARATION_TEST_TAG,
+    VARIANT_TAG,
+    WARNINGS_TAG,
 )
 from harness.statistics import (
     Separation,
@@ -56,8 +68,13 @@ class TableRow:
 
 
 ROWS = (
-    TableRow("Success Rate", "eval/success_rate", lambda m: f"{100 * m:.1f}%", lambda c: f"{100 * c:.1f}%",
-             lambda d: f"{100 * d:+.1f}%"),
+    TableRow(
+        "Success Rate",
+        "eval/success_rate",
+        lambda m: f"{100 * m:.1f}%",
+        lambda c: f"{100 * c:.1f}%",
+        lambda d: f"{100 * d:+.1f}%",
+    ),
     TableRow("Return (mean)", "eval/mean_return", lambda m: f"{m:.2f}", lambda c: f"{c:.2f}", lambda d: f"{d:+.2f}"),
     TableRow("Final Distance", "eval/final_distance", lambda m: f"{m:.4f}", lambda c: f"{c:.3f}", lambda d: f"{d:+.3f}"),
 )
@@ -77,9 +94,18 @@ def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str |
     for _, her in CONDITIONS:
         for seed in seeds:
             # The chapter's runs only: an ablation variant of the same (env, algo, her, seed) is not one.
-            run = next((r for r in tracking.search_runs(
-                {KIND_TAG: "train", EVALUATED_TAG: "true", **RunIdentity(env_id, algo, her, seed).search_tags()},
-                ids, status="FINISHED") if not r.data.tags.get(VARIANT_TAG)), None)
+            run = next(
+                (
+                    r
+                    for r in tracking.search_runs(
+                        {KIND_TAG: "train", EVALUATED_TAG: "true", **RunIdentity(env_id, algo, her, seed).search_tags()},
+                        ids,
+                        status="FINISHED",
+                    )
+                    if not r.data.tags.get(VARIANT_TAG)
+                ),
+                None,
+            )
             if run is not None:
                 found[her].append(run)
             else:
@@ -184,8 +210,13 @@ def plot_success_curve(ax, curve: Curve, label: str, color=None, x: str = "steps
 
 def plot_floor(ax, floor: dict | None) -> None:
     if floor is not None:
-        ax.axhline(floor["success_rate"], color="tab:red", linestyle="--", linewidth=1,
-                   label=f"do-nothing floor {100 * floor['success_rate']:.1f}%")
+        ax.axhline(
+            floor["success_rate"],
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label=f"do-nothing floor {100 * floor['success_rate']:.1f}%",
+        )
 
 
 def save_figure(fig, path: Path, title: str) -> None:
@@ -213,8 +244,14 @@ def plot_comparison(env_id: str, found: dict[bool, list], statistics: dict, path
         values = condition["success"]
         left.scatter([x] * len(values), values, color=colors[her], alpha=0.6, label=f"{label} seeds")
         low, high = condition["iqm_ci95"] or (condition["iqm"], condition["iqm"])
-        left.errorbar([x + 0.15], [condition["iqm"]], yerr=[[condition["iqm"] - low], [high - condition["iqm"]]],
-                      fmt="o", color="black", capsize=6)
+        left.errorbar(
+            [x + 0.15],
+            [condition["iqm"]],
+            yerr=[[condition["iqm"] - low], [high - condition["iqm"]]],
+            fmt="o",
+            color="black",
+            capsize=6,
+        )
         curve = learning_curve([r.info.run_id for r in found[her]])
         plot_success_curve(middle, curve, label=label, color=colors[her])
         plot_success_curve(right, curve, label=label, color=colors[her], x="minutes")
@@ -292,8 +329,9 @@ def condition_statistics(runs: Sequence, seeds: Sequence[int]) -> dict[str, Any]
     }
 
 
-def seed_statistics(env_id: str, seeds: Sequence[int], found: dict[bool, list], floor: dict | None
-                    ) -> tuple[dict[str, Any], Separation]:
+def seed_statistics(
+    env_id: str, seeds: Sequence[int], found: dict[bool, list], floor: dict | None
+) -> tuple[dict[str, Any], Separation]:
     """Everything past the chapter's table: per condition, the tests, the verdict and the warnings."""
     conditions = {condition_key(her): condition_statistics(found[her], seeds) for _, her in CONDITIONS}
     her, no_her = conditions["her"], conditions["no_her"]
@@ -316,8 +354,9 @@ def seed_statistics(env_id: str, seeds: Sequence[int], found: dict[bool, list], 
             "p_value": verdict.p_value,
             "test": verdict.test,
             "probability_of_improvement": float(probability_of_improvement(her["success"], no_her["success"])),
-            "probability_of_improvement_ci95": bootstrap_interval([her["success"], no_her["success"]],
-                                                                  probability_of_improvement),
+            "probability_of_improvement_ci95": bootstrap_interval(
+                [her["success"], no_her["success"]], probability_of_improvement
+            ),
         },
         "separation": verdict.to_dict(),
         "warnings": warnings,
@@ -348,23 +387,33 @@ def statistics_markdown(stats_report: dict[str, Any], separation_result: Separat
     """The statistics after the chapter's table, as markdown (the report, the run's note and the console)."""
     conditions, floor, tests = stats_report["conditions"], stats_report["floor"], stats_report["tests"]
     seeds = conditions["her"]["seeds"]
-    lines = ["Per seed (final eval success, deterministic episodes):", "",
-             "| Condition | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    lines = [
+        "Per seed (final eval success, deterministic episodes):",
+        "",
+        "| Condition | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---" * (len(seeds) + 1) + "|",
+    ]
     for label, her in CONDITIONS:
         lines.append(f"| {label} | " + " | ".join(_pct(v) for v in conditions[condition_key(her)]["success"]) + " |")
     if floor is not None:
-        lines += ["", f"Do-nothing floor of {stats_report['env_id']}: {_pct(floor['success_rate'])} (zero actions on the "
-                      f"same {floor['n_episodes']} episodes; floor run {floor['run_id']})."]
-    steps = lambda v: f"{v / 1000:.0f}k" if v >= 10_000 else f"{v:.0f}"  # noqa: E731
-    minutes = lambda v: f"{v:.1f}"  # noqa: E731
+        lines += [
+            "",
+            f"Do-nothing floor of {stats_report['env_id']}: {_pct(floor['success_rate'])} (zero actions on the "
+            f"same {floor['n_episodes']} episodes; floor run {floor['run_id']}).",
+        ]
+    steps = lambda v: f"{v / 1000:.0f}k" if v >= 10_000 else f"{v:.0f}"  # noqa: E731 - a one-line formatter
+    minutes = lambda v: f"{v:.1f}"  # noqa: E731 - a one-line formatter
     lines += ["", "| Statistic | No-HER | HER |", "|---|---|---|"]
     rows = [
-        ("IQM success [bootstrap 95% CI over seeds]",
-         lambda c: f"{_pct(c['iqm'])}{_interval(c['iqm_ci95'])}"),
-        ("Pooled episodes [Wilson 95% CI]",
-         lambda c: f"{c['pooled_successes']}/{c['pooled_episodes']} = "
-                   f"{_pct(c['pooled_successes'] / c['pooled_episodes'] if c['pooled_episodes'] else None)}"
-                   f"{_interval(c['pooled_wilson_ci95'])}"),
+        ("IQM success [bootstrap 95% CI over seeds]", lambda c: f"{_pct(c['iqm'])}{_interval(c['iqm_ci95'])}"),
+        (
+            "Pooled episodes [Wilson 95% CI]",
+            lambda c: (
+                f"{c['pooled_successes']}/{c['pooled_episodes']} = "
+                f"{_pct(c['pooled_successes'] / c['pooled_episodes'] if c['pooled_episodes'] else None)}"
+                f"{_interval(c['pooled_wilson_ci95'])}"
+            ),
+        ),
         ("Env steps to 50% (IQM; per seed)", lambda c: _reached(c["to_50"], "steps", steps)),
         ("Env steps to 90% (IQM; per seed)", lambda c: _reached(c["to_90"], "steps", steps)),
         ("Minutes to 90% (IQM; per seed)", lambda c: _reached(c["to_90"], "minutes", minutes)),
@@ -372,12 +421,18 @@ def statistics_markdown(stats_report: dict[str, Any], separation_result: Separat
     for label, cell in rows:
         lines.append(f"| {label} | {cell(conditions['no_her'])} | {cell(conditions['her'])} |")
     welch = "n/a" if tests["welch_p"] is None else f"{tests['welch_p']:.2g}"
-    smallest = 1 / math.comb(len(conditions["her"]["success"]) + len(conditions["no_her"]["success"]),
-                              len(conditions["her"]["success"]))
-    lines += ["", f"HER > no-HER, one-sided p-values: Welch's t {welch}; Mann-Whitney U {tests['mann_whitney_p']:.2g}"
-              f" (its smallest possible value with these seeds is {smallest:.2g}). Probability of improvement "
-              f"{tests['probability_of_improvement']:.2f}{_interval(tests['probability_of_improvement_ci95'], 1, '{:.2f}')}.",
-              "", f"**Clear separation: {'yes' if separation_result.clear else 'no'}**", ""]
+    smallest = 1 / math.comb(
+        len(conditions["her"]["success"]) + len(conditions["no_her"]["success"]), len(conditions["her"]["success"])
+    )
+    lines += [
+        "",
+        f"HER > no-HER, one-sided p-values: Welch's t {welch}; Mann-Whitney U {tests['mann_whitney_p']:.2g}"
+        f" (its smallest possible value with these seeds is {smallest:.2g}). Probability of improvement "
+        f"{tests['probability_of_improvement']:.2f}{_interval(tests['probability_of_improvement_ci95'], 1, '{:.2f}')}.",
+        "",
+        f"**Clear separation: {'yes' if separation_result.clear else 'no'}**",
+        "",
+    ]
     for criterion, value, met in separation_result.criteria():
         lines.append(f"- {'yes' if met else 'NO'}: {criterion}: {value}")
     lines.append(f"- ideally > 70 points: {'yes' if separation_result.ideal else 'no'}")
@@ -399,19 +454,26 @@ def compare(env_id: str, seeds: Sequence[int], algo: str | None = None, experime
     if algo is None:
         algo = newest_evaluated_algo(env_id, tracking.experiment_ids(experiment))
         if algo is None:
-            raise HarnessError(f"no finished, evaluated training run for {env_id} in {mlflow.get_tracking_uri()}; "
-                               "train it (harness train) and evaluate it (harness eval) first")
+            raise HarnessError(
+                f"no finished, evaluated training run for {env_id} in {mlflow.get_tracking_uri()}; "
+                "train it (harness train) and evaluate it (harness eval) first"
+            )
     found = collect_runs(env_id, seeds, algo, experiment)
     return report_comparison(env_id, seeds, found, algo, experiment)
 
 
-def report_comparison(env_id: str, seeds: Sequence[int], found: dict[bool, list], algo: str = "sac",
-                      experiment: str | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+def report_comparison(
+    env_id: str,
+    seeds: Sequence[int],
+    found: dict[bool, list],
+    algo: str = "sac",
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
     """Summarize the given runs (one per seed and condition): table, statistics and verdict, JSON,
     plot and a compare run (a child of ``parent_run_id`` in a pipeline)."""
     summaries = {
-        row.metric: {her: summarize([r.data.metrics[row.metric] for r in found[her]]) for _, her in CONDITIONS}
-        for row in ROWS
+        row.metric: {her: summarize([r.data.metrics[row.metric] for r in found[her]]) for _, her in CONDITIONS} for row in ROWS
     }
     table = format_table(summaries)
     all_runs = found[False] + found[True]
@@ -445,12 +507,16 @@ def report_comparison(env_id: str, seeds: Sequence[int], found: dict[bool, list]
     chapter_table = markdown_table(summaries)
     markdown = chapter_table + "\n\n" + details + "\n"
 
-    tags = {KIND_TAG: "compare", ENV_TAG: env_id, ALGO_TAG: algo,
-            SEEDS_TAG: ",".join(str(s) for s in seeds),
-            CLEAR_SEPARATION_TAG: "yes" if verdict.clear else "no",
-            SEPARATION_TEST_TAG: verdict.test,
-            # mlflow.note.content is the run's description in the UI, rendered as markdown.
-            NOTE_TAG: f"# {env_id}: {algo.upper()} without and with HER\n\n{markdown}"}
+    tags = {
+        KIND_TAG: "compare",
+        ENV_TAG: env_id,
+        ALGO_TAG: algo,
+        SEEDS_TAG: ",".join(str(s) for s in seeds),
+        CLEAR_SEPARATION_TAG: "yes" if verdict.clear else "no",
+        SEPARATION_TEST_TAG: verdict.test,
+        # mlflow.note.content is the run's description in the UI, rendered as markdown.
+        NOTE_TAG: f"# {env_id}: {algo.upper()} without and with HER\n\n{markdown}",
+    }
     for criterion in ("large", "significant", "consistent"):
         tags[f"{SEPARATION_TAG_PREFIX}{criterion}"] = "yes" if getattr(verdict, criterion) else "no"
     if statistics["warnings"]:
@@ -476,14 +542,16 @@ def compare_metrics(report: dict[str, Any], verdict: Separation) -> dict[str, fl
     for row in ROWS:
         name = row.metric.split("/")[-1]
         for _, her in CONDITIONS:
-            metrics[f"{condition_key(her)}/{name}_mean"] = report["conditions"][condition_key(her)]["summary"][row.metric]["mean"]
+            metrics[f"{condition_key(her)}/{name}_mean"] = report["conditions"][condition_key(her)]["summary"][row.metric][
+                "mean"
+            ]
         metrics[f"delta/{name}"] = report["delta"][row.metric]
     statistics = report["statistics"]
     for key, condition in statistics["conditions"].items():
         metrics[f"{key}/success_iqm"] = condition["iqm"]
-        for bound, value in zip(("low", "high"), condition["iqm_ci95"] or ()):
+        for bound, value in zip(("low", "high"), condition["iqm_ci95"] or (), strict=False):
             metrics[f"{key}/success_iqm_ci95_{bound}"] = value
-        for bound, value in zip(("low", "high"), condition["pooled_wilson_ci95"] or ()):
+        for bound, value in zip(("low", "high"), condition["pooled_wilson_ci95"] or (), strict=False):
             metrics[f"{key}/pooled_success_wilson_{bound}"] = value
         for threshold in ("to_50", "to_90"):
             for unit in ("steps", "minutes"):

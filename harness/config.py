@@ -18,7 +18,8 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import yaml
 
@@ -148,9 +149,12 @@ def load_preset(name: str) -> dict[str, Any]:
         raise HarnessError(f"unknown preset '{name}'; available: {', '.join(available_presets())}")
     preset = yaml.safe_load(path.read_text()) or {}
     env_sections = list(preset.get("envs", {}).values())
-    sections = [preset.get("defaults", {}), *preset.get("algos", {}).values(),
-                *({k: v for k, v in env.items() if k != "algos"} for env in env_sections),
-                *(algo_section for env in env_sections for algo_section in env.get("algos", {}).values())]
+    sections = [
+        preset.get("defaults", {}),
+        *preset.get("algos", {}).values(),
+        *({k: v for k, v in env.items() if k != "algos"} for env in env_sections),
+        *(algo_section for env in env_sections for algo_section in env.get("algos", {}).values()),
+    ]
     for section in sections:
         unknown = sorted(set(section) - set(FIELD_NAMES))
         if unknown:
@@ -169,8 +173,13 @@ def resolve_config(preset: str, env_id: str, overrides: Mapping[str, Any] | None
     env_algo_sections = env_section.pop("algos", {})
     defaults = data.get("defaults", {})
     algo = given.get("algo", env_section.get("algo", defaults.get("algo", TrainConfig.algo)))
-    values: dict[str, Any] = {**defaults, **data.get("algos", {}).get(algo, {}), **env_section,
-                              **env_algo_sections.get(algo, {}), **given}
+    values: dict[str, Any] = {
+        **defaults,
+        **data.get("algos", {}).get(algo, {}),
+        **env_section,
+        **env_algo_sections.get(algo, {}),
+        **given,
+    }
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
         raise HarnessError(f"unknown config keys {unknown}; known: {', '.join(FIELD_NAMES)}")
@@ -232,8 +241,10 @@ def parse_settings(settings: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key:
             raise HarnessError(f"--set takes KEY=VALUE, got '{item}'")
         if key not in FIELD_NAMES or key in ("env_id", "preset"):
-            raise HarnessError(f"unknown config key '{key}' in --set; known: "
-                               f"{', '.join(n for n in FIELD_NAMES if n not in ('env_id', 'preset'))}")
+            raise HarnessError(
+                f"unknown config key '{key}' in --set; known: "
+                f"{', '.join(n for n in FIELD_NAMES if n not in ('env_id', 'preset'))}"
+            )
         try:
             overrides[key] = yaml.safe_load(raw)
         except yaml.YAMLError:
@@ -241,7 +252,7 @@ def parse_settings(settings: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return overrides
 
 
-def validate_config(config: TrainConfig) -> None:
+def validate_config(config: TrainConfig) -> None:  # noqa: C901 - one flat check per field, read top to bottom
     """Reject values SB3 would choke on later, with a message naming what is accepted."""
     if config.algo not in ALGOS:
         raise HarnessError(f"unknown algo '{config.algo}'; accepted: {', '.join(ALGOS)}")
@@ -279,8 +290,10 @@ def validate_config(config: TrainConfig) -> None:
     if not 0.0 <= config.held_object_start <= 1.0:
         raise HarnessError(f"held_object_start must be in [0, 1], got {config.held_object_start}")
     if config.held_object_start > 0 and config.env_id not in HELD_OBJECT_ENVS:
-        raise HarnessError(f"held_object_start needs an env whose gripper can hold the object "
-                           f"({', '.join(HELD_OBJECT_ENVS)}), not {config.env_id}")
+        raise HarnessError(
+            f"held_object_start needs an env whose gripper can hold the object "
+            f"({', '.join(HELD_OBJECT_ENVS)}), not {config.env_id}"
+        )
     if config.precision not in PRECISIONS:
         raise HarnessError(f"precision must be one of {', '.join(PRECISIONS)}, got '{config.precision}'")
     if config.precision == "bf16" and config.algo == "tqc":
@@ -300,7 +313,7 @@ def validate_ent_coef(ent: float | str) -> None:
     if isinstance(ent, str):
         if ent == "auto":
             return
-        initial = ent[len("auto_"):] if ent.startswith("auto_") else None
+        initial = ent[len("auto_") :] if ent.startswith("auto_") else None
         try:
             valid = initial is not None and math.isfinite(float(initial)) and float(initial) > 0
         except ValueError:

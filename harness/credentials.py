@@ -16,15 +16,14 @@ is readable by everyone who uses it, so:
 from __future__ import annotations
 
 import re
-from typing import MutableMapping
+from collections.abc import MutableMapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK = "***"
 # scheme://user:password@  (the password may be empty; it stops at '@', whitespace or a quote)
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s'\"]*):[^@\s'\"]*@")
 # ?password=... or &token=... in a URI's query (libpq and some stores take credentials there)
-_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|token|secret|access_token|sig|signature)=)[^&\s'\"]*",
-                           re.IGNORECASE)
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|token|secret|access_token|sig|signature)=)[^&\s'\"]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:

@@ -53,8 +53,10 @@ def her_reward_warning(env_id: str, her: bool) -> str | None:
     """The chapter's first "Common Issue": HER relabels goals for a sparse reward (-1 until the goal
     is reached); on a Dense env the reward already says how close each step got."""
     if her and "Dense" in env_id:
-        return (f"--her on {env_id}: HER needs the sparse reward; the chapter uses {env_id.replace('Dense', '')} "
-                "(a dense reward already tells the agent how close it got)")
+        return (
+            f"--her on {env_id}: HER needs the sparse reward; the chapter uses {env_id.replace('Dense', '')} "
+            "(a dense reward already tells the agent how close it got)"
+        )
     return None
 
 
@@ -74,7 +76,7 @@ def validate_her_start(env_id: str, n_envs: int, learning_starts: int) -> None:
         )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
     """The env's (observation, action) spaces, from one env built and closed; a HarnessError naming
     what is missing when Gymnasium cannot build it."""
@@ -123,8 +125,11 @@ class FetchObservationIndex:
         model = robot.model
         site = functools.partial(mujoco.mj_name2id, model, mujoco.mjtObj.mjOBJ_SITE)
         self.grip_site, self.object_site = site("robot0:grip"), site("object0") if robot.has_object else -1
-        robot_joints = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
-                        for name in robot._model_names.joint_names if name.startswith("robot")]
+        robot_joints = [
+            mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
+            for name in robot._model_names.joint_names
+            if name.startswith("robot")
+        ]
         sizes = {mujoco.mjtJoint.mjJNT_FREE: (7, 6), mujoco.mjtJoint.mjJNT_BALL: (4, 4)}  # as mujoco_utils counts
         qpos, qvel = [], []
         for joint in robot_joints:
@@ -134,8 +139,9 @@ class FetchObservationIndex:
         # robot_get_obs stacks every robot joint's values; the observation keeps the last two (the fingers)
         self.finger_qpos, self.finger_qvel = np.array(qpos[-2:]), np.array(qvel[-2:])
         fingers = ("robot0:l_gripper_finger_joint", "robot0:r_gripper_finger_joint")
-        self.blocked_qpos = [int(model.jnt_qposadr[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)])
-                             for name in fingers]
+        self.blocked_qpos = [
+            int(model.jnt_qposadr[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)]) for name in fingers
+        ]
 
     @classmethod
     def install(cls, robot) -> None:
@@ -169,8 +175,17 @@ class FetchObservationIndex:
             object_pos = object_rot = object_velp = object_velr = object_rel_pos = np.zeros(0)
         gripper_state = data.qpos[self.finger_qpos]
         gripper_vel = data.qvel[self.finger_qvel] * dt
-        return (grip_pos, object_pos, object_rel_pos, gripper_state, object_rot, object_velp, object_velr,
-                grip_velp, gripper_vel)
+        return (
+            grip_pos,
+            object_pos,
+            object_rel_pos,
+            gripper_state,
+            object_rot,
+            object_velp,
+            object_velr,
+            grip_velp,
+            gripper_vel,
+        )
 
     def step_callback(self, robot):
         if robot.block_gripper:
@@ -228,8 +243,15 @@ class HeldObjectStart(gym.Wrapper):
 
 # Per-episode bookkeeping of the wrappers gym.make and SB3 put around an env: TimeLimit's step
 # count, Monitor's rewards so far (an episode's return is logged when it ends) and totals.
-WRAPPER_FIELDS = ("_elapsed_steps", "rewards", "needs_reset", "episode_returns", "episode_lengths",
-                  "episode_times", "total_steps")
+WRAPPER_FIELDS = (
+    "_elapsed_steps",
+    "rewards",
+    "needs_reset",
+    "episode_returns",
+    "episode_lengths",
+    "episode_times",
+    "total_steps",
+)
 
 
 def env_state(env: gym.Env) -> dict:
@@ -245,8 +267,16 @@ def env_state(env: gym.Env) -> dict:
     data = getattr(robot, "data", None)
     if data is not None and type(data).__name__ == "MjData":
         # The constraint arrays (efc_*) live in MjData's arena, sized per step and rebuilt by every mj_step.
-        state["mujoco"] = {"time": data.time, **{name: value.copy() for name in dir(data) if not name.startswith("_")
-                                                 for value in [getattr(data, name)] if isinstance(value, np.ndarray)}}
+        state["mujoco"] = {
+            "time": data.time,
+            **{
+                name: value.copy()
+                for name in dir(data)
+                if not name.startswith("_")
+                for value in [getattr(data, name)]
+                if isinstance(value, np.ndarray)
+            },
+        }
     state["wrappers"] = []
     layer = env
     while isinstance(layer, gym.Wrapper):

@@ -18,7 +18,7 @@ class Terminated(BaseException):
     """Raised in the main thread on SIGTERM or SIGHUP (a closed terminal), so the run can be marked KILLED."""
 
 
-def raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
+def raise_terminated(signum, frame):
     raise Terminated(f"received signal {signum}")
 
 
@@ -36,6 +36,5 @@ def warn(message: str) -> None:
 def first_line(message: object) -> str:
     """The line of a long library message that says what went wrong. SQLAlchemy's (inside MLflow's)
     open with how the failing query was triggered; the cause comes after."""
-    lines = [line for line in str(message).splitlines()
-             if line.strip() and not line.startswith("(raised as a result of")]
+    lines = [line for line in str(message).splitlines() if line.strip() and not line.startswith("(raised as a result of")]
     return lines[0].strip() if lines else ""

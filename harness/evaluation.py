@@ -10,13 +10,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
 from harness.identity import (
-    ENV_TAG, EVALUATED_TAG, EVAL_EPISODES_TAG, EVAL_RESET_SEED_TAG, KIND_TAG, PARENT_RUN_ID_TAG,
-    RUN_NAME_TAG, RunIdentity, SOURCE_RUN_ID_TAG
+    ENV_TAG,
+    EVALUATED_TAG,
+    EVAL_EPISODES_TAG,
+    EVAL_RESET_SEED_TAG,
+    KIND_TAG,
+    PARENT_RUN_ID_TAG,
+    RUN_NAME_TAG,
+    RunIdentity,
+    SOURCE_RUN_ID_TAG,
 )
 
 
@@ -54,7 +62,10 @@ class EpisodeResults:
 
 
 def run_episodes(
-    policy: Callable[[Any], np.ndarray], env_id: str, n_episodes: int, reset_seed: int = EVAL_RESET_SEED,
+    policy: Callable[[Any], np.ndarray],
+    env_id: str,
+    n_episodes: int,
+    reset_seed: int = EVAL_RESET_SEED,
     frames: list[list[np.ndarray]] | None = None,
 ) -> EpisodeResults:
     """Roll out ``policy(obs) -> action`` for ``n_episodes`` full episodes; with ``frames`` given,
@@ -234,22 +245,26 @@ def floor_run(env_id: str, n_episodes: int, experiment_id: str) -> dict[str, Any
 
     from harness import tracking
 
-    tags = {KIND_TAG: "floor", ENV_TAG: env_id, EVAL_EPISODES_TAG: str(n_episodes),
-            EVAL_RESET_SEED_TAG: str(EVAL_RESET_SEED)}
+    tags = {KIND_TAG: "floor", ENV_TAG: env_id, EVAL_EPISODES_TAG: str(n_episodes), EVAL_RESET_SEED_TAG: str(EVAL_RESET_SEED)}
     client = MlflowClient()
     found = tracking.search_runs(tags, tracking.all_experiment_ids(), status="FINISHED", max_results=1)
     if found:
         run = found[0]
-        return {**{key.removeprefix("eval/"): value for key, value in run.data.metrics.items()},
-                "run_id": run.info.run_id, "n_episodes": n_episodes, "measured": False}
+        return {
+            **{key.removeprefix("eval/"): value for key, value in run.data.metrics.items()},
+            "run_id": run.info.run_id,
+            "n_episodes": n_episodes,
+            "measured": False,
+        }
     from harness.envs import make_env
 
     env = make_env(env_id)
     zero = np.zeros(env.action_space.shape, dtype=env.action_space.dtype)
     env.close()
     summary = run_episodes(lambda obs: zero, env_id, n_episodes).summary()
-    run = client.create_run(experiment_id, run_name=f"floor_{env_id}",
-                            tags={RUN_NAME_TAG: f"floor_{env_id}", **tracking.provenance_tags(), **tags})
+    run = client.create_run(
+        experiment_id, run_name=f"floor_{env_id}", tags={RUN_NAME_TAG: f"floor_{env_id}", **tracking.provenance_tags(), **tags}
+    )
     try:
         tracking.log_metrics_at(run.info.run_id, {f"eval/{key}": value for key, value in summary.items()}, 0)
     except BaseException:

@@ -12,11 +12,17 @@ Pure data: importing it costs nothing (the CLI's ``--help`` path imports the con
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 # The tags a training run's identity is written to (and searched by); values are strings in MLflow.
-ENV_TAG, ALGO_TAG, HER_TAG, SEED_TAG, VARIANT_TAG = ("harness.env", "harness.algo", "harness.her", "harness.seed",
-                                                      "harness.variant")
+ENV_TAG, ALGO_TAG, HER_TAG, SEED_TAG, VARIANT_TAG = (
+    "harness.env",
+    "harness.algo",
+    "harness.her",
+    "harness.seed",
+    "harness.variant",
+)
 CONDITION_TAG = "harness.condition"  # "HER" / "no-HER": what the MLflow UI's view groups by
 KIND_TAG = "harness.kind"  # train, eval, compare, pipeline, lab, floor, bench, reproduce
 

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from harness.credentials import redact
 from harness.identity import (
-    CODE_VERSION_TAG, COMMAND_TAG, CPU_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG, HOST_TAG, VERSION_TAG_PREFIX
+    CODE_VERSION_TAG,
+    COMMAND_TAG,
+    CPU_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    HOST_TAG,
+    VERSION_TAG_PREFIX,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,9 +30,7 @@ TRACKED_PACKAGES = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "g
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10, check=True
-        )
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()

@@ -25,8 +25,15 @@ from mlflow.tracking import MlflowClient
 from harness import tracking
 from harness.errors import HarnessError
 from harness.identity import (
-    ALGO_TAG, ENV_TAG, EVALUATED_TAG, EVAL_EPISODES_TAG, GIT_COMMIT_TAG, HER_TAG, KIND_TAG, RunIdentity,
-    SOURCE_RUN_ID_TAG
+    ALGO_TAG,
+    ENV_TAG,
+    EVALUATED_TAG,
+    EVAL_EPISODES_TAG,
+    GIT_COMMIT_TAG,
+    HER_TAG,
+    KIND_TAG,
+    RunIdentity,
+    SOURCE_RUN_ID_TAG,
 )
 
 CHAMPION = "champion"
@@ -72,8 +79,10 @@ def as_observation_batch(model_input, shapes: dict[str, tuple[int, ...]]) -> tup
     for key, shape in shapes.items():
         expected = shape if single else (rows, *shape)
         if obs[key].shape != expected:
-            raise ValueError(f"'{key}' has shape {obs[key].shape}; expected {expected} "
-                             f"({'one observation' if single else f'{rows} observations, as {first!r} has'})")
+            raise ValueError(
+                f"'{key}' has shape {obs[key].shape}; expected {expected} "
+                f"({'one observation' if single else f'{rows} observations, as {first!r} has'})"
+            )
     return ({key: value[None] for key, value in obs.items()} if single else obs), single
 
 
@@ -109,11 +118,19 @@ def best_her_run(env_id: str, algo: str | None = None):
     tags = {KIND_TAG: "train", ENV_TAG: env_id, HER_TAG: "true", EVALUATED_TAG: "true"}
     if algo is not None:
         tags[ALGO_TAG] = algo
-    runs = tracking.search_runs(tags, tracking.experiment_ids(None), status="FINISHED", max_results=1,
-                                order_by=("metrics.`eval/success_rate` DESC", "metrics.`eval/mean_return` DESC"))
+    runs = tracking.search_runs(
+        tags,
+        tracking.experiment_ids(None),
+        status="FINISHED",
+        max_results=1,
+        order_by=("metrics.`eval/success_rate` DESC", "metrics.`eval/mean_return` DESC"),
+    )
     if not runs:
-        raise HarnessError(f"no finished, evaluated {algo + ' ' if algo else ''}HER training run for {env_id} in {mlflow.get_tracking_uri()}; "
-                           "train and evaluate one first (harness train --her, harness eval)")
+        raise HarnessError(
+            f"no finished, evaluated {algo + ' ' if algo else ''}HER training run for {env_id} in "
+            f"{mlflow.get_tracking_uri()}; "
+            "train and evaluate one first (harness train --her, harness eval)"
+        )
     return runs[0]
 
 
@@ -131,7 +148,10 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
     run = tracking.get_run(run_id) if run_id else best_her_run(env_id, algo)
     tags = run.data.tags
     if tags.get(KIND_TAG) != "train" or tags.get(EVALUATED_TAG) != "true":
-        raise HarnessError(f"run {run.info.run_id} is not an evaluated training run; evaluate it first (harness eval --ckpt {run.info.run_id})")
+        raise HarnessError(
+            f"run {run.info.run_id} is not an evaluated training run; "
+            f"evaluate it first (harness eval --ckpt {run.info.run_id})"
+        )
     identity = RunIdentity.from_tags(tags)
     env_id, algo = identity.env_id, identity.algo
     if not identity.her:
@@ -146,20 +166,27 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
         hashes = export_weights(loaded, weights)
         signature, obs_space = signature_for(env_id)
         example = {key: np.zeros((1, *space.shape)) for key, space in obs_space.spaces.items()}
-        with tracking.tracked_run(f"register_{name}", {KIND_TAG: "register", ENV_TAG: env_id,
-                                                       SOURCE_RUN_ID_TAG: run.info.run_id}):
+        with tracking.tracked_run(
+            f"register_{name}", {KIND_TAG: "register", ENV_TAG: env_id, SOURCE_RUN_ID_TAG: run.info.run_id}
+        ):
             info = mlflow.pyfunc.log_model(
-                name=POLICY_ARTIFACT, python_model=str(Path(__file__).with_name("registry_model.py")),
-                artifacts={WEIGHTS_ARTIFACT: str(weights)}, signature=signature, input_example=example,
+                name=POLICY_ARTIFACT,
+                python_model=str(Path(__file__).with_name("registry_model.py")),
+                artifacts={WEIGHTS_ARTIFACT: str(weights)},
+                signature=signature,
+                input_example=example,
                 metadata={"observation_shapes": {k: list(v.shape) for k, v in obs_space.spaces.items()}},
                 code_paths=[str(Path(__file__).resolve().parent)],
                 pip_requirements=_requirements(),
             )
     client = MlflowClient()
     version = mlflow.register_model(info.model_uri, name)
-    version_tags = {"source_run_id": run.info.run_id, "config": json.dumps(meta.get("config", {}), sort_keys=True),
-                    WEIGHTS_HASH_TAG: json.dumps(hashes, sort_keys=True),
-                    **{k.replace("/", "_"): str(v) for k, v in metrics.items()}}
+    version_tags = {
+        "source_run_id": run.info.run_id,
+        "config": json.dumps(meta.get("config", {}), sort_keys=True),
+        WEIGHTS_HASH_TAG: json.dumps(hashes, sort_keys=True),
+        **{k.replace("/", "_"): str(v) for k, v in metrics.items()},
+    }
     for key, value in version_tags.items():
         client.set_model_version_tag(name, version.version, key, value)
     # The version's page in the MLflow UI shows this description first: where the model came from.
@@ -173,11 +200,18 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
     moved = current is None or _is_better(metrics, champion_metrics(current, metrics))
     if moved:
         client.set_registered_model_alias(name, CHAMPION, version.version)
-        client.update_registered_model(name, description=f"Champion (`models:/{name}@{CHAMPION}`): version "
-                                                          f"{version.version}. {description}")
-    return {"name": name, "version": version.version, "source_run_id": run.info.run_id, "metrics": metrics,
-            "champion_moved": moved, "previous_champion": current.version if current else None,
-            "uri": f"models:/{name}@{CHAMPION}"}
+        client.update_registered_model(
+            name, description=f"Champion (`models:/{name}@{CHAMPION}`): version {version.version}. {description}"
+        )
+    return {
+        "name": name,
+        "version": version.version,
+        "source_run_id": run.info.run_id,
+        "metrics": metrics,
+        "champion_moved": moved,
+        "previous_champion": current.version if current else None,
+        "uri": f"models:/{name}@{CHAMPION}",
+    }
 
 
 def version_description(run, metrics: dict[str, float], meta: dict[str, Any]) -> str:
@@ -189,14 +223,22 @@ def version_description(run, metrics: dict[str, float], meta: dict[str, Any]) ->
     link = views.url(views.ui_base(mlflow.get_tracking_uri()), run.info.experiment_id, run_id=run.info.run_id)
     shown = ("preset", "total_steps", "n_envs", "batch_size", "gamma", "learning_rate", "n_sampled_goal", "held_object_start")
     episodes = run.data.tags.get(EVAL_EPISODES_TAG, "?")
-    lines = [f"**{identity.algo.upper()} + HER on {identity.env_id}, seed {identity.seed}**, from training run "
-             f"[{run.info.run_name}]({link}) (`{run.info.run_id}`).", "",
-             f"Deterministic evaluation on {episodes} episodes: success **{100 * metrics['eval/success_rate']:.1f}%**, "
-             f"return {metrics['eval/mean_return']:.2f}, final distance {metrics['eval/final_distance']:.4f}.", "",
-             "| config | value |", "|---|---|"]
+    lines = [
+        f"**{identity.algo.upper()} + HER on {identity.env_id}, seed {identity.seed}**, from training run "
+        f"[{run.info.run_name}]({link}) (`{run.info.run_id}`).",
+        "",
+        f"Deterministic evaluation on {episodes} episodes: success **{100 * metrics['eval/success_rate']:.1f}%**, "
+        f"return {metrics['eval/mean_return']:.2f}, final distance {metrics['eval/final_distance']:.4f}.",
+        "",
+        "| config | value |",
+        "|---|---|",
+    ]
     lines += [f"| {key} | {config[key]} |" for key in shown if key in config]
-    lines += ["", f"Code: commit `{run.data.tags.get(GIT_COMMIT_TAG, '?')}`; full config in the version's "
-                  "`config` tag and the run's `config.json`."]
+    lines += [
+        "",
+        f"Code: commit `{run.data.tags.get(GIT_COMMIT_TAG, '?')}`; full config in the version's "
+        "`config` tag and the run's `config.json`.",
+    ]
     return "\n".join(lines)
 
 
@@ -205,17 +247,28 @@ def champion_metrics(current, metrics: dict[str, float]) -> dict[str, float]:
     try:
         return {k: float(current.tags[k.replace("/", "_")]) for k in metrics}
     except (KeyError, ValueError):
-        raise HarnessError(f"the champion, version {current.version} of {current.name}, has no eval_* tags to compare "
-                           "with (not registered by harness register); move the alias by hand "
-                           "(MlflowClient().set_registered_model_alias)") from None
+        raise HarnessError(
+            f"the champion, version {current.version} of {current.name}, has no eval_* tags to compare "
+            "with (not registered by harness register); move the alias by hand "
+            "(MlflowClient().set_registered_model_alias)"
+        ) from None
 
 
 def _requirements() -> list[str]:
     """The pinned dependencies the harness itself installs (so loading never guesses versions)."""
     from importlib import metadata
 
-    names = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "gymnasium-robotics", "mujoco", "mlflow",
-             "numpy", "cloudpickle")
+    names = (
+        "torch",
+        "stable-baselines3",
+        "sb3-contrib",
+        "gymnasium",
+        "gymnasium-robotics",
+        "mujoco",
+        "mlflow",
+        "numpy",
+        "cloudpickle",
+    )
     pins = []
     for dist in names:
         try:

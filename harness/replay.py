@@ -40,6 +40,8 @@ def her_buffer(n_sampled_goal: int, goal_selection_strategy: str, desired_goal_s
     """``replay_buffer_class`` and ``replay_buffer_kwargs`` for an SB3 model: SB3's own class unless the mix is asked for."""
     kwargs: dict[str, Any] = dict(n_sampled_goal=n_sampled_goal, goal_selection_strategy=goal_selection_strategy)
     if desired_goal_share > 0:
-        return dict(replay_buffer_class=MixedGoalHerReplayBuffer,
-                    replay_buffer_kwargs={**kwargs, "desired_goal_share": desired_goal_share})
+        return dict(
+            replay_buffer_class=MixedGoalHerReplayBuffer,
+            replay_buffer_kwargs={**kwargs, "desired_goal_share": desired_goal_share},
+        )
     return dict(replay_buffer_class=HerReplayBuffer, replay_buffer_kwargs=kwargs)

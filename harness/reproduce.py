@@ -39,10 +39,28 @@ from harness import tracking
 from harness.config import FIELD_NAMES, TrainConfig, config_from_dict
 from harness.errors import HarnessError
 from harness.identity import (
-    ALGO_TAG, CODE_VERSION_TAG, CPU_CAPABILITY_TAG, CPU_TAG, DEVICE_TAG, ENV_TAG, EVALUATED_TAG,
-    EVAL_EPISODES_TAG, FIRST_DIFFERENCE_STEP_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG, HER_TAG, KIND_TAG,
-    NATIVE_BF16_TAG, NOTE_TAG, PRECISION_TAG, REPRODUCES_TAG, RunIdentity, SEED_TAG, TORCH_THREADS_TAG,
-    VERDICT_TAG, VERSION_TAG_PREFIX
+    ALGO_TAG,
+    CODE_VERSION_TAG,
+    CPU_CAPABILITY_TAG,
+    CPU_TAG,
+    DEVICE_TAG,
+    ENV_TAG,
+    EVALUATED_TAG,
+    EVAL_EPISODES_TAG,
+    FIRST_DIFFERENCE_STEP_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    HER_TAG,
+    KIND_TAG,
+    NATIVE_BF16_TAG,
+    NOTE_TAG,
+    PRECISION_TAG,
+    REPRODUCES_TAG,
+    RunIdentity,
+    SEED_TAG,
+    TORCH_THREADS_TAG,
+    VERDICT_TAG,
+    VERSION_TAG_PREFIX,
 )
 from harness.provenance import DIFF_ARTIFACT, PROJECT_ROOT, code_version
 from harness.statistics import wilson_interval
@@ -54,8 +72,7 @@ COMPARED_PREFIXES = ("eval/", "train/", "rollout/")
 # counterparts (eval/steps_to_*) are compared.
 WALL_CLOCK_METRICS = ("eval/minutes_to_",)
 # What the arithmetic ran on: a reproduction on another CPU class may resolve precision 'auto' differently.
-ENVIRONMENT_TAGS = (CPU_TAG, CPU_CAPABILITY_TAG, NATIVE_BF16_TAG, PRECISION_TAG,
-                    TORCH_THREADS_TAG, DEVICE_TAG)
+ENVIRONMENT_TAGS = (CPU_TAG, CPU_CAPABILITY_TAG, NATIVE_BF16_TAG, PRECISION_TAG, TORCH_THREADS_TAG, DEVICE_TAG)
 
 
 @dataclass(frozen=True)
@@ -79,19 +96,21 @@ def read_record(run_id: str) -> Record:
     run = tracking.get_run(run_id)
     tags = run.data.tags
     if tags.get(KIND_TAG) != "train":
-        raise HarnessError(f"run {run_id} is a {tags.get(KIND_TAG, 'non-harness')} run; reproduce re-makes "
-                           "training runs (harness.kind=train)")
+        raise HarnessError(
+            f"run {run_id} is a {tags.get(KIND_TAG, 'non-harness')} run; reproduce re-makes training runs (harness.kind=train)"
+        )
     if run.info.status != "FINISHED":
-        raise HarnessError(f"run {run_id} is {run.info.status}, not FINISHED: there is no finished run to compare "
-                           "with (an interrupted run resumes with the same harness train command)")
+        raise HarnessError(
+            f"run {run_id} is {run.info.status}, not FINISHED: there is no finished run to compare "
+            "with (an interrupted run resumes with the same harness train command)"
+        )
     try:
         logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json")
-    except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+    except Exception:
         raise HarnessError(f"run {run_id} has no config.json artifact: not made by harness train") from None
     config = config_from_dict({k: v for k, v in logged.items() if k in FIELD_NAMES})
     dirty = {"true": True, "false": False}.get(tags.get(GIT_DIRTY_TAG, "unknown"))
-    return Record(run, config, logged, tags.get(GIT_COMMIT_TAG, "unknown"), dirty,
-                  tags.get(CODE_VERSION_TAG, ""))
+    return Record(run, config, logged, tags.get(GIT_COMMIT_TAG, "unknown"), dirty, tags.get(CODE_VERSION_TAG, ""))
 
 
 def _git(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
@@ -113,26 +132,33 @@ def code_tree(record: Record, workdir: Path, apply_diff: bool = False) -> Path:
     if record.code_version and record.code_version == code_version():
         return PROJECT_ROOT
     if record.commit == "unknown":
-        raise HarnessError(f"run {record.run_id} recorded no git commit (made outside a git checkout); "
-                           "it cannot be re-made from its code")
+        raise HarnessError(
+            f"run {record.run_id} recorded no git commit (made outside a git checkout); it cannot be re-made from its code"
+        )
     if _git("cat-file", "-e", f"{record.commit}^{{commit}}").returncode != 0:
-        raise HarnessError(f"commit {record.commit[:12]} of run {record.run_id} is not in this repository "
-                           f"({PROJECT_ROOT}); fetch it (git fetch --unshallow, or from the repository it came from)")
+        raise HarnessError(
+            f"commit {record.commit[:12]} of run {record.run_id} is not in this repository "
+            f"({PROJECT_ROOT}); fetch it (git fetch --unshallow, or from the repository it came from)"
+        )
     diff = None
     if record.dirty:
         try:
             diff = mlflow.artifacts.load_text(f"runs:/{record.run_id}/{DIFF_ARTIFACT}")
-        except Exception:  # noqa: BLE001
-            raise HarnessError(f"run {record.run_id} was made from a tree with uncommitted changes and logged no "
-                               f"{DIFF_ARTIFACT} (runs from before the harness logged it): its code cannot be "
-                               "re-made exactly") from None
+        except Exception:
+            raise HarnessError(
+                f"run {record.run_id} was made from a tree with uncommitted changes and logged no "
+                f"{DIFF_ARTIFACT} (runs from before the harness logged it): its code cannot be "
+                "re-made exactly"
+            ) from None
         if diff and not apply_diff:
-            files = sorted({line[len("+++ b/"):] for line in diff.splitlines() if line.startswith("+++ b/")})
-            raise UnapprovedDiff(f"run {record.run_id} was made from commit {record.commit[:12]} plus uncommitted "
-                                 f"changes; re-making it runs its logged {DIFF_ARTIFACT} (above: {len(files)} file(s), "
-                                 f"{', '.join(files[:3])}{', ...' if len(files) > 3 else ''}), which anyone who "
-                                 "can log to this store could have written; read it, then pass --apply-diff to run it",
-                                 diff)
+            files = sorted({line[len("+++ b/") :] for line in diff.splitlines() if line.startswith("+++ b/")})
+            raise UnapprovedDiff(
+                f"run {record.run_id} was made from commit {record.commit[:12]} plus uncommitted "
+                f"changes; re-making it runs its logged {DIFF_ARTIFACT} (above: {len(files)} file(s), "
+                f"{', '.join(files[:3])}{', ...' if len(files) > 3 else ''}), which anyone who "
+                "can log to this store could have written; read it, then pass --apply-diff to run it",
+                diff,
+            )
     tree = workdir / "code"
     added = _git("worktree", "add", "--detach", str(tree), record.commit)
     if added.returncode != 0:
@@ -142,8 +168,10 @@ def code_tree(record: Record, workdir: Path, apply_diff: bool = False) -> Path:
         patch.write_text(diff if diff.endswith("\n") else diff + "\n")  # provenance strips git's last newline
         applied = _git("apply", "--whitespace=nowarn", str(patch), cwd=tree)
         if applied.returncode != 0:
-            raise HarnessError(f"the diff run {record.run_id} logged does not apply to commit {record.commit[:12]}: "
-                               f"{applied.stderr.strip().splitlines()[-1]}")
+            raise HarnessError(
+                f"the diff run {record.run_id} logged does not apply to commit {record.commit[:12]}: "
+                f"{applied.stderr.strip().splitlines()[-1]}"
+            )
     return tree
 
 
@@ -158,8 +186,7 @@ def remove_workdir(workdir: Path) -> None:
 def _cli(tree: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """That code's own ``harness`` CLI, against this tracking store (attached to ``mlflow run``'s run if any)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri()}
-    proc = subprocess.run([sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise HarnessError(f"re-running `harness {args[0]}` with the run's code failed: {last}")
@@ -171,9 +198,24 @@ def train_arguments(record: Record, steps: int, experiment: str) -> list[str]:
     explicitly, so a preset edited since cannot change it; the run's torch thread count."""
     config = record.config
     threads = record.run.data.tags.get(TORCH_THREADS_TAG, "1")
-    args = ["train", "--env", config.env_id, "--preset", config.preset, "--her", str(config.her).lower(),
-            "--seed", str(config.seed), "--total-steps", str(steps), "--experiment", experiment, "--threads", threads,
-            "--no-progress"]
+    args = [
+        "train",
+        "--env",
+        config.env_id,
+        "--preset",
+        config.preset,
+        "--her",
+        str(config.her).lower(),
+        "--seed",
+        str(config.seed),
+        "--total-steps",
+        str(steps),
+        "--experiment",
+        experiment,
+        "--threads",
+        threads,
+        "--no-progress",
+    ]
     for name, value in record.logged.items():
         if name in ("env_id", "preset", "her", "seed", "total_steps"):
             continue
@@ -203,8 +245,10 @@ def reproduce(run_id: str, steps: int | None = None, apply_diff: bool = False) -
         _cli(tree, train_arguments(record, steps, experiment), workdir)
         made = [r for r in tracking.search_runs(tags, tracking.experiment_ids(None)) if r.info.run_id not in before]
         if len(made) != 1:
-            raise HarnessError(f"the re-made training of run {run_id} could not be told apart in the store "
-                               f"({len(made)} new runs of {identity.name}); was another one started meanwhile?")
+            raise HarnessError(
+                f"the re-made training of run {run_id} could not be told apart in the store "
+                f"({len(made)} new runs of {identity.name}); was another one started meanwhile?"
+            )
         new = made[0]
         new_id = new.info.run_id
         # From here on it is a reproduction, never a training run that compare or register could take.
@@ -212,15 +256,25 @@ def reproduce(run_id: str, steps: int | None = None, apply_diff: bool = False) -
         client.set_tag(new_id, REPRODUCES_TAG, run_id)
         episodes = record.run.data.tags.get(EVAL_EPISODES_TAG)
         if steps == total and episodes:
-            _cli(tree, ["eval", "--ckpt", str(workdir / "checkpoints" / f"{new.info.run_name}.zip"),
-                        "--n-episodes", episodes], workdir)
+            _cli(
+                tree,
+                ["eval", "--ckpt", str(workdir / "checkpoints" / f"{new.info.run_name}.zip"), "--n-episodes", episodes],
+                workdir,
+            )
     finally:
         remove_workdir(workdir)
     comparison = compare_runs(record.run, client.get_run(new_id), steps)
     comparison.update(verdict_of(record, comparison, steps == total))
-    comparison.update({"run_id": run_id, "reproduction_run_id": new_id, "steps": steps,
-                       "code": "this checkout" if tree == PROJECT_ROOT else f"worktree at {record.commit[:12]}"
-                               + (" + its logged diff" if record.dirty else "")})
+    comparison.update(
+        {
+            "run_id": run_id,
+            "reproduction_run_id": new_id,
+            "steps": steps,
+            "code": "this checkout"
+            if tree == PROJECT_ROOT
+            else f"worktree at {record.commit[:12]}" + (" + its logged diff" if record.dirty else ""),
+        }
+    )
     log_verdict(new_id, comparison)
     return comparison
 
@@ -229,8 +283,11 @@ def compare_runs(original, new, up_to_step: int) -> dict[str, Any]:
     """Every metric both runs logged (eval/*, train/*, rollout/*; not wall-clock ones) at every env step
     <= ``up_to_step``."""
     client = MlflowClient()
-    keys = sorted(k for k in set(original.data.metrics) & set(new.data.metrics)
-                  if k.startswith(COMPARED_PREFIXES) and not k.startswith(WALL_CLOCK_METRICS))
+    keys = sorted(
+        k
+        for k in set(original.data.metrics) & set(new.data.metrics)
+        if k.startswith(COMPARED_PREFIXES) and not k.startswith(WALL_CLOCK_METRICS)
+    )
     rows, first_difference = [], None
     for key in keys:
         a = _by_step(client.get_metric_history(original.info.run_id, key), up_to_step)
@@ -239,10 +296,16 @@ def compare_runs(original, new, up_to_step: int) -> dict[str, Any]:
         differing = [step for step in common if a[step] != b[step]]
         if differing and (first_difference is None or differing[0] < first_difference):
             first_difference = differing[0]
-        rows.append({"metric": key, "steps_compared": len(common), "steps_differing": len(differing),
-                     "first_difference": differing[0] if differing else None,
-                     "original_last": a[common[-1]][-1] if common else None,
-                     "reproduction_last": b[common[-1]][-1] if common else None})
+        rows.append(
+            {
+                "metric": key,
+                "steps_compared": len(common),
+                "steps_differing": len(differing),
+                "first_difference": differing[0] if differing else None,
+                "original_last": a[common[-1]][-1] if common else None,
+                "reproduction_last": b[common[-1]][-1] if common else None,
+            }
+        )
     environment = {}
     for key in sorted(set(original.data.tags) | set(new.data.tags)):
         if key.startswith(VERSION_TAG_PREFIX) or key in ENVIRONMENT_TAGS:
@@ -283,15 +346,20 @@ def verdict_of(record: Record, comparison: dict[str, Any], whole: bool) -> dict[
 def seed_spread(record: Record) -> list[float]:
     """Final eval success of the other seeds of the same config (same hash but for the seed)."""
     identity = RunIdentity.of(record.config)
-    tags = {KIND_TAG: "train", EVALUATED_TAG: "true", ENV_TAG: identity.env_id,
-            ALGO_TAG: identity.algo, HER_TAG: str(identity.her).lower()}
+    tags = {
+        KIND_TAG: "train",
+        EVALUATED_TAG: "true",
+        ENV_TAG: identity.env_id,
+        ALGO_TAG: identity.algo,
+        HER_TAG: str(identity.her).lower(),
+    }
     values = []
     for run in tracking.search_runs(tags, [record.run.info.experiment_id], status="FINISHED"):
         if run.info.run_id == record.run_id or run.data.tags.get(SEED_TAG) == str(record.config.seed):
             continue
         try:
             other = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/config.json")
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
         if {**other, "seed": record.config.seed} == record.config.to_dict():
             values.append(run.data.metrics["eval/success_rate"])
@@ -300,18 +368,29 @@ def seed_spread(record: Record) -> list[float]:
 
 def markdown(comparison: dict[str, Any]) -> str:
     parted = comparison["first_difference_step"]
-    lines = [f"# Reproduction of run {comparison['run_id']}: **{comparison['verdict']}**", "",
-             f"{comparison['steps']} env steps re-made with {comparison['code']}; {comparison['yardstick']}."
-             + ("" if parted is None else f" The curves part at env step {parted}."), "",
-             "| metric | steps compared | steps differing | first difference | original (last) | reproduction (last) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Reproduction of run {comparison['run_id']}: **{comparison['verdict']}**",
+        "",
+        f"{comparison['steps']} env steps re-made with {comparison['code']}; {comparison['yardstick']}."
+        + ("" if parted is None else f" The curves part at env step {parted}."),
+        "",
+        "| metric | steps compared | steps differing | first difference | original (last) | reproduction (last) |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in comparison["metrics"]:
-        lines.append(f"| {row['metric']} | {row['steps_compared']} | {row['steps_differing']} | "
-                     f"{row['first_difference'] if row['first_difference'] is not None else '-'} | "
-                     f"{_fmt(row['original_last'])} | {_fmt(row['reproduction_last'])} |")
+        lines.append(
+            f"| {row['metric']} | {row['steps_compared']} | {row['steps_differing']} | "
+            f"{row['first_difference'] if row['first_difference'] is not None else '-'} | "
+            f"{_fmt(row['original_last'])} | {_fmt(row['reproduction_last'])} |"
+        )
     if comparison["environment_differences"]:
-        lines += ["", "What differs in the environment: " + "; ".join(
-            f"{key}: {v['original']} -> {v['reproduction']}" for key, v in comparison["environment_differences"].items())]
+        lines += [
+            "",
+            "What differs in the environment: "
+            + "; ".join(
+                f"{key}: {v['original']} -> {v['reproduction']}" for key, v in comparison["environment_differences"].items()
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from harness.algorithms import algo_class
 from harness import tracking
@@ -131,7 +131,7 @@ def remote_step(run_id: str) -> int | None:
 
     try:
         return int(mlflow.artifacts.load_dict(f"runs:/{run_id}/{REMOTE_DIR}/{MANIFEST}")["step"])
-    except Exception:  # noqa: BLE001 - no manifest (never checkpointed, or not on this server): nothing to fetch
+    except Exception:
         return None
 
 
@@ -151,8 +151,7 @@ def fetch(run_id: str) -> Path | None:
         mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REMOTE_DIR, dst_path=str(tmp))
         fetched = tmp / REMOTE_DIR
         manifest = json.loads((fetched / MANIFEST).read_text())
-        if manifest["step"] != step or any(sha256_of(fetched / name) != digest
-                                           for name, digest in manifest["sha256"].items()):
+        if manifest["step"] != step or any(sha256_of(fetched / name) != digest for name, digest in manifest["sha256"].items()):
             return None  # overwritten while we read it: the run is being checkpointed by a live worker
         for name in [*manifest["sha256"], MANIFEST]:
             os.rename(fetched / name, tmp / name)
@@ -183,7 +182,7 @@ def forget_remote(run_id: str) -> None:
     repository = get_artifact_repository(MlflowClient().get_run(run_id).info.artifact_uri)
     try:
         repository.delete_artifacts(REMOTE_DIR)
-    except Exception:  # noqa: BLE001 - a store that cannot delete keeps it; the run is finished all the same
+    except Exception:
         pass
 
 
@@ -261,8 +260,11 @@ def training_state(model) -> dict:
         "random": random_state(),
         "action_space": model.action_space.np_random.bit_generator.state,
         "envs": [env_state(env) for env in envs_of(model.get_env())],
-        "logger": {"values": dict(logger.name_to_value), "counts": dict(logger.name_to_count),
-                   "excluded": dict(logger.name_to_excluded)},
+        "logger": {
+            "values": dict(logger.name_to_value),
+            "counts": dict(logger.name_to_count),
+            "excluded": dict(logger.name_to_excluded),
+        },
     }
 
 

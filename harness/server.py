@@ -96,8 +96,9 @@ def serve_ui(store_uri: str, host: str, port: int, stop_within_s: float = 15.0) 
     port (uvicorn takes SIGHUP as "reload" and stays). The store's URI travels in the environment,
     not on a command line every local user can read."""
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": store_uri}
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)],
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)], env=env, start_new_session=True
+    )
     try:
         return proc.wait()
     finally:
@@ -141,8 +142,10 @@ def postgres_bin() -> Path:
     for candidate in candidates:
         if all((candidate / tool).is_file() for tool in ("initdb", "pg_ctl", "createdb")):
             return candidate
-    raise HarnessError("PostgreSQL is not installed (no initdb, pg_ctl and createdb on the PATH or in "
-                       "/usr/lib/postgresql/*/bin); install Debian's postgresql package (make server does, as root)")
+    raise HarnessError(
+        "PostgreSQL is not installed (no initdb, pg_ctl and createdb on the PATH or in "
+        "/usr/lib/postgresql/*/bin); install Debian's postgresql package (make server does, as root)"
+    )
 
 
 def db_account() -> str | None:
@@ -201,15 +204,16 @@ def _answers(uri: str) -> bool:
         return False
 
 
-def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: int | None = None,
-          auth: bool = False) -> Stack:
+def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: int | None = None, auth: bool = False) -> Stack:
     """Start PostgreSQL and the tracking server in ``directory`` (made on first use); returns what runs.
     ``auth``: MLflow's basic-auth app (:func:`auth_environment`)."""
     directory = directory.resolve()
     running = read_state(directory)
     if running is not None and _alive(running.server_pid):
-        raise HarnessError(f"a tracking server from {directory} is already running at {running.tracking_uri} "
-                           f"(pid {running.server_pid}); `harness server stop --dir {directory}` stops it")
+        raise HarnessError(
+            f"a tracking server from {directory} is already running at {running.tracking_uri} "
+            f"(pid {running.server_pid}); `harness server stop --dir {directory}` stops it"
+        )
     check_port_free(host, port)
     bin_dir = postgres_bin()
     data = directory / "postgres"
@@ -221,44 +225,94 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
         if account:
             shutil.chown(path, account)
     if account and subprocess.run(["runuser", "-u", account, "--", "test", "-w", str(data)]).returncode != 0:
-        raise HarnessError(f"PostgreSQL runs as user '{account}' (not as root), who cannot reach {data}; "
-                           "choose a --dir that user can enter (not under /root)")
+        raise HarnessError(
+            f"PostgreSQL runs as user '{account}' (not as root), who cannot reach {data}; "
+            "choose a --dir that user can enter (not under /root)"
+        )
     if account:
         os.chmod(data, 0o700)
     fresh = not (data / "PG_VERSION").is_file()
     password = db_password(directory, account)
     if fresh:  # password authentication for every connection, local socket included
-        _run([str(bin_dir / "initdb"), "-D", str(data), "-U", DB_USER, "--auth=scram-sha-256",
-              f"--pwfile={directory / PASSWORD_FILE}", "-E", "UTF8"], "initdb (creating the PostgreSQL cluster)")
+        _run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                DB_USER,
+                "--auth=scram-sha-256",
+                f"--pwfile={directory / PASSWORD_FILE}",
+                "-E",
+                "UTF8",
+            ],
+            "initdb (creating the PostgreSQL cluster)",
+        )
     db_port = db_port or free_port()
     db_log = directory / "postgres.log"
     db_log.touch()
     if account:
         shutil.chown(db_log, account)
     try:
-        _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(db_log), "-w", "-t", "60",
-              "-o", f"-p {db_port} -h 127.0.0.1 -k {sockets}", "start"], f"starting PostgreSQL on port {db_port}")
+        _run(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(db_log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {db_port} -h 127.0.0.1 -k {sockets}",
+                "start",
+            ],
+            f"starting PostgreSQL on port {db_port}",
+        )
     except HarnessError as exc:
         raise HarnessError(f"{exc} ({_last_line(db_log)})") from None
     try:
         if _trusts_everyone(data):  # a cluster made by an older harness: give it the password, then require it
             _require_password(bin_dir, data, db_port, password)
         with_password = {**os.environ, "PGPASSWORD": password}
-        created = subprocess.run(_as_db_account([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(db_port),
-                                                 "-U", DB_USER, DB_NAME]), capture_output=True, text=True,
-                                 env=with_password)
+        created = subprocess.run(
+            _as_db_account([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(db_port), "-U", DB_USER, DB_NAME]),
+            capture_output=True,
+            text=True,
+            env=with_password,
+        )
         if created.returncode != 0 and "already exists" not in created.stderr:
             raise HarnessError(f"creating the mlflow database failed: {created.stderr.strip()}")
         stack = Stack(str(directory), host, port, db_port, 0, auth)
         log = open(directory / "mlflow-server.log", "ab")
         # The password reaches the server through its environment, not a command line `ps` shows.
-        env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": stack.backend_uri_for(password),
-               **(auth_environment(directory) if auth else {})}
+        env = {
+            **os.environ,
+            "MLFLOW_BACKEND_STORE_URI": stack.backend_uri_for(password),
+            **(auth_environment(directory) if auth else {}),
+        }
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", *(["--app-name", "basic-auth"] if auth else []),
-             "--artifacts-destination", str(directory / "artifacts"), "--host", host, "--port", str(port),
-             "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                *(["--app-name", "basic-auth"] if auth else []),
+                "--artifacts-destination",
+                str(directory / "artifacts"),
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
         stack.server_pid = server.pid
         (directory / STATE_FILE).write_text(json.dumps(asdict(stack), indent=2) + "\n")
         deadline = time.time() + START_TIMEOUT_S
@@ -279,34 +333,65 @@ def auth_environment(directory: Path) -> dict[str, str]:
     password is kept in ``DIR/admin-password`` (mode 600), READ for users the admin has not granted
     more, and the Flask secret its CSRF tokens need (kept too, so a restart keeps sessions valid)."""
     config = directory / "basic_auth.ini"
-    config.write_text("[mlflow]\n"
-                      "default_permission = READ\n"
-                      f"database_uri = sqlite:///{directory / 'basic_auth.db'}\n"
-                      f"admin_username = {ADMIN_USER}\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    return {"MLFLOW_AUTH_CONFIG_PATH": str(config),
-            "MLFLOW_AUTH_ADMIN_PASSWORD": kept_secret(directory / ADMIN_PASSWORD_FILE),
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": kept_secret(directory / "flask-secret")}
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{directory / 'basic_auth.db'}\n"
+        f"admin_username = {ADMIN_USER}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": kept_secret(directory / ADMIN_PASSWORD_FILE),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": kept_secret(directory / "flask-secret"),
+    }
 
 
 def _trusts_everyone(data: Path) -> bool:
     hba = data / "pg_hba.conf"
-    return any(line.split()[-1:] == ["trust"] for line in hba.read_text().splitlines()
-               if line.strip() and not line.lstrip().startswith("#"))
+    return any(
+        line.split()[-1:] == ["trust"]
+        for line in hba.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
 
 
 def _require_password(bin_dir: Path, data: Path, db_port: int, password: str) -> None:
     """Set the password (still over trust, the SQL on stdin, not a command line), then switch every
     pg_hba.conf rule to scram-sha-256 and reload."""
     sql = f"SET password_encryption = 'scram-sha-256'; ALTER USER {DB_USER} WITH PASSWORD '{password}';"
-    proc = subprocess.run(_as_db_account([str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(db_port), "-U", DB_USER,
-                                          "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-f", "-"]),
-                          input=sql, capture_output=True, text=True)
+    proc = subprocess.run(
+        _as_db_account(
+            [
+                str(bin_dir / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(db_port),
+                "-U",
+                DB_USER,
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-f",
+                "-",
+            ]
+        ),
+        input=sql,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise HarnessError(f"setting the database password failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     hba = data / "pg_hba.conf"
-    lines = [line.rsplit(None, 1)[0] + " scram-sha-256" if line.split()[-1:] == ["trust"]
-             and not line.lstrip().startswith("#") else line for line in hba.read_text().splitlines()]
+    lines = [
+        line.rsplit(None, 1)[0] + " scram-sha-256"
+        if line.split()[-1:] == ["trust"] and not line.lstrip().startswith("#")
+        else line
+        for line in hba.read_text().splitlines()
+    ]
     hba.write_text("\n".join(lines) + "\n")
     _run([str(bin_dir / "pg_ctl"), "-D", str(data), "reload"], "reloading PostgreSQL's authentication rules")
 
@@ -338,7 +423,8 @@ def stop(directory: Path) -> bool:
     (directory / STATE_FILE).unlink(missing_ok=True)
     data = directory / "postgres"
     if (data / "postmaster.pid").is_file():
-        subprocess.run(_as_db_account([str(postgres_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       capture_output=True)
+        subprocess.run(
+            _as_db_account([str(postgres_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
+        )
         stopped = True
     return stopped

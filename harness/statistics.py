@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -70,17 +70,25 @@ def iqm(values, axis: int = -1):
     return stats.trim_mean(values, 0.25, axis=axis)
 
 
-def bootstrap_interval(samples: Sequence[Sequence[float]], statistic, n_resamples: int = BOOTSTRAP_RESAMPLES
-                       ) -> tuple[float, float] | None:
+def bootstrap_interval(
+    samples: Sequence[Sequence[float]], statistic, n_resamples: int = BOOTSTRAP_RESAMPLES
+) -> tuple[float, float] | None:
     """Percentile-bootstrap 95% interval of ``statistic(*samples, axis=-1)``, resampling each sample
     independently (seeds are independent runs). None when a sample has fewer than 2 values."""
     arrays = tuple(np.asarray(s, dtype=float) for s in samples)
     if any(len(a) < 2 for a in arrays):
         return None
     # Percentile, not BCa: BCa's jackknife is undefined when every seed scored the same.
-    result = stats.bootstrap(arrays, statistic, vectorized=True, paired=False, method="percentile",
-                             confidence_level=CONFIDENCE, n_resamples=n_resamples,
-                             rng=np.random.default_rng(BOOTSTRAP_SEED))
+    result = stats.bootstrap(
+        arrays,
+        statistic,
+        vectorized=True,
+        paired=False,
+        method="percentile",
+        confidence_level=CONFIDENCE,
+        n_resamples=n_resamples,
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    )
     low, high = result.confidence_interval
     return float(low), float(high)
 
@@ -165,17 +173,27 @@ class Separation:
         return [
             (f"difference > {SEPARATION_POINTS:.0f} points", f"{self.difference_points:+.1f} points", self.large),
             (f"significant (p < {SIGNIFICANCE})", f"p = {self.p_value:.2g} ({self.test})", self.significant),
-            ("consistent (every HER seed above every no-HER seed)",
-             f"lowest HER {100 * self.her_min:.1f}% vs highest no-HER {100 * self.no_her_max:.1f}%", self.consistent),
+            (
+                "consistent (every HER seed above every no-HER seed)",
+                f"lowest HER {100 * self.her_min:.1f}% vs highest no-HER {100 * self.no_her_max:.1f}%",
+                self.consistent,
+            ),
         ]
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "large": self.large, "ideal": self.ideal, "significant": self.significant,
-                "consistent": self.consistent, "clear_separation": self.clear}
+        return {
+            **asdict(self),
+            "large": self.large,
+            "ideal": self.ideal,
+            "significant": self.significant,
+            "consistent": self.consistent,
+            "clear_separation": self.clear,
+        }
 
 
-def separation(her: Sequence[float], no_her: Sequence[float], her_episodes: Sequence[int],
-               no_her_episodes: Sequence[int]) -> Separation:
+def separation(
+    her: Sequence[float], no_her: Sequence[float], her_episodes: Sequence[int], no_her_episodes: Sequence[int]
+) -> Separation:
     """The verdict from per-seed success rates and the number of episodes each seed was scored on.
 
     Significance is Welch's t over seeds (seeds are the independent units); where it is undefined
@@ -184,13 +202,22 @@ def separation(her: Sequence[float], no_her: Sequence[float], her_episodes: Sequ
     """
     p_value, test = welch_p_value(her, no_her), "Welch's t over seeds, one-sided"
     if p_value is None:
-        p_value = fisher_p_value(pooled_successes(her, her_episodes), sum(her_episodes),
-                                 pooled_successes(no_her, no_her_episodes), sum(no_her_episodes))
+        p_value = fisher_p_value(
+            pooled_successes(her, her_episodes),
+            sum(her_episodes),
+            pooled_successes(no_her, no_her_episodes),
+            sum(no_her_episodes),
+        )
         test = "Fisher's exact over pooled episodes, one-sided"
-    return Separation(difference_points=100 * (float(np.mean(her)) - float(np.mean(no_her))), p_value=p_value,
-                      test=test, her_min=float(min(her)), no_her_max=float(max(no_her)))
+    return Separation(
+        difference_points=100 * (float(np.mean(her)) - float(np.mean(no_her))),
+        p_value=p_value,
+        test=test,
+        her_min=float(min(her)),
+        no_her_max=float(max(no_her)),
+    )
 
 
 def pooled_successes(rates: Sequence[float], episodes: Sequence[int]) -> int:
     """Successful episodes over all seeds, from each seed's success rate and episode count."""
-    return int(sum(round(rate * n) for rate, n in zip(rates, episodes)))
+    return int(sum(round(rate * n) for rate, n in zip(rates, episodes, strict=True)))

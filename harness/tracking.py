@@ -15,7 +15,8 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import mlflow
 from mlflow.entities import Metric, Param
@@ -65,7 +66,7 @@ def sqlite_path(uri: str) -> Path | None:
     connection option, not part of the file name); None for other stores."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):].partition("?")[0])
+    return Path(uri[len("sqlite:///") :].partition("?")[0])
 
 
 def credential_variables() -> dict[str, str]:
@@ -96,7 +97,7 @@ def prepare_store() -> None:
             raise HarnessError(f"tracking store {uri} needs the Python module '{exc.name}', which is not installed") from None
         except MlflowException as exc:
             raise HarnessError(f"tracking store {uri} cannot be used: {first_line(exc.message)}") from None
-        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors for a database that refuses the connection
+        except Exception as exc:
             raise HarnessError(f"tracking store {uri} cannot be used: {first_line(exc) or type(exc).__name__}") from None
     _store_ready = True
     if os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
@@ -112,8 +113,10 @@ def check_store_writable() -> None:
         return
     for path in (db_path, db_path.parent):  # SQLite writes a journal next to the database
         if not os.access(path, os.W_OK):
-            raise HarnessError(f"tracking store {db_path} is read-only ({path} cannot be written): nothing could "
-                               "be logged to it; make it writable or point MLFLOW_TRACKING_URI at a writable store")
+            raise HarnessError(
+                f"tracking store {db_path} is read-only ({path} cannot be written): nothing could "
+                "be logged to it; make it writable or point MLFLOW_TRACKING_URI at a writable store"
+            )
 
 
 def check_server(uri: str, timeout_s: float = 5.0) -> None:
@@ -123,9 +126,11 @@ def check_server(uri: str, timeout_s: float = 5.0) -> None:
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
     except requests.RequestException as exc:
-        reason = "no answer within %gs" % timeout_s if isinstance(exc, requests.Timeout) else "connection failed"
-        raise HarnessError(f"tracking server {uri} does not answer ({reason}); start it, or point MLFLOW_TRACKING_URI "
-                           "at a running server or at a sqlite:///path/mlflow.db file") from None
+        reason = f"no answer within {timeout_s:g}s" if isinstance(exc, requests.Timeout) else "connection failed"
+        raise HarnessError(
+            f"tracking server {uri} does not answer ({reason}); start it, or point MLFLOW_TRACKING_URI "
+            "at a running server or at a sqlite:///path/mlflow.db file"
+        ) from None
 
 
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -146,14 +151,18 @@ def check_database(uri: str, timeout_s: float = 5.0) -> None:
     try:  # the driver first (no connection made): without it a running database does not help
         sqlalchemy.create_engine(uri).dispose()
     except ImportError as exc:
-        raise HarnessError(f"tracking store {redact(uri)} needs the Python module '{exc.name}', which is not installed") from None
+        raise HarnessError(
+            f"tracking store {redact(uri)} needs the Python module '{exc.name}', which is not installed"
+        ) from None
     try:
         port = parts.port or DATABASE_PORTS[dialect]
         socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
     except (OSError, ValueError) as exc:
-        reason = "no answer within %gs" % timeout_s if isinstance(exc, TimeoutError) else "connection failed"
-        raise HarnessError(f"tracking database {redact(uri)} does not answer ({reason}); start it, or point "
-                           "MLFLOW_TRACKING_URI at a running server or at a sqlite:///path/mlflow.db file") from None
+        reason = f"no answer within {timeout_s:g}s" if isinstance(exc, TimeoutError) else "connection failed"
+        raise HarnessError(
+            f"tracking database {redact(uri)} does not answer ({reason}); start it, or point "
+            "MLFLOW_TRACKING_URI at a running server or at a sqlite:///path/mlflow.db file"
+        ) from None
 
 
 def check_credentials(uri: str) -> None:
@@ -163,11 +172,15 @@ def check_credentials(uri: str) -> None:
     except MlflowException as exc:
         if "401" in str(exc.message) or getattr(exc, "error_code", "") == "UNAUTHENTICATED":
             given = "the user in MLFLOW_TRACKING_USERNAME" if os.environ.get("MLFLOW_TRACKING_USERNAME") else "no user"
-            raise HarnessError(f"tracking server {uri} refused {given} (401 Unauthorized); set "
-                               "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it") from None
+            raise HarnessError(
+                f"tracking server {uri} refused {given} (401 Unauthorized); set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it"
+            ) from None
         if "403" in str(exc.message):
-            raise HarnessError(f"tracking server {uri} does not let user '{os.environ.get('MLFLOW_TRACKING_USERNAME')}' "
-                               "read its experiments (403 Forbidden); ask its admin for permission") from None
+            raise HarnessError(
+                f"tracking server {uri} does not let user '{os.environ.get('MLFLOW_TRACKING_USERNAME')}' "
+                "read its experiments (403 Forbidden); ask its admin for permission"
+            ) from None
         raise
 
 
@@ -247,8 +260,10 @@ def check_not_truncated(db_path: Path) -> None:
     pages = int.from_bytes(header[28:32], "big")
     # the header's page count is valid only when its change counter matches (bytes 24 and 92)
     if len(header) == 100 and header[24:28] == header[92:96] and pages and db_path.stat().st_size < pages * page_size:
-        raise HarnessError(f"tracking store {db_path} is damaged: {db_path.stat().st_size} bytes of the "
-                           f"{pages * page_size} its header records (cut short); {DAMAGED_HINT}")
+        raise HarnessError(
+            f"tracking store {db_path} is damaged: {db_path.stat().st_size} bytes of the "
+            f"{pages * page_size} its header records (cut short); {DAMAGED_HINT}"
+        )
 
 
 DAMAGED_HINT = "restore it from a backup, or move it away (sqlite3's .recover may save its runs) and start a new store"
@@ -281,8 +296,10 @@ def use_experiment(name: str) -> None:
     how to restore it (MLflow keeps its name reserved until it is purged)."""
     found = MlflowClient().get_experiment_by_name(name)
     if found is not None and found.lifecycle_stage == "deleted":
-        raise HarnessError(f"MLflow experiment '{name}' is deleted in {mlflow.get_tracking_uri()}; restore it "
-                           f"(mlflow experiments restore --experiment-id {found.experiment_id}) or pick another name")
+        raise HarnessError(
+            f"MLflow experiment '{name}' is deleted in {mlflow.get_tracking_uri()}; restore it "
+            f"(mlflow experiments restore --experiment-id {found.experiment_id}) or pick another name"
+        )
     mlflow.set_experiment(name)
 
 
@@ -304,7 +321,10 @@ def check_attachable(run_id: str) -> None:
 
 @contextlib.contextmanager
 def tracked_run(
-    run_name: str, tags: Mapping[str, str], experiment: str | None = None, run_id: str | None = None,
+    run_name: str,
+    tags: Mapping[str, str],
+    experiment: str | None = None,
+    run_id: str | None = None,
     system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under ``mlflow run``, attach to; or with ``run_id``, reopen) a run and always end
@@ -324,8 +344,9 @@ def tracked_run(
     attached = bool(os.environ.get("MLFLOW_RUN_ID")) or run_id is not None
     if not attached and not nested and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         use_experiment(experiment or DEFAULT_EXPERIMENT)
-    run = mlflow.start_run(run_id=run_id, run_name=None if attached else run_name, nested=nested,
-                           log_system_metrics=system_metrics)
+    run = mlflow.start_run(
+        run_id=run_id, run_name=None if attached else run_name, nested=nested, log_system_metrics=system_metrics
+    )
     previous_handlers = {sig: signal.signal(sig, raise_terminated) for sig in stop_signals()}
     try:
         mlflow.set_tags({RUN_NAME_TAG: run_name, **provenance_tags(), **tags})
@@ -411,9 +432,7 @@ class MLflowOutputFormat(KVWriter):
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
         metrics = {
-            key: value
-            for key, value in key_values.items()
-            if not (key_excluded.get(key) and "mlflow" in key_excluded[key])
+            key: value for key, value in key_values.items() if not (key_excluded.get(key) and "mlflow" in key_excluded[key])
         }
         log_metrics_at(self.run_id, metrics, step)
         self.latest.update({k: float(v) for k, v in metrics.items() if _is_loggable(v)})
@@ -439,8 +458,10 @@ def find_run(run_id: str):
     except MlflowException:
         return None
     if run.info.lifecycle_stage == "deleted":
-        raise HarnessError(f"MLflow run '{run_id}' is deleted in {mlflow.get_tracking_uri()}; restore it first "
-                           f"(mlflow runs restore --run-id {run_id})")
+        raise HarnessError(
+            f"MLflow run '{run_id}' is deleted in {mlflow.get_tracking_uri()}; restore it first "
+            f"(mlflow runs restore --run-id {run_id})"
+        )
     return run
 
 
@@ -474,8 +495,15 @@ NEWEST_FIRST = ("attributes.start_time DESC",)
 SEARCH_PAGE = 1000  # runs per request (MLflow's default page)
 
 
-def search_runs(tags: Mapping[str, str], experiment_ids: Sequence[str], *, status: str | None = None,
-                unfinished: bool = False, order_by: Sequence[str] = NEWEST_FIRST, max_results: int | None = None) -> list:
+def search_runs(
+    tags: Mapping[str, str],
+    experiment_ids: Sequence[str],
+    *,
+    status: str | None = None,
+    unfinished: bool = False,
+    order_by: Sequence[str] = NEWEST_FIRST,
+    max_results: int | None = None,
+) -> list:
     """Runs with all these tags (a :meth:`RunIdentity.tags` dict, ``harness.kind``, ``mlflow.parentRunId``,
     ...), in ``status`` or (``unfinished``) in any status but FINISHED; newest first unless ``order_by``
     says otherwise; all of them (page after page) unless ``max_results`` caps them. Every search the
@@ -491,8 +519,9 @@ def search_runs(tags: Mapping[str, str], experiment_ids: Sequence[str], *, statu
     # MLflow returns one page (1,000 runs by default): a big store would hide the older runs silently.
     runs, token = [], None
     while True:
-        page = client.search_runs(list(experiment_ids), query, order_by=list(order_by), max_results=SEARCH_PAGE,
-                                  page_token=token)
+        page = client.search_runs(
+            list(experiment_ids), query, order_by=list(order_by), max_results=SEARCH_PAGE, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -501,8 +530,7 @@ def search_runs(tags: Mapping[str, str], experiment_ids: Sequence[str], *, statu
 
 def newest_evaluated_run(tags: Mapping[str, str], experiment_ids: Sequence[str]):
     """The newest FINISHED training run that ``harness eval`` scored and that has ``tags`` (None: none)."""
-    runs = search_runs({KIND_TAG: "train", EVALUATED_TAG: "true", **tags}, experiment_ids,
-                       status="FINISHED", max_results=1)
+    runs = search_runs({KIND_TAG: "train", EVALUATED_TAG: "true", **tags}, experiment_ids, status="FINISHED", max_results=1)
     return runs[0] if runs else None
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,32 @@ from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from harness import resume, tracking
 from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, resolve_device, resolve_precision
-from harness.checkpoints import (ARTIFACT_DIR, CHECKPOINT_DIR, check_writable, hash_tags, local_paths, write_atomically,
-                                 write_json_atomically)
+from harness.checkpoints import (
+    ARTIFACT_DIR,
+    CHECKPOINT_DIR,
+    check_writable,
+    hash_tags,
+    local_paths,
+    write_atomically,
+    write_json_atomically,
+)
 from harness.config import TrainConfig
 from harness.credentials import redact
 from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import HarnessError, first_line, warn
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
 from harness.identity import (
-    CONFIG_HASH_TAG, DAMAGED_CHECKPOINT_TAG, KIND_TAG, N_SAMPLED_GOAL_TAG, PARENT_RUN_ID_TAG, PRESET_TAG,
-    RESUMED_FROM_STEP_TAG, RUN_NAME_TAG, RunIdentity, TOTAL_STEPS_TAG, WARNINGS_TAG
+    CONFIG_HASH_TAG,
+    DAMAGED_CHECKPOINT_TAG,
+    KIND_TAG,
+    N_SAMPLED_GOAL_TAG,
+    PARENT_RUN_ID_TAG,
+    PRESET_TAG,
+    RESUMED_FROM_STEP_TAG,
+    RUN_NAME_TAG,
+    RunIdentity,
+    TOTAL_STEPS_TAG,
+    WARNINGS_TAG,
 )
 from harness.provenance import DIFF_ARTIFACT, code_version, git_diff, git_state, package_versions
 from harness.replay import her_buffer
@@ -219,7 +235,7 @@ class RunOptions:
     curves, so a slow run shows whether it was starved of CPU."""
 
 
-def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:
+def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:  # noqa: C901 - the stages in order
     """Train one model as one MLflow run; see the module docstring for the stages."""
     experiment, parent_run_id, resume_run_id = options.experiment, options.parent_run_id, options.resume_run_id
     torch_threads, kind = options.torch_threads, options.kind
@@ -248,8 +264,10 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         check_writable(directory)
     if resume_run_id and resume.trained_elsewhere(resume_run_id):  # refused before the run is reopened
         raise resume.busy(resume_run_id)
-    with tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id,
-                              system_metrics=options.system_metrics) as run, resume.owned(run.info.run_id):
+    with (
+        tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id, system_metrics=options.system_metrics) as run,
+        resume.owned(run.info.run_id),
+    ):
         run_id = run.info.run_id
         tracking.log_params_once(run_id, config.to_dict())
         if resume_run_id is None:
@@ -268,11 +286,13 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         if saved is not None:
             try:
                 model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device)
-            except Exception as exc:  # noqa: BLE001 - zip, pickle and torch errors all mean a damaged file
+            except Exception as exc:
                 kept = resume.set_aside(saved)
-                raise HarnessError(f"the resumable checkpoint of run {run_id} at {saved.name} cannot be loaded "
-                                   f"({type(exc).__name__}: {first_line(exc)}); set aside as {kept}; the same "
-                                   "command again starts the training anew") from None
+                raise HarnessError(
+                    f"the resumable checkpoint of run {run_id} at {saved.name} cannot be loaded "
+                    f"({type(exc).__name__}: {first_line(exc)}); set aside as {kept}; the same "
+                    "command again starts the training anew"
+                ) from None
             if hasattr(model, "precision"):  # 'auto' resolves for the machine the run continues on
                 model.precision = precision
             mlflow.set_tag(RESUMED_FROM_STEP_TAG, str(model.num_timesteps))
@@ -283,8 +303,12 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         started = time.perf_counter()
         remaining = config.total_steps - model.num_timesteps
         if remaining > 0:
-            model.learn(total_timesteps=remaining, callback=callbacks, progress_bar=options.progress_bar,
-                        reset_num_timesteps=saved is None)
+            model.learn(
+                total_timesteps=remaining,
+                callback=callbacks,
+                progress_bar=options.progress_bar,
+                reset_num_timesteps=saved is None,
+            )
         wall_time = time.perf_counter() - started
         logger.close()
         env.close()
@@ -342,8 +366,10 @@ def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple
             return run_id, int(saved.name.removeprefix("step_"))
         if saved is not None:
             kept = resume.set_aside(saved)
-            warn(f"the resumable checkpoint of run {run_id} at {saved.name} is damaged ({problem}); set aside as "
-                 f"{kept}; the run is marked FAILED and the training starts anew")
+            warn(
+                f"the resumable checkpoint of run {run_id} at {saved.name} is damaged ({problem}); set aside as "
+                f"{kept}; the run is marked FAILED and the training starts anew"
+            )
             client.set_tag(run_id, DAMAGED_CHECKPOINT_TAG, str(kept))
             client.set_terminated(run_id, "FAILED")
             continue
@@ -353,8 +379,9 @@ def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple
     return None
 
 
-def training_meta(config: TrainConfig, run_id: str, identity: RunIdentity, model, wall_time: float,
-                  final: dict[str, float]) -> dict[str, Any]:
+def training_meta(
+    config: TrainConfig, run_id: str, identity: RunIdentity, model, wall_time: float, final: dict[str, float]
+) -> dict[str, Any]:
     """What ``meta.json`` records next to the checkpoint: how it was made and how it ended."""
     commit, dirty = git_state()
     return {
@@ -372,5 +399,5 @@ def training_meta(config: TrainConfig, run_id: str, identity: RunIdentity, model
         "git_dirty": dirty,
         "code_version": code_version(),
         "versions": package_versions(),
-        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

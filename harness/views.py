@@ -36,8 +36,14 @@ def view_state() -> dict:
         "searchFilter": f"{column('tags', KIND_TAG)} = 'train'",
         "orderByKey": "attributes.start_time",
         "orderByAsc": False,
-        "selectedColumns": [column("metrics", SUCCESS), column("tags", CONDITION_TAG), column("tags", SEED_TAG),
-                            column("tags", ALGO_TAG), column("tags", ENV_TAG), column("params", "total_steps")],
+        "selectedColumns": [
+            column("metrics", SUCCESS),
+            column("tags", CONDITION_TAG),
+            column("tags", SEED_TAG),
+            column("tags", ALGO_TAG),
+            column("tags", ENV_TAG),
+            column("params", "total_steps"),
+        ],
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": CONDITION_TAG}]},
         "groupsExpanded": {},
         "chartsSearchFilter": SUCCESS,  # the chart view shows the success curve only

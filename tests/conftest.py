@@ -13,8 +13,21 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Tiny budgets: real envs and real training, just short.
-TINY = ["--preset", "fast", "--total-steps", "300", "--learning-starts", "100", "--eval-freq", "150",
-        "--eval-episodes", "2", "--threads", "1", "--no-progress"]
+TINY = [
+    "--preset",
+    "fast",
+    "--total-steps",
+    "300",
+    "--learning-starts",
+    "100",
+    "--eval-freq",
+    "150",
+    "--eval-episodes",
+    "2",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 def clean_env(store_uri: str) -> dict[str, str]:
@@ -27,7 +40,11 @@ def run_cli(args: list[str], cwd: Path, store_uri: str, timeout: int = 300, chec
     """Run `harness <args>` as a user would, in ``cwd`` against ``store_uri``."""
     proc = subprocess.run(
         [sys.executable, "-m", "entry_points.cli", *args],
-        cwd=cwd, env=clean_env(store_uri), capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=clean_env(store_uri),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"harness {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

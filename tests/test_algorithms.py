@@ -41,7 +41,7 @@ def test_fast_sac_gradient_step_equals_sb3_sac(ent_coef):
     SAC.train(sb3, gradient_steps=2, batch_size=64)
     torch.manual_seed(1)
     fast.train(gradient_steps=2, batch_size=64)
-    for (name, expected), (_, actual) in zip(sb3.policy.state_dict().items(), fast.policy.state_dict().items()):
+    for (name, expected), (_, actual) in zip(sb3.policy.state_dict().items(), fast.policy.state_dict().items(), strict=True):
         # Adam's first steps move every weight by about lr (3e-4); a different loss or update order
         # would show up at that scale, float rounding (fused vs per-tensor Adam) far below it.
         assert torch.allclose(expected, actual, atol=2e-5), (name, (expected - actual).abs().max().item())
@@ -65,8 +65,11 @@ def test_fast_sac_step_changes_the_weights():
 def ddpg_model(tmp_path, monkeypatch, **overrides):
     monkeypatch.chdir(tmp_path)
     # the one-worker layout (2 envs, batch 256): small and quick, and what the tests below index
-    config = resolve_config("fast", "FetchPush-v4", {**dict(her=True, algo="ddpg", total_steps=400, learning_starts=100,
-                                                             n_envs=2, batch_size=256), **overrides})
+    config = resolve_config(
+        "fast",
+        "FetchPush-v4",
+        {**dict(her=True, algo="ddpg", total_steps=400, learning_starts=100, n_envs=2, batch_size=256), **overrides},
+    )
     env, vecnormalize = build_env(config)
     return build_model(config, env, Logger(folder=None, output_formats=[])), vecnormalize
 
@@ -131,14 +134,17 @@ def test_bf16_precision_trains_close_to_fp32_and_is_kept_on_save(algo, tmp_path,
     for model in (fp32, bf16):
         torch.manual_seed(1)
         model.train(gradient_steps=1, batch_size=256)
-    for (name, a), (_, b) in zip(fp32.policy.state_dict().items(), bf16.policy.state_dict().items()):
+    for (name, a), (_, b) in zip(fp32.policy.state_dict().items(), bf16.policy.state_dict().items(), strict=True):
         assert a.dtype == b.dtype == torch.float32, name
         step_fp32, step_bf16 = (a - before[name]).flatten(), (b - before[name]).flatten()
         if step_fp32.abs().max() > 0:
             # Adam's first step moves each weight by ~lr in the gradient's sign: bf16 rounding may flip
             # the sign of tiny gradients, not the direction of the update (measured: 0.78-1.0 per tensor)
             assert torch.cosine_similarity(step_fp32, step_bf16, dim=0) > 0.5, name
-    assert any(not torch.equal(a, b) for a, b in zip(fp32.policy.state_dict().values(), bf16.policy.state_dict().values()))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(fp32.policy.state_dict().values(), bf16.policy.state_dict().values(), strict=True)
+    )
     bf16.save(tmp_path / "bf16.zip")
     loaded = type(bf16).load(tmp_path / "bf16.zip", env=bf16.get_env())
     assert loaded.precision == "bf16"

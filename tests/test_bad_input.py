@@ -11,39 +11,52 @@ import pytest
 from tests.conftest import TINY, all_runs, clean_env, run_cli
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["train", "--env", "FetchPush-v9"], "unknown env 'FetchPush-v9'; the Fetch tasks are: FetchReach-v4"),
-    (["train", "--env", "Pendulum-v1", "--her"], "--her needs a goal-conditioned env"),
-    (["train", "--env", "CarRacing-v3"], "env 'CarRacing-v3' cannot be built: Box2D is not installed"),  # an extra not installed
-    (["train", "--total-steps", "0"], "Invalid value for '--total-steps': 0 is not >= 1"),
-    (["train", "--total-steps", "lots"], "Invalid value for '--total-steps': 'lots' is not an integer"),
-    (["train", "--n-sampled-goal", "-1"], "Invalid value for '--n-sampled-goal': -1 is not >= 0"),
-    (["train", "--goal-selection-strategy", "random"], "'random' is not one of 'future', 'final', 'episode'"),
-    (["train", "--algo", "ppo"], "Invalid value for '--algo': 'ppo' is not one of 'sac', 'tqc', 'ddpg'"),
-    (["train", "--set", "gamma=abc"], "gamma must be a number, got 'abc'"),
-    (["train", "--set", "gama=0.9"], "unknown config key 'gama' in --set; known: algo, her,"),
-    (["train", "--set", "gamma"], "--set takes KEY=VALUE, got 'gamma'"),
-    (["train", "--set", "random_eps=2"], "random_eps must be in [0, 1], got 2.0"),
-    (["train", "--preset", "turbo"], "Invalid value for '--preset': 'turbo' is not one of 'ch04', 'fast'"),
-    (["train", "--her", "maybe"], "Invalid value for '--her': 'maybe' is not a valid boolean"),
-    (["train", "--her", "--no-her"], "--her and --no-her contradict each other"),
-    (["train", "--her", "--total-steps", "300", "--learning-starts", "100"],  # ch04: 8 envs
-     "--her with 8 env(s) needs learning_starts >= 400 (one finished 50-step episode in every env before HER can sample), got 100"),
-    (["eval", "--ckpt", "checkpoints/nothing.zip"], "checkpoint 'checkpoints/nothing.zip' not found; give a .zip path"),
-    (["eval", "--ckpt", "corrupt.zip"], "checkpoint 'corrupt.zip' is not a readable SB3 checkpoint"),
-    (["eval", "--ckpt", "0123456789abcdef0123456789abcdef"], "no MLflow run with id '0123456789abcdef0123456789abcdef'"),
-    (["eval", "--ckpt", "x.zip", "--n-episodes", "0"], "Invalid value for '--n-episodes': 0 is not in the range x>=1"),
-    (["compare", "--env", "FetchPush-v4", "--seeds", "0,1,2"], "no finished, evaluated training run for FetchPush-v4 in "),
-    (["compare", "--env", "FetchPush-v4", "--seeds", "a,b"], "'a,b' is not a comma-separated list of integers"),
-    (["compare", "--env", "FetchPush-v4", "--seeds", "0,0"], "'0,0' lists 0 more than once; give distinct integers"),
-    (["nonsense"], "No such command 'nonsense'"),
-    (["train", "--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda'"),
-    (["train", "--threads", "100000"], "Invalid value for '--threads': 100000 is not in the range 0<=x<=1024"),
-    (["push-all", "--executor", "ray", "--ray-address", "127.0.0.1:1"],
-     "no Ray cluster answers at --ray-address 127.0.0.1:1 (Connection refused)"),
-    (["push-all", "--executor", "ray", "--ray-address", "head-node"],
-     "--ray-address head-node is not an address; accepted: auto on a node of a running cluster, HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--env", "FetchPush-v9"], "unknown env 'FetchPush-v9'; the Fetch tasks are: FetchReach-v4"),
+        (["train", "--env", "Pendulum-v1", "--her"], "--her needs a goal-conditioned env"),
+        (
+            ["train", "--env", "CarRacing-v3"],
+            "env 'CarRacing-v3' cannot be built: Box2D is not installed",
+        ),  # an extra not installed
+        (["train", "--total-steps", "0"], "Invalid value for '--total-steps': 0 is not >= 1"),
+        (["train", "--total-steps", "lots"], "Invalid value for '--total-steps': 'lots' is not an integer"),
+        (["train", "--n-sampled-goal", "-1"], "Invalid value for '--n-sampled-goal': -1 is not >= 0"),
+        (["train", "--goal-selection-strategy", "random"], "'random' is not one of 'future', 'final', 'episode'"),
+        (["train", "--algo", "ppo"], "Invalid value for '--algo': 'ppo' is not one of 'sac', 'tqc', 'ddpg'"),
+        (["train", "--set", "gamma=abc"], "gamma must be a number, got 'abc'"),
+        (["train", "--set", "gama=0.9"], "unknown config key 'gama' in --set; known: algo, her,"),
+        (["train", "--set", "gamma"], "--set takes KEY=VALUE, got 'gamma'"),
+        (["train", "--set", "random_eps=2"], "random_eps must be in [0, 1], got 2.0"),
+        (["train", "--preset", "turbo"], "Invalid value for '--preset': 'turbo' is not one of 'ch04', 'fast'"),
+        (["train", "--her", "maybe"], "Invalid value for '--her': 'maybe' is not a valid boolean"),
+        (["train", "--her", "--no-her"], "--her and --no-her contradict each other"),
+        (
+            ["train", "--her", "--total-steps", "300", "--learning-starts", "100"],  # ch04: 8 envs
+            "--her with 8 env(s) needs learning_starts >= 400 (one finished 50-step episode in every env before HER "
+            "can sample), got 100",
+        ),
+        (["eval", "--ckpt", "checkpoints/nothing.zip"], "checkpoint 'checkpoints/nothing.zip' not found; give a .zip path"),
+        (["eval", "--ckpt", "corrupt.zip"], "checkpoint 'corrupt.zip' is not a readable SB3 checkpoint"),
+        (["eval", "--ckpt", "0123456789abcdef0123456789abcdef"], "no MLflow run with id '0123456789abcdef0123456789abcdef'"),
+        (["eval", "--ckpt", "x.zip", "--n-episodes", "0"], "Invalid value for '--n-episodes': 0 is not in the range x>=1"),
+        (["compare", "--env", "FetchPush-v4", "--seeds", "0,1,2"], "no finished, evaluated training run for FetchPush-v4 in "),
+        (["compare", "--env", "FetchPush-v4", "--seeds", "a,b"], "'a,b' is not a comma-separated list of integers"),
+        (["compare", "--env", "FetchPush-v4", "--seeds", "0,0"], "'0,0' lists 0 more than once; give distinct integers"),
+        (["nonsense"], "No such command 'nonsense'"),
+        (["train", "--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda'"),
+        (["train", "--threads", "100000"], "Invalid value for '--threads': 100000 is not in the range 0<=x<=1024"),
+        (
+            ["push-all", "--executor", "ray", "--ray-address", "127.0.0.1:1"],
+            "no Ray cluster answers at --ray-address 127.0.0.1:1 (Connection refused)",
+        ),
+        (
+            ["push-all", "--executor", "ray", "--ray-address", "head-node"],
+            "--ray-address head-node is not an address; accepted: auto on a node of a running cluster, HOST:PORT",
+        ),
+    ],
+)
 def test_bad_input_is_one_clear_line(store, tmp_path, args, expected):
     (tmp_path / "corrupt.zip").write_bytes(b"this is not a zip file")
     proc = run_cli(args, tmp_path, store, check=False)
@@ -60,7 +73,11 @@ def test_bad_input_is_one_clear_line(store, tmp_path, args, expected):
 def test_sigterm_or_sighup_marks_the_run_killed(store, tmp_path, stop):
     proc = subprocess.Popen(
         [sys.executable, "-m", "entry_points.cli", "train", *TINY, "--total-steps", "100000"],
-        cwd=tmp_path, env=clean_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=clean_env(store),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         # as from a terminal: under nohup (inherited SIG_IGN) the harness rightly keeps ignoring SIGHUP
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
@@ -103,7 +120,8 @@ def test_device_cuda_without_a_gpu_is_one_line_before_any_store_or_run(tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"harness: error: --device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False; "
-        f"torch {torch.__version__}); accepted on this machine: auto, cpu"]
+        f"torch {torch.__version__}); accepted on this machine: auto, cpu"
+    ]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "checkpoints").exists()
 
 
@@ -116,8 +134,9 @@ def test_ui_on_a_taken_port_is_one_line_and_prints_no_links(store, tmp_path):
         port = holder.getsockname()[1]
         proc = run_cli(["ui", "--port", str(port)], tmp_path, store, check=False, timeout=60)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"harness: error: port {port} on 127.0.0.1 is taken "
-                                                "(Address already in use); choose another --port"]
+    assert proc.stderr.strip().splitlines() == [
+        f"harness: error: port {port} on 127.0.0.1 is taken (Address already in use); choose another --port"
+    ]
     assert "http://" not in proc.stdout + proc.stderr
 
 
@@ -134,11 +153,17 @@ def test_ui_stopped_or_its_terminal_closed_leaves_no_server_on_the_port(store, t
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", "ui", "--port", str(port)], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True,  # a terminal's job: its own process group
-                            # as from a terminal: under nohup (inherited SIG_IGN) SIGHUP is rightly ignored
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entry_points.cli", "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a terminal's job: its own process group
+        # as from a terminal: under nohup (inherited SIG_IGN) SIGHUP is rightly ignored
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )
 
     def listening() -> bool:
         with socket.socket() as client:
@@ -166,8 +191,9 @@ def test_compare_names_an_evaluated_run_whose_scores_are_gone_and_writes_nothing
     run_ids = {}
     for her in (False, True):
         identity = RunIdentity("FetchReach-v4", "sac", her, 0)
-        run = client.create_run(experiment_id, run_name=identity.name,
-                                tags={**identity.tags("train"), "harness.evaluated": "true"})
+        run = client.create_run(
+            experiment_id, run_name=identity.name, tags={**identity.tags("train"), "harness.evaluated": "true"}
+        )
         if not her:  # the no-HER run keeps its scores; the HER run lost them
             for key, value in (("eval/success_rate", 0.1), ("eval/mean_return", -45.0), ("eval/final_distance", 0.1)):
                 client.log_metric(run.info.run_id, key, value, step=300)
@@ -178,7 +204,8 @@ def test_compare_names_an_evaluated_run_whose_scores_are_gone_and_writes_nothing
     assert proc.stderr.strip().splitlines() == [
         f"harness: error: training run {run_ids[True]} (sac_her_FetchReach-v4_seed0) is marked evaluated but has no "
         f"eval/success_rate, eval/mean_return, eval/final_distance; evaluate it again: "
-        f"harness eval --ckpt runs:/{run_ids[True]}/checkpoint"]
+        f"harness eval --ckpt runs:/{run_ids[True]}/checkpoint"
+    ]
     assert not (tmp_path / "results").exists()
     assert sorted(r.info.run_id for r in all_runs()) == sorted(run_ids.values())  # no compare run was made
 
@@ -191,10 +218,22 @@ def test_sigterm_during_eval_is_one_line_and_leaves_no_downloaded_checkpoint(sto
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "entry_points.cli", "eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint",
-         "--n-episodes", "100000"],
-        cwd=tmp_path, env={**clean_env(store), "TMPDIR": str(scratch)}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "entry_points.cli",
+            "eval",
+            "--ckpt",
+            f"runs:/{run.info.run_id}/checkpoint",
+            "--n-episodes",
+            "100000",
+        ],
+        cwd=tmp_path,
+        env={**clean_env(store), "TMPDIR": str(scratch)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(scratch.glob("harness-ckpt-*/**/*.zip")):
         time.sleep(0.2)

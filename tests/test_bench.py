@@ -10,14 +10,22 @@ from tests.conftest import PROJECT_ROOT, TINY, all_runs, clean_env, run_cli
 
 
 def run_bench(script, args, cwd, uri, timeout=600):
-    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / script), *args], cwd=cwd, env=clean_env(uri),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / script), *args],
+        cwd=cwd,
+        env=clean_env(uri),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout.strip().splitlines()
 
 
 def test_throughput_prints_the_three_figures_and_the_speedup(store, tmp_path):
-    lines = run_bench("throughput.py", ["--steps", "100", "--warmup", "100", "--rounds", "2", "--threads", "1"], tmp_path, store)
+    lines = run_bench(
+        "throughput.py", ["--steps", "100", "--warmup", "100", "--rounds", "2", "--threads", "1"], tmp_path, store
+    )
     assert [line.split(":")[0].strip() for line in lines[1:3]] == ["round 1", "round 2"]
     assert [line[:3] for line in lines[3:6]] == ["(a)", "(b)", "(c)"]
     ratios = sorted(float(line.rsplit("ratio ", 1)[1]) for line in lines[1:3])
@@ -26,7 +34,8 @@ def test_throughput_prints_the_three_figures_and_the_speedup(store, tmp_path):
     runs = all_runs()
     assert sorted(r.data.tags["harness.variant"] for r in runs) == ["bench-chapter"] * 2 + ["bench-fast"]
     assert {r.info.run_name for r in runs if r.data.tags["harness.variant"] == "bench-chapter"} == {
-        "sac_her_bench-chapter_FetchPush-v4_seed0"}
+        "sac_her_bench-chapter_FetchPush-v4_seed0"
+    }
     assert all(r.info.status == "FINISHED" for r in runs)
     fast_algo = resolve_config("fast", "FetchPush-v4", {"her": True}).algo
     assert {r.data.tags["harness.algo"] for r in runs if r.data.tags["harness.variant"] == "bench-fast"} == {fast_algo}
@@ -34,8 +43,7 @@ def test_throughput_prints_the_three_figures_and_the_speedup(store, tmp_path):
 
 
 def test_tracking_overhead_prints_the_ratio(store, tmp_path):
-    lines = run_bench("tracking_overhead.py", ["--env", "FetchReach-v4", "--steps", "200", "--repeats", "1"],
-                      tmp_path, store)
+    lines = run_bench("tracking_overhead.py", ["--env", "FetchReach-v4", "--steps", "200", "--repeats", "1"], tmp_path, store)
     assert lines[-1].startswith("tracking overhead ratio: ") and float(lines[-1].split(": ")[1]) > 0
     (run,) = all_runs()
     assert run.info.status == "FINISHED" and run.data.params["total_steps"] == "200"
@@ -43,8 +51,9 @@ def test_tracking_overhead_prints_the_ratio(store, tmp_path):
 
 def test_time_to_success_reads_learning_curves_from_mlflow(store, tmp_path):
     run_cli(["train", "--env", "FetchReach-v4", "--her", *TINY], tmp_path, store)
-    lines = run_bench("time_to_success.py", ["--env", "FetchReach-v4", "--algo", "sac", "--plot", "curve.png"],
-                      tmp_path, store)
+    lines = run_bench(
+        "time_to_success.py", ["--env", "FetchReach-v4", "--algo", "sac", "--plot", "curve.png"], tmp_path, store
+    )
     assert "steps@50%" in lines[0] and "min@90%" in lines[0]
     row = lines[1].split()
     assert row[0] == "sac_her_FetchReach-v4_seed0" and row[2] == "FINISHED" and row[3] == "300"
@@ -52,8 +61,14 @@ def test_time_to_success_reads_learning_curves_from_mlflow(store, tmp_path):
     curve = MlflowClient().get_metric_history(run.info.run_id, "eval/success_rate")
     assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [150, 300]
     assert (tmp_path / "curve.png").stat().st_size > 10_000
-    missing = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "time_to_success.py"), "--env", "FetchSlide-v4"],
-                             cwd=tmp_path, env=clean_env(store), capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "time_to_success.py"), "--env", "FetchSlide-v4"],
+        cwd=tmp_path,
+        env=clean_env(store),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode != 0 and "no training runs match env=FetchSlide-v4" in missing.stderr
     assert "Traceback" not in missing.stderr
 
@@ -65,8 +80,12 @@ def test_recipes_prints_each_precision_against_the_machines_limit(tmp_path):
 
     import torch
 
-    lines = run_bench("recipes.py", ["--env", "FetchPush-v4", "--steps", "800", "--json", "recipes.json"], tmp_path,
-                      f"sqlite:///{tmp_path / 'unused.db'}")
+    lines = run_bench(
+        "recipes.py",
+        ["--env", "FetchPush-v4", "--steps", "800", "--json", "recipes.json"],
+        tmp_path,
+        f"sqlite:///{tmp_path / 'unused.db'}",
+    )
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert f"instruction set {torch.backends.cpu.get_cpu_capability()}, native bf16 {'yes' if native else 'no'}" in lines[0]
     rows = json.loads((tmp_path / "recipes.json").read_text())["rows"]

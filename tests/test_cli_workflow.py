@@ -55,10 +55,26 @@ def test_params_are_the_resolved_config_and_tags_identify_the_run(workflow):
     # from the fast preset, never typed on the command line:
     assert params["gamma"] == "0.95" and params["tau"] == "0.05" and params["net_arch"] == "[256, 256]"
     tags = run.data.tags
-    assert {k: tags[k] for k in ("harness.env", "harness.her", "harness.seed", "harness.algo",
-                                  "harness.n_sampled_goal", "harness.preset", "harness.kind")} == {
-        "harness.env": ENV, "harness.her": "true", "harness.seed": "1", "harness.algo": "sac",
-        "harness.n_sampled_goal": "4", "harness.preset": "fast", "harness.kind": "train"}
+    assert {
+        k: tags[k]
+        for k in (
+            "harness.env",
+            "harness.her",
+            "harness.seed",
+            "harness.algo",
+            "harness.n_sampled_goal",
+            "harness.preset",
+            "harness.kind",
+        )
+    } == {
+        "harness.env": ENV,
+        "harness.her": "true",
+        "harness.seed": "1",
+        "harness.algo": "sac",
+        "harness.n_sampled_goal": "4",
+        "harness.preset": "fast",
+        "harness.kind": "train",
+    }
     assert "train --env FetchReach-v4 --her true --seed 1 --preset fast" in tags["harness.command"]
     assert tags["harness.evaluated"] == "true"
     # what the arithmetic ran on: the fast preset's precision 'auto' resolved for this CPU
@@ -67,16 +83,27 @@ def test_params_are_the_resolved_config_and_tags_identify_the_run(workflow):
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert params["precision"] == "auto"
     assert tags["harness.precision"] == ("bf16" if native else "fp32")
-    assert (tags["harness.native_bf16"], tags["harness.cpu_capability"]) == (str(native).lower(),
-                                                                           torch.backends.cpu.get_cpu_capability())
+    assert (tags["harness.native_bf16"], tags["harness.cpu_capability"]) == (
+        str(native).lower(),
+        torch.backends.cpu.get_cpu_capability(),
+    )
     assert tags["harness.torch_threads"] == "1" and tags["harness.device"] == "cpu"
 
 
 def test_metrics_are_logged_by_env_step(workflow):
     client = workflow["client"]
     run = train_runs(workflow)[f"sac_her_{ENV}_seed0"]
-    for key in ("rollout/success_rate", "rollout/ep_rew_mean", "train/ent_coef", "train/actor_loss",
-                "train/critic_loss", "time/fps", "eval/success_rate", "eval/mean_return", "eval/final_distance"):
+    for key in (
+        "rollout/success_rate",
+        "rollout/ep_rew_mean",
+        "train/ent_coef",
+        "train/actor_loss",
+        "train/critic_loss",
+        "time/fps",
+        "eval/success_rate",
+        "eval/mean_return",
+        "eval/final_distance",
+    ):
         assert key in run.data.metrics, key
     curve = client.get_metric_history(run.info.run_id, "eval/success_rate")
     steps = [m.step for m in curve]
@@ -159,8 +186,9 @@ def test_eval_renders_videos_and_logs_them(workflow):
     assert 20 < frames[25].mean() < 235  # a rendered scene, not a blank frame
     artifacts = [a.path for a in workflow["client"].list_artifacts(run.info.run_id, "videos")]
     assert artifacts == ["videos/ch04_sac_fetchreach-v4_seed1_ep0.mp4"]
-    bad = run_cli(["eval", "--ckpt", run.info.run_id, "--n-episodes", "2", "--video", "3"], workflow["cwd"],
-                  workflow["uri"], check=False)
+    bad = run_cli(
+        ["eval", "--ckpt", run.info.run_id, "--n-episodes", "2", "--video", "3"], workflow["cwd"], workflow["uri"], check=False
+    )
     assert bad.returncode == 1 and "--video must be between 0 and --n-episodes (2), got 3" in bad.stderr
 
 
@@ -170,9 +198,20 @@ def chromium(url: str, profile, screenshot=None) -> str:
     import shutil
     import subprocess
 
-    args = [shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", "--window-size=1600,1000", "--virtual-time-budget=40000"]
+    args = [
+        shutil.which("chromium"),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1600,1000",
+        "--virtual-time-budget=40000",
+    ]
     args += [f"--screenshot={screenshot}", url] if screenshot else ["--dump-dom", url]
     return subprocess.run(args, capture_output=True, text=True, timeout=180).stdout
 
@@ -205,9 +244,14 @@ def test_mlflow_ui_lands_on_her_vs_no_her(workflow, tmp_path):
         port = sock.getsockname()[1]
     log = tmp_path / "ui.log"
     with open(log, "w") as stderr:
-        server = subprocess.Popen([sys.executable, "-m", "entry_points.cli", "ui", "--port", str(port)],
-                                  cwd=workflow["cwd"], env=clean_env(workflow["uri"]), stdout=subprocess.DEVNULL,
-                                  stderr=stderr, start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "entry_points.cli", "ui", "--port", str(port)],
+            cwd=workflow["cwd"],
+            env=clean_env(workflow["uri"]),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
@@ -220,16 +264,17 @@ def test_mlflow_ui_lands_on_her_vs_no_her(workflow, tmp_path):
         runs = train_runs(workflow)
         run = runs[f"sac_her_{ENV}_seed0"]
         experiment = run.info.experiment_id
-        chart_url = (f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"
-                     "&viewStateShareKey=her-vs-no-her&compareRunsMode=CHART")
+        chart_url = (
+            f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+            "&viewStateShareKey=her-vs-no-her&compareRunsMode=CHART"
+        )
         assert f"ch04-her-sparse-reach-push: {chart_url}" in log.read_text()  # the link `harness ui` prints
         for stdout in (workflow["train"]["true", 0].stdout, workflow["compare"].stdout):
             assert f"MLflow UI (served by: harness ui): {chart_url.replace(base, 'http://127.0.0.1:5000')}" in stdout
 
         table = visible_text(chromium(chart_url.replace("&compareRunsMode=CHART", ""), tmp_path / "p1"))
         assert "Group: HER 2" in table and "Group: no-HER 2" in table, "training runs grouped by condition"
-        for column in ("eval/success_rate", "harness.condition", "harness.seed", "harness.algo", "harness.env",
-                       "total_steps"):
+        for column in ("eval/success_rate", "harness.condition", "harness.seed", "harness.algo", "harness.env", "total_steps"):
             assert column in table, column
         assert all(name in table for name in runs) and "4 matching runs" in table  # training runs only
         assert "HER vs no-HER" in table  # the view, named in the page's view picker
@@ -239,13 +284,19 @@ def test_mlflow_ui_lands_on_her_vs_no_her(workflow, tmp_path):
         assert "HER (eval/success_rate)" in chart and "no-HER (eval/success_rate)" in chart and "Step" in chart
 
         (compare_run,) = [r for r in workflow["runs"] if r.data.tags.get("harness.kind") == "compare"]
-        page = visible_text(chromium(f"{base}/#/experiments/{compare_run.info.experiment_id}/runs/"
-                                     f"{compare_run.info.run_id}?workflowType=machine_learning", tmp_path / "p3"))
+        page = visible_text(
+            chromium(
+                f"{base}/#/experiments/{compare_run.info.experiment_id}/runs/"
+                f"{compare_run.info.run_id}?workflowType=machine_learning",
+                tmp_path / "p3",
+            )
+        )
         assert "Clear separation:" in page and "Success Rate" in page, "the compare run's description"
         overview = visible_text(chromium(f"{base}/#/experiments/{experiment}/runs/{run.info.run_id}", tmp_path / "p4"))
         assert "harness.env" in overview and "harness.her" in overview and "harness.git_commit" in overview
-        charts = visible_text(chromium(f"{base}/#/experiments/{experiment}/runs/{run.info.run_id}/model-metrics",
-                                       tmp_path / "p5"))
+        charts = visible_text(
+            chromium(f"{base}/#/experiments/{experiment}/runs/{run.info.run_id}/model-metrics", tmp_path / "p5")
+        )
         # The metric chart sections, named by prefix with their chart counts (eval/* holds 7 charts).
         assert "eval (7)" in charts and "rollout (" in charts and "train (" in charts
         if os.environ.get("HARNESS_UI_SCREENSHOTS"):  # refresh docs/'s screenshots: a folder to write them to
@@ -267,7 +318,10 @@ def test_compare_and_register_default_to_the_algo_that_was_trained(store, tmp_pa
     report = json.loads((tmp_path / "results" / "ch04_fetchreach-v4_comparison.json").read_text())
     assert report["algo"] == "ddpg" and report["conditions"]["her"]["summary"]["eval/success_rate"]["n"] == 1
     sac = run_cli(["compare", "--env", ENV, "--seeds", "0", "--algo", "sac"], tmp_path, store, check=False)
-    assert sac.returncode == 1 and "no finished, evaluated sac training run for (env=FetchReach-v4, her=false, seed=0)" in sac.stderr
+    assert (
+        sac.returncode == 1
+        and "no finished, evaluated sac training run for (env=FetchReach-v4, her=false, seed=0)" in sac.stderr
+    )
     registered = run_cli(["register", "--env", ENV], tmp_path, store)
     assert "registered ch04-ddpg-her-FetchReach-v4 version 1" in registered.stdout
 
@@ -276,9 +330,14 @@ def test_compare_adds_the_statistics_the_floor_and_the_verdict(workflow):
     stdout = workflow["compare"].stdout
     table_end = stdout.index("Final Distance")
     assert stdout.index("Per seed") > table_end  # the chapter's table comes first, unchanged
-    for text in ("IQM success [bootstrap 95% CI over seeds]", "Pooled episodes [Wilson 95% CI]",
-                 "Env steps to 90%", "Do-nothing floor of FetchReach-v4", "Probability of improvement",
-                 "Mann-Whitney U"):
+    for text in (
+        "IQM success [bootstrap 95% CI over seeds]",
+        "Pooled episodes [Wilson 95% CI]",
+        "Env steps to 90%",
+        "Do-nothing floor of FetchReach-v4",
+        "Probability of improvement",
+        "Mann-Whitney U",
+    ):
         assert text in stdout, text
     report = json.loads((workflow["cwd"] / "results" / "ch04_fetchreach-v4_comparison.json").read_text())
     verdict = report["statistics"]["separation"]
@@ -320,8 +379,29 @@ def test_the_floor_is_measured_once_and_reused(workflow):
 
 def test_training_logs_when_eval_success_first_reached_50_and_90_percent(store, tmp_path):
     # The fast preset's DDPG + HER reaches 95% on FetchReach-v4 within 3,000 steps (seeds 0-2).
-    run_cli(["train", "--env", ENV, "--her", "--preset", "fast", "--algo", "ddpg", "--total-steps", "3000",
-             "--eval-freq", "500", "--eval-episodes", "10", "--threads", "1", "--no-progress"], tmp_path, store)
+    run_cli(
+        [
+            "train",
+            "--env",
+            ENV,
+            "--her",
+            "--preset",
+            "fast",
+            "--algo",
+            "ddpg",
+            "--total-steps",
+            "3000",
+            "--eval-freq",
+            "500",
+            "--eval-episodes",
+            "10",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+        tmp_path,
+        store,
+    )
     client = mlflow.MlflowClient()
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     curve = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/success_rate"))
@@ -356,13 +436,17 @@ def test_her_on_a_dense_env_warns_that_it_needs_the_sparse_reward(store, tmp_pat
 def test_eval_on_another_env_never_replaces_the_runs_evaluation(workflow):
     cwd, client = workflow["cwd"], workflow["client"]
     run = train_runs(workflow)[f"sac_her_{ENV}_seed0"]
+
     def history():
         return [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run.info.run_id, "eval/success_rate")]
 
     before = history()
     own_result = (cwd / "results" / "ch04_sac_her_fetchreach-v4_seed0_eval.json").read_text()
-    proc = run_cli(["eval", "--ckpt", f"checkpoints/sac_her_{ENV}_seed0.zip", "--env", "FetchReachDense-v4",
-                    "--n-episodes", "2"], cwd, workflow["uri"])
+    proc = run_cli(
+        ["eval", "--ckpt", f"checkpoints/sac_her_{ENV}_seed0.zip", "--env", "FetchReachDense-v4", "--n-episodes", "2"],
+        cwd,
+        workflow["uri"],
+    )
     assert "trained on FetchReach-v4, scored on FetchReachDense-v4: not logged" in proc.stdout
     assert history() == before
     assert (cwd / "results" / "ch04_sac_her_fetchreach-v4_seed0_eval.json").read_text() == own_result

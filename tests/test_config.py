@@ -1,3 +1,4 @@
+import itertools
 import dataclasses
 
 import pytest
@@ -14,9 +15,12 @@ def test_every_field_is_documented_and_presets_load():
     tree = ast.parse((PRESET_DIR.parent / "config.py").read_text())
     (body,) = [node.body for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "TrainConfig"]
     documented = {
-        statement.target.id for statement, following in zip(body, body[1:])
-        if isinstance(statement, ast.AnnAssign) and isinstance(following, ast.Expr)
-        and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)
+        statement.target.id
+        for statement, following in itertools.pairwise(body)
+        if isinstance(statement, ast.AnnAssign)
+        and isinstance(following, ast.Expr)
+        and isinstance(following.value, ast.Constant)
+        and isinstance(following.value.value, str)
         and following.value.value.strip()
     }
     undocumented = [field.name for field in dataclasses.fields(TrainConfig) if field.name not in documented]
@@ -57,8 +61,19 @@ def test_fast_preset_trains_push_with_sac_in_the_her_papers_layout():
 def test_fast_preset_trains_pick_and_place_in_pushs_layout_with_held_starts():
     pick = resolve_config("fast", "FetchPickAndPlace-v4", {"her": True})
     push = resolve_config("fast", "FetchPush-v4", {"her": True})
-    layout = ("algo", "n_envs", "train_freq", "gradient_steps", "gamma", "net_arch",
-              "normalize_obs", "precision", "eval_freq", "checkpoint_freq", "learning_starts")
+    layout = (
+        "algo",
+        "n_envs",
+        "train_freq",
+        "gradient_steps",
+        "gamma",
+        "net_arch",
+        "normalize_obs",
+        "precision",
+        "eval_freq",
+        "checkpoint_freq",
+        "learning_starts",
+    )
     assert {k: getattr(pick, k) for k in layout} == {k: getattr(push, k) for k in layout}
     # measured at batch 2048 and tau 0.0025; Push's smaller batch and faster target were not tried there
     assert (pick.batch_size, pick.tau) == (2048, 0.0025)
@@ -81,9 +96,11 @@ def test_set_parses_values_as_yaml():
 
 
 def test_overrides_beat_env_section_beats_defaults(tmp_path, monkeypatch):
-    preset = {"defaults": {"gamma": 0.9, "batch_size": 64, "total_steps": 100},
-              "algos": {"tqc": {"gamma": 0.8, "batch_size": 32}},
-              "envs": {"FetchPush-v4": {"batch_size": 128, "total_steps": 200, "algos": {"ddpg": {"tau": 0.5}}}}}
+    preset = {
+        "defaults": {"gamma": 0.9, "batch_size": 64, "total_steps": 100},
+        "algos": {"tqc": {"gamma": 0.8, "batch_size": 32}},
+        "envs": {"FetchPush-v4": {"batch_size": 128, "total_steps": 200, "algos": {"ddpg": {"tau": 0.5}}}},
+    }
     monkeypatch.setattr("harness.config.PRESET_DIR", tmp_path)
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(preset))
     config = resolve_config("mine", "FetchPush-v4", {"total_steps": 300, "her": None})
@@ -113,26 +130,34 @@ def test_run_name_and_tensorboard_dir_follow_the_chapter():
     assert str(plain.tensorboard_dir) == "runs/sac_noher/FetchPush-v4/seed0"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"total_steps": 0}, "total_steps must be > 0, got 0"),
-    ({"n_sampled_goal": -1}, "n_sampled_goal must be >= 0, got -1"),
-    ({"goal_selection_strategy": "random"}, "unknown goal selection strategy 'random'; accepted: future, final, episode"),
-    ({"algo": "ppo"}, "unknown algo 'ppo'; accepted: sac, tqc, ddpg"),
-    ({"net_arch": "big"}, "net_arch must be a list of integers, got 'big'"),
-    ({"her": "maybe"}, "her must be true or false, got 'maybe'"),
-    ({"total_steps": 1.5}, "total_steps must be an integer, got 1.5"),
-    ({"gamma": 1.5}, "gamma must be in (0, 1], got 1.5"),
-    ({"ent_coef": "sometimes"}, "ent_coef must be a number"),
-    ({"bogus": 1}, "unknown config keys ['bogus']"),
-    ({"precision": "fp16"}, "precision must be one of auto, fp32, bf16, got 'fp16'"),
-    ({"algo": "tqc", "precision": "bf16"}, "precision bf16 is for sac and ddpg; tqc trains in fp32"),
-    ({"desired_goal_share": 1.5}, "desired_goal_share must be in [0, 1], got 1.5"),
-    ({"held_object_start": -0.1}, "held_object_start must be in [0, 1], got -0.1"),
-    ({"held_object_start": 0.5}, "held_object_start needs an env whose gripper can hold the object "
-                                 "(FetchPickAndPlace-v4, FetchPickAndPlaceDense-v4), not FetchReach-v4"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"total_steps": 0}, "total_steps must be > 0, got 0"),
+        ({"n_sampled_goal": -1}, "n_sampled_goal must be >= 0, got -1"),
+        ({"goal_selection_strategy": "random"}, "unknown goal selection strategy 'random'; accepted: future, final, episode"),
+        ({"algo": "ppo"}, "unknown algo 'ppo'; accepted: sac, tqc, ddpg"),
+        ({"net_arch": "big"}, "net_arch must be a list of integers, got 'big'"),
+        ({"her": "maybe"}, "her must be true or false, got 'maybe'"),
+        ({"total_steps": 1.5}, "total_steps must be an integer, got 1.5"),
+        ({"gamma": 1.5}, "gamma must be in (0, 1], got 1.5"),
+        ({"ent_coef": "sometimes"}, "ent_coef must be a number"),
+        ({"bogus": 1}, "unknown config keys ['bogus']"),
+        ({"precision": "fp16"}, "precision must be one of auto, fp32, bf16, got 'fp16'"),
+        ({"algo": "tqc", "precision": "bf16"}, "precision bf16 is for sac and ddpg; tqc trains in fp32"),
+        ({"desired_goal_share": 1.5}, "desired_goal_share must be in [0, 1], got 1.5"),
+        ({"held_object_start": -0.1}, "held_object_start must be in [0, 1], got -0.1"),
+        (
+            {"held_object_start": 0.5},
+            "held_object_start needs an env whose gripper can hold the object "
+            "(FetchPickAndPlace-v4, FetchPickAndPlaceDense-v4), not FetchReach-v4",
+        ),
+    ],
+)
 def test_bad_values_name_the_value_and_what_is_accepted(overrides, message):
-    with pytest.raises(HarnessError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        HarnessError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
         resolve_config("ch04", "FetchReach-v4", overrides)
 
 
@@ -190,8 +215,9 @@ def test_explicit_bf16_without_native_support_says_how_much_slower(monkeypatch):
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     warning = emulated_bf16_warning("bf16", "cpu")
-    assert warning.startswith(f"precision bf16 on this CPU (torch: {torch.backends.cpu.get_cpu_capability()}) "
-                              "without native bfloat16")
+    assert warning.startswith(
+        f"precision bf16 on this CPU (torch: {torch.backends.cpu.get_cpu_capability()}) without native bfloat16"
+    )
     assert "~17.7x slower than fp32" in warning and "use precision auto or fp32" in warning
     assert emulated_bf16_warning("fp32", "cpu") is None and emulated_bf16_warning("auto", "cpu") is None
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)

@@ -19,15 +19,18 @@ from tests.conftest import PROJECT_ROOT, TINY
 SECRET = "s3cret-Xq7"
 
 
-@pytest.mark.parametrize("text, shown", [
-    ("http://alice:s3cret@host:5000", "http://alice:***@host:5000"),
-    ("postgresql://mlflow:p%40ss@127.0.0.1:5432/mlflow", "postgresql://mlflow:***@127.0.0.1:5432/mlflow"),
-    ("postgresql+psycopg2://u:pw@db/x?sslmode=require", "postgresql+psycopg2://u:***@db/x?sslmode=require"),
-    ("postgresql://db/x?user=u&password=pw", "postgresql://db/x?user=u&password=***"),
-    ("tracking server http://a:b@h:1 does not answer", "tracking server http://a:***@h:1 does not answer"),
-    ("http://host:5000/#/experiments/1", "http://host:5000/#/experiments/1"),
-    ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
-])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("http://alice:s3cret@host:5000", "http://alice:***@host:5000"),
+        ("postgresql://mlflow:p%40ss@127.0.0.1:5432/mlflow", "postgresql://mlflow:***@127.0.0.1:5432/mlflow"),
+        ("postgresql+psycopg2://u:pw@db/x?sslmode=require", "postgresql+psycopg2://u:***@db/x?sslmode=require"),
+        ("postgresql://db/x?user=u&password=pw", "postgresql://db/x?user=u&password=***"),
+        ("tracking server http://a:b@h:1 does not answer", "tracking server http://a:***@h:1 does not answer"),
+        ("http://host:5000/#/experiments/1", "http://host:5000/#/experiments/1"),
+        ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+    ],
+)
 def test_redact_masks_every_uri_password(text, shown):
     assert redact(text) == shown
 
@@ -35,8 +38,11 @@ def test_redact_masks_every_uri_password(text, shown):
 def test_an_http_uris_credentials_move_to_mlflows_variables():
     environ = {"MLFLOW_TRACKING_URI": "https://alice:p%3Ass@host:5000/"}
     assert move_to_environment(environ)
-    assert environ == {"MLFLOW_TRACKING_URI": "https://host:5000/", "MLFLOW_TRACKING_USERNAME": "alice",
-                       "MLFLOW_TRACKING_PASSWORD": "p:ss"}
+    assert environ == {
+        "MLFLOW_TRACKING_URI": "https://host:5000/",
+        "MLFLOW_TRACKING_USERNAME": "alice",
+        "MLFLOW_TRACKING_PASSWORD": "p:ss",
+    }
     kept = {"MLFLOW_TRACKING_URI": "postgresql://u:pw@db/x"}  # SQLAlchemy needs it there; masked when shown
     assert not move_to_environment(kept) and kept == {"MLFLOW_TRACKING_URI": "postgresql://u:pw@db/x"}
 
@@ -53,10 +59,27 @@ def server(tmp_path):
     port = free_port()
     base = tmp_path / "server"
     base.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-                             "--artifacts-destination", str(base / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{base / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(base / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -75,8 +98,9 @@ def server(tmp_path):
 def harness(args, cwd, uri):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(PROJECT_ROOT))
-    return subprocess.run([sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def files_holding(root: Path, needle: bytes) -> list[Path]:
@@ -99,7 +123,8 @@ def test_a_password_in_the_tracking_uri_is_never_shown_logged_or_stored(server, 
     database = harness(["compare", "--env", "FetchReach-v4"], work, f"postgresql://mlflow:{SECRET}@127.0.0.1:{nobody}/x")
     assert database.returncode == 1 and database.stderr.strip() == (
         f"harness: error: tracking database postgresql://mlflow:***@127.0.0.1:{nobody}/x does not answer (connection "
-        "failed); start it, or point MLFLOW_TRACKING_URI at a running server or at a sqlite:///path/mlflow.db file")
+        "failed); start it, or point MLFLOW_TRACKING_URI at a running server or at a sqlite:///path/mlflow.db file"
+    )
     for proc in (trained, evaluated, dead, database):
         assert SECRET not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
     # tags, params, meta.json (local and the artifact), the store's database and every artifact

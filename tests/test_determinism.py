@@ -9,8 +9,11 @@ from harness.training import RunOptions, train
 
 
 def test_same_config_and_seed_give_identical_eval_metrics(store):
-    config = resolve_config("fast", "FetchReach-v4", {"her": True, "seed": 5, "total_steps": 400,
-                                                      "learning_starts": 100, "eval_freq": 200, "eval_episodes": 2})
+    config = resolve_config(
+        "fast",
+        "FetchReach-v4",
+        {"her": True, "seed": 5, "total_steps": 400, "learning_starts": 100, "eval_freq": 200, "eval_episodes": 2},
+    )
     reports, weights = [], []
     for _ in range(2):
         result = train(config, RunOptions(experiment="determinism", torch_threads=1))

@@ -63,5 +63,7 @@ def test_no_engine_is_said_clearly(tmp_path):
     assert missing.returncode == 127 and "dev.sh: docker is not installed" in missing.stderr
     no_engine = dev_sh(fake_bin(tmp_path / "b", docker=1), "harness", "--help")
     assert no_engine.returncode == 1
-    assert no_engine.stderr.strip() == ("dev.sh: no Docker engine is reachable (docker info failed); start one, "
-                                        "or run the command from the venv: .venv/bin/harness --help")
+    assert no_engine.stderr.strip() == (
+        "dev.sh: no Docker engine is reachable (docker info failed); start one, "
+        "or run the command from the venv: .venv/bin/harness --help"
+    )

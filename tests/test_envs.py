@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from harness.envs import FETCH_ENV_IDS, HeldObjectStart, goal_distance, is_goal_conditioned, make_env, make_vec_env, validate_env_id
+from harness.envs import (
+    FETCH_ENV_IDS,
+    HeldObjectStart,
+    goal_distance,
+    is_goal_conditioned,
+    make_env,
+    make_vec_env,
+    validate_env_id,
+)
 from harness.errors import HarnessError
 
 
@@ -13,7 +21,7 @@ def test_every_fetch_env_builds_resets_and_steps(env_id):
     obs, _ = env.reset(seed=0)
     assert set(obs) == {"observation", "achieved_goal", "desired_goal"}
     for _ in range(5):
-        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        obs, reward, _terminated, _truncated, info = env.step(env.action_space.sample())
     assert "is_success" in info
     sparse = "Dense" not in env_id
     if sparse:
@@ -31,13 +39,15 @@ def test_fetch_list_matches_the_registry():
 
 
 def test_unknown_env_lists_the_fetch_tasks():
-    with pytest.raises(HarnessError, match=r"unknown env 'FetchPush-v9'; the Fetch tasks are: FetchReach-v4, FetchReachDense-v4"):
+    with pytest.raises(
+        HarnessError, match=r"unknown env 'FetchPush-v9'; the Fetch tasks are: FetchReach-v4, FetchReachDense-v4"
+    ):
         validate_env_id("FetchPush-v9")
 
 
 def test_her_needs_a_goal_conditioned_env():
     validate_env_id("Pendulum-v1", her=False)
-    with pytest.raises(HarnessError, match="--her needs a goal-conditioned env.*'Pendulum-v1' is not one"):
+    with pytest.raises(HarnessError, match=r"--her needs a goal-conditioned env.*'Pendulum-v1' is not one"):
         validate_env_id("Pendulum-v1", her=True)
 
 

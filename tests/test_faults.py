@@ -30,8 +30,9 @@ from tests.conftest import PROJECT_ROOT, TINY, all_runs, clean_env, run_cli
 
 def harness(args, cwd, store_uri, **extra_env):
     env = {**clean_env(store_uri), "PYTHONPATH": str(PROJECT_ROOT), **extra_env}
-    return subprocess.run([sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def one_line_error(proc, expected: str) -> str:
@@ -48,14 +49,20 @@ def train_tiny(cwd, store, *extra):
     return run
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ({"ent_coef": "auto_x"}, "ent_coef must be a number >= 0, 'auto' or 'auto_<initial value>' such as auto_0.1, got 'auto_x'"),
-    ({"ent_coef": "auto_0"}, "got 'auto_0'"),
-    ({"ent_coef": -1}, "ent_coef must be a number >= 0, 'auto' or 'auto_<initial value>' such as auto_0.1, got -1.0"),
-    ({"learning_rate": float("inf")}, "learning_rate must be a finite number, got inf"),
-    ({"action_noise": float("nan")}, "action_noise must be a finite number, got nan"),
-    ({"seed": 2**32}, "seed must be in [0, 4294967295] (numpy's seed range), got 4294967296"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            {"ent_coef": "auto_x"},
+            "ent_coef must be a number >= 0, 'auto' or 'auto_<initial value>' such as auto_0.1, got 'auto_x'",
+        ),
+        ({"ent_coef": "auto_0"}, "got 'auto_0'"),
+        ({"ent_coef": -1}, "ent_coef must be a number >= 0, 'auto' or 'auto_<initial value>' such as auto_0.1, got -1.0"),
+        ({"learning_rate": float("inf")}, "learning_rate must be a finite number, got inf"),
+        ({"action_noise": float("nan")}, "action_noise must be a finite number, got nan"),
+        ({"seed": 2**32}, "seed must be in [0, 4294967295] (numpy's seed range), got 4294967296"),
+    ],
+)
 def test_values_that_pass_the_clis_types_are_checked_before_anything_runs(overrides, expected):
     with pytest.raises(HarnessError) as raised:
         resolve_config("fast", "FetchReach-v4", overrides)
@@ -67,7 +74,11 @@ def test_a_dead_tracking_server_is_one_line_and_no_training_starts(tmp_path):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    for args in (["train", *TINY], ["eval", "--ckpt", "0123456789abcdef0123456789abcdef"], ["compare", "--env", "FetchReach-v4"]):
+    for args in (
+        ["train", *TINY],
+        ["eval", "--ckpt", "0123456789abcdef0123456789abcdef"],
+        ["compare", "--env", "FetchReach-v4"],
+    ):
         proc = harness(args, tmp_path, dead)
         one_line_error(proc, f"tracking server {dead} does not answer (connection failed)")
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "runs").exists()
@@ -76,15 +87,19 @@ def test_a_dead_tracking_server_is_one_line_and_no_training_starts(tmp_path):
 def test_stores_that_cannot_be_used_are_named(tmp_path):
     (tmp_path / "dir.db").mkdir()
     (tmp_path / "garbage.db").write_text("not a database")
-    cases = [("dir.db", "is a directory, not an SQLite file"),
-             ("garbage.db", "is not an SQLite database; move it away"),
-             ("garbage.db/sub/mlflow.db", "cannot create tracking store")]
+    cases = [
+        ("dir.db", "is a directory, not an SQLite file"),
+        ("garbage.db", "is not an SQLite database; move it away"),
+        ("garbage.db/sub/mlflow.db", "cannot create tracking store"),
+    ]
     for path, expected in cases:
         proc = harness(["compare", "--env", "FetchReach-v4"], tmp_path, f"sqlite:///{tmp_path / path}")
         one_line_error(proc, expected)
     assert (tmp_path / "garbage.db").read_text() == "not a database"
-    for uri, expected in (("bogus://store", "tracking store bogus://store cannot be used: "),
-                          ("mysql://user@127.0.0.1:1/db", "needs the Python module 'MySQLdb', which is not installed")):
+    for uri, expected in (
+        ("bogus://store", "tracking store bogus://store cannot be used: "),
+        ("mysql://user@127.0.0.1:1/db", "needs the Python module 'MySQLdb', which is not installed"),
+    ):
         one_line_error(harness(["compare", "--env", "FetchReach-v4"], tmp_path, uri), expected)
 
 
@@ -122,12 +137,15 @@ def test_a_damaged_store_is_named_as_damaged_and_no_training_starts_on_it(tmp_pa
         db.write(b"\xff" * 64)
     work = tmp_path / "work"
     work.mkdir()
-    for name, expected in (("cut.db", f"tracking store {tmp_path / 'cut.db'} is damaged: 65536 bytes of the "),
-                           ("bad.db", f"tracking store {tmp_path / 'bad.db'} is damaged (SQLite: On tree page {runs_page}")):
+    for name, expected in (
+        ("cut.db", f"tracking store {tmp_path / 'cut.db'} is damaged: 65536 bytes of the "),
+        ("bad.db", f"tracking store {tmp_path / 'bad.db'} is damaged (SQLite: On tree page {runs_page}"),
+    ):
         before = (tmp_path / name).read_bytes()
         line = one_line_error(harness(["train", *TINY], work, f"sqlite:///{tmp_path / name}"), expected)
-        assert line.endswith("restore it from a backup, or move it away (sqlite3's .recover may save its runs) "
-                             "and start a new store")
+        assert line.endswith(
+            "restore it from a backup, or move it away (sqlite3's .recover may save its runs) and start a new store"
+        )
         assert (tmp_path / name).read_bytes() == before and not any(work.iterdir())  # nothing written anywhere
     one_line_error(harness(["compare", "--env", "FetchReach-v4"], work, f"sqlite:///{tmp_path / 'cut.db'}"), "is damaged")
 
@@ -170,9 +188,14 @@ def test_ctrl_c_while_a_new_store_is_created_leaves_no_half_made_schema(tmp_path
         env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
         # A shell's background job (a CI runner's, `cmd &` in a script) inherits SIGINT ignored, and Python
         # then installs no KeyboardInterrupt handler: Ctrl-C is what a terminal sends, so the test makes one.
-        proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", "compare", "--env", "FetchReach-v4"],
-                                cwd=where, env=env, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "entry_points.cli", "compare", "--env", "FetchReach-v4"],
+            cwd=where,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         building = where / ".mlflow.db.creating"
         deadline = time.time() + 120
         while not building.exists() and proc.poll() is None and time.time() < deadline:
@@ -183,8 +206,9 @@ def test_ctrl_c_while_a_new_store_is_created_leaves_no_half_made_schema(tmp_path
         assert "Traceback" not in stderr and proc.returncode in (1, 130)
         if (where / "mlflow.db").exists():  # too late: the store was built before the signal came
             assert not building.exists()
-            one_line_error(harness(["compare", "--env", "FetchReach-v4"], where, store),
-                           "no finished, evaluated training run")  # and it is whole
+            one_line_error(
+                harness(["compare", "--env", "FetchReach-v4"], where, store), "no finished, evaluated training run"
+            )  # and it is whole
             continue
         assert proc.returncode == 130
         assert stderr.strip().splitlines()[-1] == "harness: interrupted; no MLflow run was open"
@@ -193,8 +217,10 @@ def test_ctrl_c_while_a_new_store_is_created_leaves_no_half_made_schema(tmp_path
         assert not building.exists()
         return
     # Every attempt above still checked that the store it left was whole and usable.
-    pytest.skip("Ctrl-C never landed while the store was being created in 15 attempts (the command built "
-                "the store before the signal arrived); the interrupted-creation branch was not exercised")
+    pytest.skip(
+        "Ctrl-C never landed while the store was being created in 15 attempts (the command built "
+        "the store before the signal arrived); the interrupted-creation branch was not exercised"
+    )
 
 
 def test_two_commands_that_both_found_no_store_build_it_once(tmp_path):
@@ -206,9 +232,17 @@ def test_two_commands_that_both_found_no_store_build_it_once(tmp_path):
     lock_path = tmp_path / "mlflow.db.lock"
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # hold the store's lock until both are waiting on it
-        procs = [subprocess.Popen([sys.executable, "-m", "entry_points.cli", "train", *TINY, "--seed", str(seed)],
-                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for seed in (0, 1)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "entry_points.cli", "train", *TINY, "--seed", str(seed)],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for seed in (0, 1)
+        ]
         inode = f":{os.stat(lock_path).st_ino} "
         deadline = time.time() + 120
         while sum("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines()) < 2:
@@ -229,8 +263,11 @@ def test_a_leftover_mlflow_run_id_never_writes_into_a_finished_run(store, tmp_pa
     run = train_tiny(tmp_path, store)
     before = mlflow.MlflowClient().get_run(run.info.run_id)
     proc = harness(["train", *TINY, "--seed", "1"], tmp_path, store, MLFLOW_RUN_ID=run.info.run_id)
-    one_line_error(proc, f"MLFLOW_RUN_ID={run.info.run_id} names a FINISHED run, not one being started; "
-                         "it is how `mlflow run` hands over the run it starts; unset MLFLOW_RUN_ID")
+    one_line_error(
+        proc,
+        f"MLFLOW_RUN_ID={run.info.run_id} names a FINISHED run, not one being started; "
+        "it is how `mlflow run` hands over the run it starts; unset MLFLOW_RUN_ID",
+    )
     after = mlflow.MlflowClient().get_run(run.info.run_id)
     assert after.data.params == before.data.params and after.data.tags == before.data.tags
     assert len(all_runs()) == 1
@@ -241,10 +278,13 @@ def test_a_leftover_mlflow_run_id_is_refused_before_eval_or_compare_do_anything(
     ckpt = "checkpoints/sac_FetchReach-v4_seed0.zip"
     before = mlflow.MlflowClient().get_run(run.info.run_id)
     leftover = f"MLFLOW_RUN_ID={run.info.run_id} names a FINISHED run, not one being started"
-    one_line_error(harness(["eval", "--ckpt", ckpt, "--n-episodes", "100000"], tmp_path, store,
-                           MLFLOW_RUN_ID=run.info.run_id), leftover)
-    one_line_error(harness(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, store,
-                           MLFLOW_RUN_ID=run.info.run_id), leftover)
+    one_line_error(
+        harness(["eval", "--ckpt", ckpt, "--n-episodes", "100000"], tmp_path, store, MLFLOW_RUN_ID=run.info.run_id), leftover
+    )
+    one_line_error(
+        harness(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, store, MLFLOW_RUN_ID=run.info.run_id),
+        leftover,
+    )
     assert not (tmp_path / "results").exists()
     after = mlflow.MlflowClient().get_run(run.info.run_id)
     assert after.data.metrics == before.data.metrics and after.data.tags == before.data.tags
@@ -262,24 +302,32 @@ def test_inputs_that_used_to_crash_after_the_work_was_done(store, tmp_path):
     client = mlflow.MlflowClient()
     gone = client.create_experiment("gone")
     client.delete_experiment(gone)
-    one_line_error(harness(["train", *TINY, "--experiment", "gone"], tmp_path, store),
-                   f"MLflow experiment 'gone' is deleted in {store}; restore it (mlflow experiments restore --experiment-id {gone})")
+    one_line_error(
+        harness(["train", *TINY, "--experiment", "gone"], tmp_path, store),
+        f"MLflow experiment 'gone' is deleted in {store}; restore it (mlflow experiments restore --experiment-id {gone})",
+    )
     client.delete_run(run.info.run_id)
     # refused before 100,000 episodes (hours), not after them
-    one_line_error(harness(["eval", "--ckpt", ckpt, "--n-episodes", "100000"], tmp_path, store),
-                   f"MLflow run '{run.info.run_id}' is deleted in {store}; restore it first")
+    one_line_error(
+        harness(["eval", "--ckpt", ckpt, "--n-episodes", "100000"], tmp_path, store),
+        f"MLflow run '{run.info.run_id}' is deleted in {store}; restore it first",
+    )
     assert not (tmp_path / "results").exists()
 
 
 def test_checkpoint_files_changed_in_the_store_are_refused_before_unpickling(store, tmp_path):
     run = train_tiny(tmp_path, store)
-    assert run.data.tags["harness.checkpoint_sha256"] == hashlib.sha256(
-        (tmp_path / "checkpoints" / "sac_FetchReach-v4_seed0.zip").read_bytes()).hexdigest()
+    assert (
+        run.data.tags["harness.checkpoint_sha256"]
+        == hashlib.sha256((tmp_path / "checkpoints" / "sac_FetchReach-v4_seed0.zip").read_bytes()).hexdigest()
+    )
     (artifact,) = Path(run.info.artifact_uri.removeprefix("file://")).glob("checkpoint/*.zip")
     with open(artifact, "ab") as f:  # anyone who can write the artifact store could put code here
         f.write(b"\0")
-    one_line_error(harness(["eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint", "--n-episodes", "1"], tmp_path, store),
-                   f"the checkpoint files of run {run.info.run_id} differ from the sha256 recorded on the run at training")
+    one_line_error(
+        harness(["eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint", "--n-episodes", "1"], tmp_path, store),
+        f"the checkpoint files of run {run.info.run_id} differ from the sha256 recorded on the run at training",
+    )
 
 
 class _CreatesFileWhenUnpickled:
@@ -301,29 +349,45 @@ def test_a_pickle_logged_to_a_run_after_its_training_is_refused_unopened(store, 
     mlflow.MlflowClient().log_artifact(run.info.run_id, str(planted), "checkpoint")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    one_line_error(harness(["eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint", "--n-episodes", "1"], tmp_path, store,
-                           TMPDIR=str(scratch)),
-                   f"run {run.info.run_id} records no sha256 for its artifact checkpoint/sac_FetchReach-v4_seed0.vecnormalize.pkl")
+    one_line_error(
+        harness(
+            ["eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint", "--n-episodes", "1"],
+            tmp_path,
+            store,
+            TMPDIR=str(scratch),
+        ),
+        f"run {run.info.run_id} records no sha256 for its artifact checkpoint/sac_FetchReach-v4_seed0.vecnormalize.pkl",
+    )
     assert not marker.exists() and not any(scratch.iterdir())
     # the local files, which the user chose to trust, still load
-    assert harness(["eval", "--ckpt", "checkpoints/sac_FetchReach-v4_seed0.zip", "--n-episodes", "1"],
-                   tmp_path, store).returncode == 0
+    assert (
+        harness(["eval", "--ckpt", "checkpoints/sac_FetchReach-v4_seed0.zip", "--n-episodes", "1"], tmp_path, store).returncode
+        == 0
+    )
 
 
 def metric_histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
     """Every learning metric of a run by step; wall-clock ones (time/, system/, minutes_to) left out."""
     client = mlflow.MlflowClient()
     keys = client.get_run(run_id).data.metrics
-    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in sorted(keys)
-            if not key.startswith(("time/", "system/")) and "minutes_to" not in key}
+    return {
+        key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        for key in sorted(keys)
+        if not key.startswith(("time/", "system/")) and "minutes_to" not in key
+    }
 
 
 def test_sigkill_then_the_same_train_command_resumes_the_same_run_and_ends_as_if_never_killed(store, tmp_path):
     # A checkpoint every 320 steps falls 20 steps into a 50-step episode: the resume continues mid-episode.
     args = ["train", *TINY, "--her", "--total-steps", "1500", "--eval-freq", "500", "--checkpoint-freq", "320"]
     env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entry_points.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     resume_dir = tmp_path / "checkpoints" / "resume"
     deadline = time.time() + 300
     while time.time() < deadline and not any(resume_dir.glob("*/step_*[0-9]")) and proc.poll() is None:
@@ -351,8 +415,13 @@ def test_sigkill_then_the_same_train_command_resumes_the_same_run_and_ends_as_if
 def kill_after_a_checkpoint(args, cwd, store) -> mlflow.entities.Run:
     """Start `harness train`, SIGKILL it once a resumable checkpoint exists; the run it leaves RUNNING."""
     env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entry_points.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     resume_dir = cwd / "checkpoints" / "resume"
     deadline = time.time() + 300
     while time.time() < deadline and not any(resume_dir.glob("*/step_*[0-9]")) and proc.poll() is None:
@@ -367,8 +436,9 @@ RESUMABLE = ["train", *TINY, "--total-steps", "1500", "--checkpoint-freq", "320"
 
 
 @pytest.mark.parametrize("damaged_file, with_manifest", [("training_state.pkl", True), ("model.zip", False)])
-def test_a_damaged_resumable_checkpoint_is_set_aside_and_the_training_starts_anew(store, tmp_path, damaged_file,
-                                                                                  with_manifest):
+def test_a_damaged_resumable_checkpoint_is_set_aside_and_the_training_starts_anew(
+    store, tmp_path, damaged_file, with_manifest
+):
     killed = kill_after_a_checkpoint(RESUMABLE, tmp_path, store)
     (saved,) = (tmp_path / "checkpoints" / "resume" / killed.info.run_id).glob("step_*[0-9]")
     target = saved / damaged_file
@@ -379,15 +449,23 @@ def test_a_damaged_resumable_checkpoint_is_set_aside_and_the_training_starts_ane
         assert failed.returncode == 1 and "Traceback" not in failed.stderr
         *said, line = failed.stderr.strip().splitlines()  # after the "resuming run ..." line
         assert [s for s in said if "error" in s] == [] and line.startswith(
-            f"harness: error: the resumable checkpoint of run {killed.info.run_id} at {saved.name} cannot be loaded")
-        assert line.endswith(f"set aside as checkpoints/resume/{killed.info.run_id}/{saved.name}.damaged; the same "
-                             f"command again starts the training anew; MLflow run {killed.info.run_id} was marked FAILED")
+            f"harness: error: the resumable checkpoint of run {killed.info.run_id} at {saved.name} cannot be loaded"
+        )
+        assert line.endswith(
+            f"set aside as checkpoints/resume/{killed.info.run_id}/{saved.name}.damaged; the same "
+            f"command again starts the training anew; MLflow run {killed.info.run_id} was marked FAILED"
+        )
     proc = run_cli(RESUMABLE, tmp_path, store)
     if with_manifest:
-        assert proc.stderr.count("harness: warning:") == 1 and (
-            f"harness: warning: the resumable checkpoint of run {killed.info.run_id} at {saved.name} is damaged "
-            f"({damaged_file} differs from the sha256 recorded when it was written (cut short or changed)); set aside "
-            f"as checkpoints/resume/{killed.info.run_id}/{saved.name}.damaged; the run is marked FAILED") in proc.stderr
+        assert (
+            proc.stderr.count("harness: warning:") == 1
+            and (
+                f"harness: warning: the resumable checkpoint of run {killed.info.run_id} at {saved.name} is damaged "
+                f"({damaged_file} differs from the sha256 recorded when it was written (cut short or changed)); set aside "
+                f"as checkpoints/resume/{killed.info.run_id}/{saved.name}.damaged; the run is marked FAILED"
+            )
+            in proc.stderr
+        )
     runs = {r.info.run_id: r for r in all_runs()}
     assert runs.pop(killed.info.run_id).info.status == "FAILED"
     (anew,) = runs.values()
@@ -427,8 +505,7 @@ def mounted(*command_sets):
 
 
 def read_only(directory: Path):
-    return mounted(["mount", "--bind", str(directory), str(directory)],
-                   ["mount", "-o", "remount,bind,ro", str(directory)])
+    return mounted(["mount", "--bind", str(directory), str(directory)], ["mount", "-o", "remount,bind,ro", str(directory)])
 
 
 def test_read_only_store_and_directory(store, tmp_path):
@@ -443,17 +520,24 @@ def test_read_only_store_and_directory(store, tmp_path):
     before = db.read_bytes()
     with read_only(db):
         # reading needs no lock file
-        one_line_error(harness(["compare", "--env", "FetchReach-v4", "--seeds", "0"], work, store),
-                       "no finished, evaluated sac training run for (env=FetchReach-v4, her=true, seed=0)")
+        one_line_error(
+            harness(["compare", "--env", "FetchReach-v4", "--seeds", "0"], work, store),
+            "no finished, evaluated sac training run for (env=FetchReach-v4, her=true, seed=0)",
+        )
         for command in (["train", *TINY, "--seed", "1"], ["eval", "--ckpt", ckpt, "--n-episodes", "100000"]):
-            one_line_error(harness(command, work, store),  # refused before the training or the episodes
-                           f"tracking store {db} is read-only ({db} cannot be written): nothing could be logged to it")
+            one_line_error(
+                harness(command, work, store),  # refused before the training or the episodes
+                f"tracking store {db} is read-only ({db} cannot be written): nothing could be logged to it",
+            )
     assert db.read_bytes() == before and results.read_bytes() == evaluated
     with read_only(work):  # nowhere to write results or checkpoints: refused before the episodes run
-        one_line_error(harness(["eval", "--ckpt", "checkpoints/sac_FetchReach-v4_seed0.zip", "--n-episodes", "100000"],
-                               work, store), "cannot write to results/ (Read-only file system)")
-        one_line_error(harness(["train", *TINY, "--seed", "1"], work, store),
-                       "cannot write to checkpoints/ (Read-only file system)")
+        one_line_error(
+            harness(["eval", "--ckpt", "checkpoints/sac_FetchReach-v4_seed0.zip", "--n-episodes", "100000"], work, store),
+            "cannot write to results/ (Read-only file system)",
+        )
+        one_line_error(
+            harness(["train", *TINY, "--seed", "1"], work, store), "cannot write to checkpoints/ (Read-only file system)"
+        )
     assert [r.info.status for r in all_runs()] == ["FINISHED"]
 
 

@@ -70,9 +70,13 @@ def test_future_sampling_agrees_with_sb3_her_replay_buffer(reach_episodes):
     exact = lab.exact_future_success_probability(episodes, compute_reward)
     sb3_share, n_relabeled = lab.sb3_relabeled_success_share(episodes, "FetchReach-v4", k=k, batch_size=batch, seed=1)
     rng = np.random.default_rng(1)
-    lab_relabeled = [lab.relabel_transition(tr, g, compute_reward)
-                     for _ in range(20) for ep in episodes for t, tr in enumerate(ep)
-                     for g in lab.sample_goals(ep, t, k, "future", rng)]
+    lab_relabeled = [
+        lab.relabel_transition(tr, g, compute_reward)
+        for _ in range(20)
+        for ep in episodes
+        for t, tr in enumerate(ep)
+        for g in lab.sample_goals(ep, t, k, "future", rng)
+    ]
     lab_share = lab.success_share(lab_relabeled)
     se = math.sqrt(exact * (1 - exact) / n_relabeled)
     assert abs(sb3_share - exact) < 4 * se, (sb3_share, exact, se)
@@ -98,14 +102,22 @@ def test_the_chapters_module_form_runs_without_the_harness_cli(tmp_path):
     import subprocess
     import sys
 
-    probe = ("import sys, runpy; sys.argv = ['her_relabeler', '--verify', '--episodes', '5']\n"
-             "try:\n    runpy.run_module('harness.labs.her_relabeler', run_name='__main__')\n"
-             "except SystemExit as stop:\n    print('exit', stop.code)\n"
-             "print('cli loaded:', any(name.startswith(('entry_points', 'click')) for name in sys.modules))")
+    probe = (
+        "import sys, runpy; sys.argv = ['her_relabeler', '--verify', '--episodes', '5']\n"
+        "try:\n    runpy.run_module('harness.labs.her_relabeler', run_name='__main__')\n"
+        "except SystemExit as stop:\n    print('exit', stop.code)\n"
+        "print('cli loaded:', any(name.startswith(('entry_points', 'click')) for name in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert "6 passed, 0 failed" in proc.stdout, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-2:] == ["exit 0", "cli loaded: False"]
-    bad = subprocess.run([sys.executable, "-m", "harness.labs.her_relabeler", "--demo", "--episodes", "0"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "harness.labs.her_relabeler", "--demo", "--episodes", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
-        "python -m harness.labs.her_relabeler: error: argument --episodes: expected an integer >= 1, got '0'")
+        "python -m harness.labs.her_relabeler: error: argument --episodes: expected an integer >= 1, got '0'"
+    )

@@ -7,10 +7,34 @@ import harness
 
 # The stages in the order a run goes through them (docs/architecture.md lists the same order).
 STAGES = [
-    "errors", "credentials", "identity", "provenance", "config", "envs", "seeding", "algorithms", "replay", "views", "tracking", "server",
-    "checkpoints", "resume", "evaluation", "training", "statistics", "comparison",
-    "pipelines.plan", "pipelines.overview", "pipelines.execute", "pipelines.report", "pipelines", "reproduce",
-    "registry", "registry_model", "labs", "labs.her_relabeler",
+    "errors",
+    "credentials",
+    "identity",
+    "provenance",
+    "config",
+    "envs",
+    "seeding",
+    "algorithms",
+    "replay",
+    "views",
+    "tracking",
+    "server",
+    "checkpoints",
+    "resume",
+    "evaluation",
+    "training",
+    "statistics",
+    "comparison",
+    "pipelines.plan",
+    "pipelines.overview",
+    "pipelines.execute",
+    "pipelines.report",
+    "pipelines",
+    "reproduce",
+    "registry",
+    "registry_model",
+    "labs",
+    "labs.her_relabeler",
 ]
 PACKAGE = Path(harness.__file__).parent
 
@@ -65,13 +89,23 @@ def test_tag_keys_are_spelled_only_in_identity():
         if path == PACKAGE / "identity.py":
             continue
         tree = ast.parse(path.read_text())
-        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                      and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
-                    and node.value.startswith(("harness.", "mlflow.")) and " " not in node.value
-                    and not is_module(node.value)):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and node.value.startswith(("harness.", "mlflow."))
+                and " " not in node.value
+                and not is_module(node.value)
+            ):
                 offenders.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
     assert offenders == [], "tag keys belong in harness/identity.py: " + "; ".join(offenders)
 

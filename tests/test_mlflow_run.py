@@ -10,15 +10,32 @@ import mlflow
 
 from tests.conftest import PROJECT_ROOT, all_runs, clean_env
 
-TINY_PARAMS = ["-P", "total_steps=300", "-P", "learning_starts=100", "-P", "eval_freq=150", "-P", "eval_episodes=2",
-               "-P", "preset=fast", "-P", "threads=1"]
+TINY_PARAMS = [
+    "-P",
+    "total_steps=300",
+    "-P",
+    "learning_starts=100",
+    "-P",
+    "eval_freq=150",
+    "-P",
+    "eval_episodes=2",
+    "-P",
+    "preset=fast",
+    "-P",
+    "threads=1",
+]
 
 
 def mlflow_run(project: Path, store: str, *args: str):
     env = clean_env(store)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` is this venv's
-    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 

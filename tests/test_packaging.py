@@ -30,17 +30,28 @@ def test_conda_yaml_pins_the_same_dependencies_as_pyproject():
 def test_every_package_is_installed_by_a_non_editable_install():
     """setuptools lists packages explicitly: a new subpackage left out would be missing from a wheel or an image."""
     listed = set(tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(PROJECT_ROOT).parts) for top in ("harness", "entry_points")
-             for p in (PROJECT_ROOT / top).rglob("__init__.py")}
+    found = {
+        ".".join(p.parent.relative_to(PROJECT_ROOT).parts)
+        for top in ("harness", "entry_points")
+        for p in (PROJECT_ROOT / top).rglob("__init__.py")
+    }
     found |= {".".join(p.relative_to(PROJECT_ROOT).parts) for p in (PROJECT_ROOT / "harness").rglob("presets")}
     assert found <= listed, f"packages missing from pyproject.toml's [tool.setuptools] packages: {sorted(found - listed)}"
 
 
 def test_mlproject_parameters_map_onto_cli_options():
     project = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
-    commands = {"train": train_command, "eval": eval_command, "compare": compare_command, "her-lab": lab_command,
-                "reach-all": reach_all_command, "push-all": push_all_command, "experiment": experiment_command,
-                "ablation": ablation_command, "reproduce": reproduce_command}
+    commands = {
+        "train": train_command,
+        "eval": eval_command,
+        "compare": compare_command,
+        "her-lab": lab_command,
+        "reach-all": reach_all_command,
+        "push-all": push_all_command,
+        "experiment": experiment_command,
+        "ablation": ablation_command,
+        "reproduce": reproduce_command,
+    }
     for name, command in commands.items():
         entry = project["entry_points"][name]
         options = {opt for p in command.params for opt in p.opts}
@@ -54,8 +65,11 @@ def test_mlproject_parameters_map_onto_cli_options():
 
 
 def test_ci_runs_the_readme_test_command():
-    ci = [line for line in (PROJECT_ROOT / ".ci" / "run").read_text().splitlines()
-          if line.strip() and not line.lstrip().startswith("#")]
+    ci = [
+        line
+        for line in (PROJECT_ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     assert ci[-1].strip() == "make test"  # CI ends by running it, with `set -e` before
     assert "set -euo pipefail" in ci
     readme = (PROJECT_ROOT / "README.md").read_text()
@@ -79,14 +93,28 @@ def test_the_readme_is_short_and_every_link_of_the_docs_resolves():
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["experiment", "--help"],
-                                  ["train", "--set", "gama=0.9"], ["compare", "--env", "FetchPush-v4", "--seeds", "a"],
-                                  ["ablation", "--nsg-values", "2,x"], ["register"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["experiment", "--help"],
+        ["train", "--set", "gama=0.9"],
+        ["compare", "--env", "FetchPush-v4", "--seeds", "a"],
+        ["ablation", "--nsg-values", "2,x"],
+        ["register"],
+    ],
+)
 def test_help_and_bad_values_answer_without_importing_torch_sb3_or_mlflow(args):
     """What makes `harness --help` take seconds is importing torch, SB3 and MLflow (several seconds of CPU);
     help and values that need no store or model are answered before any of them is imported."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "entry_points.cli", *args], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "entry_points.cli", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert imported, proc.stderr
     assert not imported & {"torch", "stable_baselines3", "mlflow", "gymnasium"}, args

@@ -10,9 +10,17 @@ from harness.provenance import code_version
 
 def stored_run(client, experiment_id, job, status, **tags):
     """A training run as a pipeline's worker leaves it: same config hash, code version and run name."""
-    run = client.create_run(experiment_id, tags={
-        "harness.kind": "train", "harness.config_hash": job.config.config_hash, "mlflow.runName": job.run_name,
-        "harness.code_version": code_version(), **job.identity.tags(), **tags})
+    run = client.create_run(
+        experiment_id,
+        tags={
+            "harness.kind": "train",
+            "harness.config_hash": job.config.config_hash,
+            "mlflow.runName": job.run_name,
+            "harness.code_version": code_version(),
+            **job.identity.tags(),
+            **tags,
+        },
+    )
     if status != "RUNNING":
         client.set_terminated(run.info.run_id, status)
     return run.info.run_id
@@ -20,23 +28,34 @@ def stored_run(client, experiment_id, job, status, **tags):
 
 def test_plan_reuses_evaluates_resumes_or_trains(store, tmp_path):
     jobs = chapter_jobs("FetchReach-v4", [0, 1], "fast", {"total_steps": 300}, n_eval_episodes=5)
-    assert [job.run_name for job in jobs] == ["sac_FetchReach-v4_seed0", "sac_FetchReach-v4_seed1",
-                                              "sac_her_FetchReach-v4_seed0", "sac_her_FetchReach-v4_seed1"]
+    assert [job.run_name for job in jobs] == [
+        "sac_FetchReach-v4_seed0",
+        "sac_FetchReach-v4_seed1",
+        "sac_her_FetchReach-v4_seed0",
+        "sac_her_FetchReach-v4_seed1",
+    ]
     client = mlflow.MlflowClient()
     experiment_id = client.create_experiment("plan")
     reusable = stored_run(client, experiment_id, jobs[0], "FINISHED", **{"harness.eval_episodes": "5"})
-    stored_run(client, experiment_id, jobs[0], "FINISHED", **{"harness.eval_episodes": "3"})  # scored on 3 episodes: not this plan's
+    stored_run(
+        client, experiment_id, jobs[0], "FINISHED", **{"harness.eval_episodes": "3"}
+    )  # scored on 3 episodes: not this plan's
     scored_otherwise = stored_run(client, experiment_id, jobs[1], "FINISHED", **{"harness.eval_episodes": "3"})
     killed = stored_run(client, experiment_id, jobs[2], "KILLED")
     (tmp_path / "checkpoints" / "resume" / killed / "step_000000000150").mkdir(parents=True)
     (tmp_path / "checkpoints" / "resume" / killed / "step_000000000300.tmp").mkdir()  # half-written: not picked
     stored_run(client, experiment_id, jobs[3], "FAILED")  # nothing to resume from
-    stored_run(client, experiment_id, jobs[3], "FINISHED", **{"harness.code_version": "other",
-                                                              "harness.eval_episodes": "5"})  # other code
+    stored_run(
+        client, experiment_id, jobs[3], "FINISHED", **{"harness.code_version": "other", "harness.eval_episodes": "5"}
+    )  # other code
 
     planned = plan(jobs, [experiment_id])
     assert [(p.action, p.run_id) for p in planned] == [
-        ("reuse", reusable), ("evaluate", scored_otherwise), ("resume", killed), ("train", None)]
+        ("reuse", reusable),
+        ("evaluate", scored_otherwise),
+        ("resume", killed),
+        ("train", None),
+    ]
 
     # another config (more steps) is another training: nothing of the above is reused for it
     longer = chapter_jobs("FetchReach-v4", [0], "fast", {"total_steps": 600}, n_eval_episodes=5)

@@ -12,8 +12,18 @@ import pytest
 
 from tests.conftest import all_runs, clean_env, run_cli
 
-TINY_PIPELINE = ["--preset", "fast", "--total-steps", "300", "--learning-starts", "100", "--eval-freq", "150",
-                 "--n-eval-episodes", "3"]
+TINY_PIPELINE = [
+    "--preset",
+    "fast",
+    "--total-steps",
+    "300",
+    "--learning-starts",
+    "100",
+    "--eval-freq",
+    "150",
+    "--n-eval-episodes",
+    "3",
+]
 
 
 def runs_by_kind(kind):
@@ -37,14 +47,22 @@ def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_
     assert kinds == ["compare"] + ["eval"] * 4 + ["train"] * 4
     assert all(r.info.status == "FINISHED" for r in children)
     trains = {r.info.run_name: r for r in children if r.data.tags["harness.kind"] == "train"}
-    assert sorted(trains) == ["sac_FetchReach-v4_seed0", "sac_FetchReach-v4_seed1",
-                              "sac_her_FetchReach-v4_seed0", "sac_her_FetchReach-v4_seed1"]
+    assert sorted(trains) == [
+        "sac_FetchReach-v4_seed0",
+        "sac_FetchReach-v4_seed1",
+        "sac_her_FetchReach-v4_seed0",
+        "sac_her_FetchReach-v4_seed1",
+    ]
     assert all(r.data.tags["harness.torch_threads"] == "1" for r in trains.values())
     from harness.algorithms import resolve_device
 
     assert {r.data.tags["harness.device"] for r in trains.values()} == {resolve_device("auto")}  # the CPU here
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
-    assert {"ch04_fetchreach-v4_report.md", "ch04_fetchreach-v4_comparison.png", "ch04_fetchreach-v4_comparison.json"} <= artifacts
+    assert {
+        "ch04_fetchreach-v4_report.md",
+        "ch04_fetchreach-v4_comparison.png",
+        "ch04_fetchreach-v4_comparison.json",
+    } <= artifacts
     report = (tmp_path / "results" / "ch04_fetchreach-v4_report.md").read_text()
     assert "| Success Rate |" in report and "![eval success](ch04_fetchreach-v4_comparison.png)" in report
     # the statistics and the chapter's verdict follow the table, in the report and on the parent run's page
@@ -63,10 +81,24 @@ def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_
 
 def test_sigterm_stops_the_pipeline_at_once_and_leaves_nothing_running(store, tmp_path):
     """SIGTERM (or Ctrl-C) stops the running trainings and starts none of the queued ones."""
-    args = [sys.executable, "-m", "entry_points.cli", "reach-all", "--seeds", "0,1", "--workers", "2",
-            *TINY_PIPELINE, "--total-steps", "100000", "--eval-freq", "400"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=clean_env(store), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "entry_points.cli",
+        "reach-all",
+        "--seeds",
+        "0,1",
+        "--workers",
+        "2",
+        *TINY_PIPELINE,
+        "--total-steps",
+        "100000",
+        "--eval-freq",
+        "400",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=clean_env(store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline and len([r for r in runs_by_kind("train") if r.data.metrics]) < 2:
         time.sleep(0.5)  # both workers are training
@@ -79,10 +111,26 @@ def test_sigterm_stops_the_pipeline_at_once_and_leaves_nothing_running(store, tm
 
 
 def test_sigkill_at_any_moment_then_rerun_completes(store, tmp_path):
-    args = [sys.executable, "-m", "entry_points.cli", "reach-all", "--seeds", "0,1", "--workers", "2",
-            *TINY_PIPELINE, "--total-steps", "1200", "--eval-freq", "400", "--checkpoint-freq", "300"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=clean_env(store), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "entry_points.cli",
+        "reach-all",
+        "--seeds",
+        "0,1",
+        "--workers",
+        "2",
+        *TINY_PIPELINE,
+        "--total-steps",
+        "1200",
+        "--eval-freq",
+        "400",
+        "--checkpoint-freq",
+        "300",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=clean_env(store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     resume_dir = tmp_path / "checkpoints" / "resume"
     deadline = time.time() + 300
     while time.time() < deadline and not any(resume_dir.glob("*/step_*[0-9]")):
@@ -97,8 +145,12 @@ def test_sigkill_at_any_moment_then_rerun_completes(store, tmp_path):
     runs = all_runs()
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     finished = [r for r in runs if r.data.tags.get("harness.kind") == "train" and r.info.status == "FINISHED"]
-    assert sorted(r.info.run_name for r in finished) == ["sac_FetchReach-v4_seed0", "sac_FetchReach-v4_seed1",
-                                                          "sac_her_FetchReach-v4_seed0", "sac_her_FetchReach-v4_seed1"]
+    assert sorted(r.info.run_name for r in finished) == [
+        "sac_FetchReach-v4_seed0",
+        "sac_FetchReach-v4_seed1",
+        "sac_her_FetchReach-v4_seed0",
+        "sac_her_FetchReach-v4_seed1",
+    ]
     (parent,) = runs_by_kind("pipeline")  # the same parent run, continued
     assert parent.info.status == "FINISHED"
     assert "resume" in json.loads(parent.data.tags["harness.actions"]).values()
@@ -113,27 +165,36 @@ def test_sigkill_at_any_moment_then_rerun_completes(store, tmp_path):
 
 def test_reach_all_through_ray(store, tmp_path):
     pytest.importorskip("ray", reason="Ray is part of the test extra: pip install -e '.[test]'")
-    run_cli(["reach-all", "--seeds", "0", "--executor", "ray", "--workers", "2", *TINY_PIPELINE],
-            tmp_path, store, timeout=600)
+    run_cli(["reach-all", "--seeds", "0", "--executor", "ray", "--workers", "2", *TINY_PIPELINE], tmp_path, store, timeout=600)
     (parent,) = runs_by_kind("pipeline")
     assert parent.info.status == "FINISHED" and parent.data.tags["harness.executor"] == "ray"
     assert parent.data.tags["harness.workers"] == "2"
     trains = runs_by_kind("train")
     assert sorted(r.info.run_name for r in trains) == ["sac_FetchReach-v4_seed0", "sac_her_FetchReach-v4_seed0"]
-    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["harness.evaluated"] == "true"
-               and r.data.tags["harness.torch_threads"] == "1" for r in trains)
+    assert all(
+        r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        and r.data.tags["harness.evaluated"] == "true"
+        and r.data.tags["harness.torch_threads"] == "1"
+        for r in trains
+    )
 
 
 def test_ablation_table_across_values(store, tmp_path):
-    proc = run_cli(["ablation", "--env", "FetchReach-v4", "--nsg-values", "2,4", "--seed", "0", *TINY_PIPELINE],
-                   tmp_path, store, timeout=600)
+    proc = run_cli(
+        ["ablation", "--env", "FetchReach-v4", "--nsg-values", "2,4", "--seed", "0", *TINY_PIPELINE],
+        tmp_path,
+        store,
+        timeout=600,
+    )
     assert "IQM [bootstrap 95% CI]" in proc.stdout and "Do-nothing floor (zero actions" in proc.stdout
     (parent,) = runs_by_kind("pipeline")
     report = json.loads((tmp_path / "results" / "ch04_fetchreach-v4_ablation_nsg.json").read_text())
     assert sorted(report["rows"]) == ["2", "4"] and report["nsg_values"] == [2, 4]
     client = mlflow.MlflowClient()
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"ch04_fetchreach-v4_ablation_nsg.json",
-                                                                           "ch04_fetchreach-v4_ablation_nsg.md"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "ch04_fetchreach-v4_ablation_nsg.json",
+        "ch04_fetchreach-v4_ablation_nsg.md",
+    }
     assert "| 2 |" in parent.data.tags["mlflow.note.content"] and "| 4 |" in parent.data.tags["mlflow.note.content"]
     (floor,) = runs_by_kind("floor")
     assert floor.data.tags["harness.env"] == "FetchReach-v4" and floor.info.status == "FINISHED"
@@ -148,8 +209,25 @@ def test_ablation_table_across_values(store, tmp_path):
 
 def test_experiment_runs_the_chapters_pipeline_on_any_fetch_task(store, tmp_path):
     # the fast preset's PickAndPlace section: 16 envs, so HER can sample once 800 steps (one episode per env) are in
-    run_cli(["experiment", "--env", "FetchPickAndPlace-v4", "--seeds", "0", "--workers", "2", *TINY_PIPELINE,
-             "--total-steps", "1600", "--learning-starts", "800"], tmp_path, store, timeout=600)
+    run_cli(
+        [
+            "experiment",
+            "--env",
+            "FetchPickAndPlace-v4",
+            "--seeds",
+            "0",
+            "--workers",
+            "2",
+            *TINY_PIPELINE,
+            "--total-steps",
+            "1600",
+            "--learning-starts",
+            "800",
+        ],
+        tmp_path,
+        store,
+        timeout=600,
+    )
     (parent,) = runs_by_kind("pipeline")
     assert planned(parent)["train"] == 2
     assert parent.info.status == "FINISHED" and parent.data.tags["harness.pipeline"] == "experiment"
@@ -164,10 +242,17 @@ def test_experiment_runs_the_chapters_pipeline_on_any_fetch_task(store, tmp_path
 
 
 def test_pipeline_bad_input(store, tmp_path):
-    for args, expected in ((["ablation", "--nsg-values", "2,x"], "'2,x' is not a comma-separated list of integers"),
-                           (["reach-all", "--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1"),
-                           (["ablation", "--seed", "0", "--seeds", "1,2"], "give --seed or --seeds, not both"),
-                           (["experiment", "--env", "Pendulum-v1"], "--her needs a goal-conditioned env"),
-                           (["experiment", "--seeds", "0"], "Missing option '--env'")):
+    for args, expected in (
+        (["ablation", "--nsg-values", "2,x"], "'2,x' is not a comma-separated list of integers"),
+        (["reach-all", "--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1"),
+        (["ablation", "--seed", "0", "--seeds", "1,2"], "give --seed or --seeds, not both"),
+        (["experiment", "--env", "Pendulum-v1"], "--her needs a goal-conditioned env"),
+        (["experiment", "--seeds", "0"], "Missing option '--env'"),
+    ):
         proc = run_cli(args, tmp_path, store, check=False)
-        assert proc.returncode != 0 and "Traceback" not in proc.stderr and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert (
+            proc.returncode != 0
+            and "Traceback" not in proc.stderr
+            and expected in proc.stderr
+            and len(proc.stderr.strip().splitlines()) == 1
+        )

@@ -81,8 +81,9 @@ def test_pyfunc_predicts_in_a_fresh_process(registry_store):
         "except Exception as exc:\n"
         "    print('rejected:', exc)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=clean_env(uri), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, env=clean_env(uri), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[-3:-1] == ["(3, 4) True", "(4,) True"]
@@ -133,8 +134,11 @@ def test_plain_weights_rebuild_the_same_policy_without_unpickling(tmp_path, algo
     from harness.envs import make_env
     from harness.training import build_env, build_model
 
-    config = resolve_config("fast", "FetchReach-v4", {"algo": algo, "her": True, "n_envs": 1, "total_steps": 100,
-                                                      "normalize_obs": True, "net_arch": [32, 16]})
+    config = resolve_config(
+        "fast",
+        "FetchReach-v4",
+        {"algo": algo, "her": True, "n_envs": 1, "total_steps": 100, "normalize_obs": True, "net_arch": [32, 16]},
+    )
     env, vecnormalize = build_env(config)
     model = build_model(config, env, configure(None, []))
     vecnormalize.reset()

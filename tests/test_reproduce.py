@@ -50,13 +50,19 @@ def test_the_comparison_names_a_different_precision_and_cpu_class(trained):
     elsewhere = mlflow.MlflowClient().get_run(original.info.run_id)
     other_class = "AVX512" if original.data.tags["harness.cpu_capability"] == "AVX2" else "AVX2"
     native = original.data.tags["harness.native_bf16"]
-    elsewhere.data.tags.update({"harness.precision": "bf16" if native == "false" else "fp32",
-                                "harness.cpu_capability": other_class,
-                                "harness.native_bf16": "true" if native == "false" else "false"})
+    elsewhere.data.tags.update(
+        {
+            "harness.precision": "bf16" if native == "false" else "fp32",
+            "harness.cpu_capability": other_class,
+            "harness.native_bf16": "true" if native == "false" else "false",
+        }
+    )
     differences = compare_runs(original, elsewhere, 300)["environment_differences"]
     assert set(differences) == {"precision", "cpu_capability", "native_bf16"}
-    assert differences["cpu_capability"] == {"original": original.data.tags["harness.cpu_capability"],
-                                             "reproduction": other_class}
+    assert differences["cpu_capability"] == {
+        "original": original.data.tags["harness.cpu_capability"],
+        "reproduction": other_class,
+    }
 
 
 def test_steps_re_makes_only_the_start(trained):
@@ -67,8 +73,10 @@ def test_steps_re_makes_only_the_start(trained):
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(newest.info.run_id, "eval/success_rate")]
     assert steps == [150]  # trained and evaluated up to 150 only; not scored on the final episodes
     bad = run_cli(["reproduce", original.info.run_id, "--steps", "301"], cwd, uri, check=False)
-    assert bad.returncode == 1 and bad.stderr.strip() == \
-        "harness: error: --steps must be between 1 and the run's total_steps (300), got 301"
+    assert (
+        bad.returncode == 1
+        and bad.stderr.strip() == "harness: error: --steps must be between 1 and the run's total_steps (300), got 301"
+    )
 
 
 def test_a_run_from_a_dirty_tree_reproduces_from_its_commit_and_diff(tmp_path, store):
@@ -79,8 +87,14 @@ def test_a_run_from_a_dirty_tree_reproduces_from_its_commit_and_diff(tmp_path, s
         source.write("\n# an uncommitted change\n")
     work.mkdir()
     env = {**clean_env(store), "PYTHONPATH": str(repo)}
-    trained = subprocess.run([sys.executable, "-m", "entry_points.cli", "train", "--seed", "4", "--threads", "1", *TINY],
-                             cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    trained = subprocess.run(
+        [sys.executable, "-m", "entry_points.cli", "train", "--seed", "4", "--threads", "1", *TINY],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert trained.returncode == 0, trained.stderr
     (original,) = all_runs()
     assert original.data.tags["harness.git_dirty"] == "true"
@@ -93,7 +107,8 @@ def test_a_run_from_a_dirty_tree_reproduces_from_its_commit_and_diff(tmp_path, s
     assert refused.stderr.strip().splitlines() == [
         f"harness: error: run {original.info.run_id} was made from commit {commit} plus uncommitted changes; re-making "
         "it runs its logged git.diff (above: 1 file(s), harness/seeding.py), which anyone who can log to this store "
-        "could have written; read it, then pass --apply-diff to run it"]
+        "could have written; read it, then pass --apply-diff to run it"
+    ]
     assert len(all_runs()) == 1
     proc = run_cli(["reproduce", original.info.run_id, "--apply-diff"], tmp_path, store, timeout=600)
     assert f"re-made with worktree at {commit} + its logged diff" in proc.stdout and "**identical**" in proc.stdout
@@ -108,8 +123,7 @@ def recorded_run(tags: dict) -> str:
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name("records") or client.get_experiment(client.create_experiment("records"))
     run = client.create_run(experiment.experiment_id, tags={"harness.kind": "train", **tags})
-    client.log_dict(run.info.run_id, resolve_config("fast", "FetchReach-v4", {"total_steps": 300}).to_dict(),
-                    "config.json")
+    client.log_dict(run.info.run_id, resolve_config("fast", "FetchReach-v4", {"total_steps": 300}).to_dict(), "config.json")
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
@@ -119,7 +133,8 @@ def test_what_cannot_be_reproduced_is_one_line(store, tmp_path):
     proc = run_cli(["reproduce", missing], tmp_path, store, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         f"harness: error: commit ffffffffffff of run {missing} is not in this repository ({PROJECT_ROOT}); "
-        "fetch it (git fetch --unshallow, or from the repository it came from)"]
+        "fetch it (git fetch --unshallow, or from the repository it came from)"
+    ]
     head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = recorded_run({"harness.git_commit": head, "harness.git_dirty": "true", "harness.code_version": head + "+dirty.0"})
     proc = run_cli(["reproduce", dirty], tmp_path, store, check=False)

@@ -28,8 +28,25 @@ from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
-PIPELINE = ["push-all", "--seeds", "0", "--preset", "fast", "--learning-starts", "800", "--eval-freq", "1600",
-            "--checkpoint-freq", "800", "--n-eval-episodes", "2", "--workers", "2", "--executor", "ray"]
+PIPELINE = [
+    "push-all",
+    "--seeds",
+    "0",
+    "--preset",
+    "fast",
+    "--learning-starts",
+    "800",
+    "--eval-freq",
+    "1600",
+    "--checkpoint-freq",
+    "800",
+    "--n-eval-episodes",
+    "2",
+    "--workers",
+    "2",
+    "--executor",
+    "ray",
+]
 
 
 def python_bin(name: str) -> str:
@@ -40,7 +57,7 @@ def python_bin(name: str) -> str:
 def tracking_server(auth: bool = False):
     try:
         server.postgres_bin()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.skip(f"{exc}")
     base = Path(tempfile.mkdtemp(prefix="harness-stack-"))  # under /tmp: PostgreSQL's own user must reach it
     os.chmod(base, 0o755)
@@ -58,25 +75,63 @@ def tracking_server(auth: bool = False):
 def ray_cluster(base: Path, cpus_per_node: int):
     """A head and a second node (``ray start ... --block`` in their own sessions, so each is killed whole)."""
     port = server.free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_health_check_period_ms": "1000",
-           "RAY_health_check_failure_threshold": "3"}
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus_per_node), "--object-store-memory", "80000000",
-              "--disable-usage-stats", "--block"]
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_health_check_period_ms": "1000",
+        "RAY_health_check_failure_threshold": "3",
+    }
+    common = [
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        str(cpus_per_node),
+        "--object-store-memory",
+        "80000000",
+        "--disable-usage-stats",
+        "--block",
+    ]
     nodes = {}
     started = time.perf_counter()
     try:
-        for name, args in (("head", ["--head", "--port", str(port), "--include-dashboard", "false",
-                                     "--ray-client-server-port", str(server.free_port()),
-                                     "--temp-dir", str(base / "ray")]),
-                           ("node2", ["--address", f"127.0.0.1:{port}"])):
+        for name, args in (
+            (
+                "head",
+                [
+                    "--head",
+                    "--port",
+                    str(port),
+                    "--include-dashboard",
+                    "false",
+                    "--ray-client-server-port",
+                    str(server.free_port()),
+                    "--temp-dir",
+                    str(base / "ray"),
+                ],
+            ),
+            ("node2", ["--address", f"127.0.0.1:{port}"]),
+        ):
             workdir = base / name
             workdir.mkdir()
             nodes[name] = subprocess.Popen(
-                [python_bin("ray"), "start", *args, *common, "--dashboard-agent-listen-port", str(server.free_port()),
-                 "--metrics-export-port", str(server.free_port())],
-                cwd=workdir, env=env, stdout=open(base / f"{name}.log", "w"), stderr=subprocess.STDOUT,
-                start_new_session=True)
+                [
+                    python_bin("ray"),
+                    "start",
+                    *args,
+                    *common,
+                    "--dashboard-agent-listen-port",
+                    str(server.free_port()),
+                    "--metrics-export-port",
+                    str(server.free_port()),
+                ],
+                cwd=workdir,
+                env=env,
+                stdout=open(base / f"{name}.log", "w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             if name == "head":
                 wait_for(lambda: "Ray runtime started" in (base / "head.log").read_text(), 120, "the Ray head to start")
         wait_for(lambda: alive_nodes(env, port) == 2, 120, "two live Ray nodes")
@@ -94,8 +149,9 @@ def ray_cluster(base: Path, cpus_per_node: int):
 
 
 def alive_nodes(env: dict, port: int) -> int:
-    script = f"import ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); " \
-             "print(sum(n['Alive'] for n in ray.nodes()))"
+    script = (
+        f"import ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
+    )
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
 
@@ -116,8 +172,9 @@ def rest(stack, method: str, endpoint: str, **kwargs):
 
 def runs_of(stack, experiment_name: str) -> list[dict]:
     experiment = rest(stack, "GET", "experiments/get-by-name", params={"experiment_name": experiment_name})
-    found = rest(stack, "POST", "runs/search", json={"experiment_ids": [experiment["experiment"]["experiment_id"]],
-                                                      "max_results": 1000})
+    found = rest(
+        stack, "POST", "runs/search", json={"experiment_ids": [experiment["experiment"]["experiment_id"]], "max_results": 1000}
+    )
     return found.get("runs", [])
 
 
@@ -132,16 +189,34 @@ def trainings(runs: list[dict]) -> list[dict]:
 def pipeline(stack, ray_env, address, driver: Path, experiment: str, steps: int):
     env = {k: v for k, v in ray_env.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=stack.tracking_uri, PYTHONPATH=str(PROJECT_ROOT))
-    return subprocess.Popen([sys.executable, "-m", "entry_points.cli", *PIPELINE, "--ray-address", address,
-                             "--total-steps", str(steps), "--experiment", experiment],
-                            cwd=driver, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "entry_points.cli",
+            *PIPELINE,
+            "--ray-address",
+            address,
+            "--total-steps",
+            str(steps),
+            "--experiment",
+            experiment,
+        ],
+        cwd=driver,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_push_all_on_a_postgres_tracking_server_and_a_two_node_ray_cluster_survives_losing_a_node():
     pytest.importorskip("ray", reason="Ray is part of the test extra: pip install -e '.[test]'")
     pytest.importorskip("psycopg", reason="psycopg is part of the test extra: pip install -e '.[test]'")
-    with tracking_server() as (stack, base), ray_cluster(base, cpus_per_node=max(1, (os.cpu_count() or 2) // 2)) as (
-            ray_env, address, nodes):
+    with (
+        tracking_server() as (stack, base),
+        ray_cluster(base, cpus_per_node=max(1, (os.cpu_count() or 2) // 2)) as (ray_env, address, nodes),
+    ):
         driver = base / "driver"
         driver.mkdir()
 
@@ -154,12 +229,18 @@ def test_push_all_on_a_postgres_tracking_server_and_a_two_node_ray_cluster_survi
         runs = runs_of(stack, "stack")
         assert runs and all(r["info"]["status"] == "FINISHED" for r in runs)
         trained = trainings(runs)
-        assert sorted((tags(r)["harness.condition"], tags(r)["harness.seed"]) for r in trained) == [("HER", "0"), ("no-HER", "0")]
+        assert sorted((tags(r)["harness.condition"], tags(r)["harness.seed"]) for r in trained) == [
+            ("HER", "0"),
+            ("no-HER", "0"),
+        ]
         assert any(tags(r).get("harness.kind") == "compare" for r in runs)
         for run in trained:  # the checkpoint comes back over HTTP, and no resumable one was left behind
             name = tags(run)["mlflow.runName"]
-            artifact = requests.get(f"{stack.tracking_uri}/get-artifact", timeout=30,
-                                    params={"path": f"checkpoint/{name}.zip", "run_uuid": run["info"]["run_id"]})
+            artifact = requests.get(
+                f"{stack.tracking_uri}/get-artifact",
+                timeout=30,
+                params={"path": f"checkpoint/{name}.zip", "run_uuid": run["info"]["run_id"]},
+            )
             assert artifact.status_code == 200 and artifact.content[:2] == b"PK"
             listed = rest(stack, "GET", "artifacts/list", params={"run_id": run["info"]["run_id"]})
             assert "resume" not in {f["path"] for f in listed.get("files", [])}
@@ -169,21 +250,29 @@ def test_push_all_on_a_postgres_tracking_server_and_a_two_node_ray_cluster_survi
         # a run a Ray worker made re-makes identically from the server's record
         (her_run,) = [r for r in trained if tags(r)["harness.condition"] == "HER"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        reproduced = subprocess.run([sys.executable, "-m", "entry_points.cli", "reproduce", her_run["info"]["run_id"]],
-                                    cwd=driver, env={**env, "MLFLOW_TRACKING_URI": stack.tracking_uri,
-                                                     "PYTHONPATH": str(PROJECT_ROOT)},
-                                    capture_output=True, text=True, timeout=600)
+        reproduced = subprocess.run(
+            [sys.executable, "-m", "entry_points.cli", "reproduce", her_run["info"]["run_id"]],
+            cwd=driver,
+            env={**env, "MLFLOW_TRACKING_URI": stack.tracking_uri, "PYTHONPATH": str(PROJECT_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert reproduced.returncode == 0, reproduced.stderr
         assert f"# Reproduction of run {her_run['info']['run_id']}: **identical**" in reproduced.stdout
 
         # 2. The second node dies mid-training, after sending a resumable checkpoint to the server.
         proc = pipeline(stack, ray_env, address, driver, "lost-node", 8000)
         try:
+
             def checkpoint_sent() -> bool:
                 for local in (base / "node2" / "checkpoints" / "resume").glob("*/step_*[0-9]"):
                     run_id = local.parent.name
-                    listed = requests.get(f"{stack.tracking_uri}/api/2.0/mlflow/artifacts/list", timeout=30,
-                                          params={"run_id": run_id, "path": "resume"}).json()
+                    listed = requests.get(
+                        f"{stack.tracking_uri}/api/2.0/mlflow/artifacts/list",
+                        timeout=30,
+                        params={"run_id": run_id, "path": "resume"},
+                    ).json()
                     if any(f["path"] == "resume/step.json" for f in listed.get("files", [])):
                         return True
                 return False
@@ -202,11 +291,18 @@ def test_push_all_on_a_postgres_tracking_server_and_a_two_node_ray_cluster_survi
         runs = runs_of(stack, "lost-node")
         assert not [r for r in runs if r["info"]["status"] == "RUNNING"]
         finished = [r for r in trainings(runs) if r["info"]["status"] == "FINISHED"]
-        assert sorted((tags(r)["harness.condition"], tags(r)["harness.seed"]) for r in finished) == [("HER", "0"), ("no-HER", "0")]
+        assert sorted((tags(r)["harness.condition"], tags(r)["harness.seed"]) for r in finished) == [
+            ("HER", "0"),
+            ("no-HER", "0"),
+        ]
         (resumed,) = [r for r in finished if r["info"]["run_id"] == lost_run_id]
         assert int(tags(resumed)["harness.resumed_from_step"]) >= 800
-        steps = [m["step"] for m in rest(stack, "GET", "metrics/get-history",
-                                          params={"run_id": lost_run_id, "metric_key": "eval/success_rate"})["metrics"]]
+        steps = [
+            m["step"]
+            for m in rest(
+                stack, "GET", "metrics/get-history", params={"run_id": lost_run_id, "metric_key": "eval/success_rate"}
+            )["metrics"]
+        ]
         assert max(steps) >= 8000
         # it went on in the head's directory, from the checkpoint it fetched from the server
         meta = json.loads((base / "head" / "checkpoints" / f"{tags(resumed)['mlflow.runName']}.meta.json").read_text())
@@ -225,8 +321,9 @@ def test_the_database_refuses_a_client_without_its_password_and_the_password_is_
         for via in ("127.0.0.1", str(directory / "sockets")):  # TCP and the local socket
             with pytest.raises(psycopg.OperationalError, match="password"):
                 psycopg.connect(host=via, port=stack.db_port, user="mlflow", dbname="mlflow", connect_timeout=10)
-        with psycopg.connect(host="127.0.0.1", port=stack.db_port, user="mlflow", dbname="mlflow",
-                             password=password, connect_timeout=10) as db:
+        with psycopg.connect(
+            host="127.0.0.1", port=stack.db_port, user="mlflow", dbname="mlflow", password=password, connect_timeout=10
+        ) as db:
             assert db.execute("SELECT count(*) FROM experiments").fetchone()[0] >= 1  # mlflow server's schema
         shown = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         assert password not in shown
@@ -248,7 +345,8 @@ def test_with_basic_auth_the_server_refuses_a_client_without_an_account(tmp_path
         refused = run_cli(["compare", "--env", "FetchReach-v4"], tmp_path, stack.tracking_uri, check=False)
         assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
             f"harness: error: tracking server {stack.tracking_uri} refused no user (401 Unauthorized); set "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it"]
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it"
+        ]
         with_user = stack.tracking_uri.replace("http://", f"http://admin:{admin_password}@")
         allowed = run_cli(["compare", "--env", "FetchReach-v4"], tmp_path, with_user, check=False)
         assert "no finished, evaluated training run for FetchReach-v4" in allowed.stderr
@@ -264,11 +362,11 @@ def test_server_start_on_a_taken_port_is_one_line_and_starts_nothing(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = run_cli(["server", "start", "--dir", "srv", "--port", str(port)], tmp_path, "sqlite:///unused.db",
-                       check=False)
+        proc = run_cli(["server", "start", "--dir", "srv", "--port", str(port)], tmp_path, "sqlite:///unused.db", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"harness: error: port {port} on 127.0.0.1 is taken (Address already in use); choose another --port"]
+        f"harness: error: port {port} on 127.0.0.1 is taken (Address already in use); choose another --port"
+    ]
     assert not (tmp_path / "srv").exists()
     stopped = run_cli(["server", "stop", "--dir", "srv"], tmp_path, "sqlite:///unused.db")
     assert stopped.stdout.strip() == "nothing was running from srv"

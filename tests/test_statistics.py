@@ -32,7 +32,7 @@ def test_identical_seeds_have_zero_width_and_one_seed_has_none():
 
 # ---------------------------------------------------------------- beyond the chapter's table
 
-from harness import statistics as st  # noqa: E402
+from harness import statistics as st  # noqa: E402 - imported where the tests that use it begin
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -44,8 +44,13 @@ def test_iqm_is_the_mean_of_the_middle_half():
 
 def test_bootstrap_interval_is_scipy_percentile_bootstrap_and_reproducible():
     values = [0.95, 0.98, 1.0, 0.91]
-    reference = stats.bootstrap((np.array(values),), lambda x, axis: stats.trim_mean(x, 0.25, axis=axis),
-                                method="percentile", n_resamples=10_000, rng=np.random.default_rng(0))
+    reference = stats.bootstrap(
+        (np.array(values),),
+        lambda x, axis: stats.trim_mean(x, 0.25, axis=axis),
+        method="percentile",
+        n_resamples=10_000,
+        rng=np.random.default_rng(0),
+    )
     low, high = st.iqm_interval(values)
     assert (low, high) == pytest.approx((reference.confidence_interval.low, reference.confidence_interval.high))
     assert st.iqm_interval(values) == (low, high)
@@ -78,13 +83,15 @@ def test_probability_of_improvement_counts_pairs_and_ties_half():
 def test_tests_agree_with_scipy_and_are_one_sided():
     her, no_her = [0.95, 0.98, 1.0], [0.05, 0.07, 0.03]
     assert st.welch_p_value(her, no_her) == pytest.approx(
-        stats.ttest_ind(her, no_her, equal_var=False, alternative="greater").pvalue)
+        stats.ttest_ind(her, no_her, equal_var=False, alternative="greater").pvalue
+    )
     assert st.welch_p_value(no_her, her) > 0.99  # one-sided: the wrong direction is not significant
     assert st.mann_whitney_p_value(her, no_her) == pytest.approx(0.05)  # 3 vs 3, no ties: 1/20 at best
     assert st.welch_p_value([1.0, 1.0, 1.0], [0.05, 0.05, 0.05]) is None  # no spread: t divides by zero
     assert st.welch_p_value([1.0], [0.0, 0.1]) is None
     assert st.fisher_p_value(290, 300, 15, 300) == pytest.approx(
-        stats.fisher_exact([[290, 10], [15, 285]], alternative="greater").pvalue)
+        stats.fisher_exact([[290, 10], [15, 285]], alternative="greater").pvalue
+    )
 
 
 def test_verdict_clear_separation():
@@ -98,8 +105,9 @@ def test_verdict_not_significant_when_seeds_disagree_too_much():
     # +56 points on average, but HER's seeds spread from 10% to 100%: Welch's p is about 0.07.
     verdict = st.separation([1.0, 0.95, 0.10], [0.05, 0.04, 0.08], [100] * 3, [100] * 3)
     assert verdict.large and not verdict.significant and not verdict.clear
-    assert verdict.p_value == pytest.approx(stats.ttest_ind([1.0, 0.95, 0.10], [0.05, 0.04, 0.08], equal_var=False,
-                                                            alternative="greater").pvalue)
+    assert verdict.p_value == pytest.approx(
+        stats.ttest_ind([1.0, 0.95, 0.10], [0.05, 0.04, 0.08], equal_var=False, alternative="greater").pvalue
+    )
 
 
 def test_verdict_inconsistent_seed():
@@ -121,10 +129,18 @@ def fake_run(success: float, episodes: int = 100, steps_to_90: int | None = None
 
     metrics = {"eval/success_rate": success, "eval/n_episodes": float(episodes)}
     if steps_to_90 is not None:
-        metrics.update({"eval/steps_to_50": steps_to_90 / 2, "eval/steps_to_90": steps_to_90, "eval/minutes_to_90": 1.5,
-                        "eval/minutes_to_50": 0.75})
-    return SimpleNamespace(data=SimpleNamespace(metrics=metrics, tags={}),
-                           info=SimpleNamespace(run_id=f"run{success}", end_time=None, start_time=0))
+        metrics.update(
+            {
+                "eval/steps_to_50": steps_to_90 / 2,
+                "eval/steps_to_90": steps_to_90,
+                "eval/minutes_to_90": 1.5,
+                "eval/minutes_to_50": 0.75,
+            }
+        )
+    return SimpleNamespace(
+        data=SimpleNamespace(metrics=metrics, tags={}),
+        info=SimpleNamespace(run_id=f"run{success}", end_time=None, start_time=0),
+    )
 
 
 def test_compare_warns_when_no_her_learns_sparse_push():
@@ -132,7 +148,7 @@ def test_compare_warns_when_no_her_learns_sparse_push():
 
     floor = {"success_rate": 0.07, "n_episodes": 100, "run_id": "floor"}
     found = {False: [fake_run(0.25), fake_run(0.05), fake_run(0.06)], True: [fake_run(1.0, steps_to_90=300_000)] * 3}
-    statistics, verdict = seed_statistics("FetchPush-v4", [0, 1, 2], found, floor)
+    statistics, _verdict = seed_statistics("FetchPush-v4", [0, 1, 2], found, floor)
     (warning,) = statistics["warnings"]
     assert "no-HER reached 12.0% on sparse FetchPush-v4" in warning and "floor is 7.0%" in warning
     assert statistics["conditions"]["her"]["to_90"]["steps_iqm"] == 300_000

@@ -16,15 +16,27 @@ def test_a_finished_run_carries_provenance(store):
     assert stored.info.run_name == "my-run"
     tags = stored.data.tags
     assert tags["harness.kind"] == "train"
-    for key in ("harness.git_commit", "harness.git_dirty", "harness.command", "harness.cpu", "harness.host",
-                "harness.version.python", "harness.version.torch", "harness.version.stable-baselines3",
-                "harness.version.gymnasium-robotics", "harness.version.mujoco", "harness.version.mlflow"):
+    for key in (
+        "harness.git_commit",
+        "harness.git_dirty",
+        "harness.command",
+        "harness.cpu",
+        "harness.host",
+        "harness.version.python",
+        "harness.version.torch",
+        "harness.version.stable-baselines3",
+        "harness.version.gymnasium-robotics",
+        "harness.version.mujoco",
+        "harness.version.mlflow",
+    ):
         assert tags[key], key
     assert len(tags["harness.git_commit"]) == 40
 
 
-@pytest.mark.parametrize("error, status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"),
-                                           (tracking.Terminated("signal 15"), "KILLED")])
+@pytest.mark.parametrize(
+    "error, status",
+    [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"), (tracking.Terminated("signal 15"), "KILLED")],
+)
 def test_a_run_never_stays_running(store, error, status):
     with pytest.raises(type(error)):
         with tracking.tracked_run("doomed", {}, experiment="exp"):
@@ -78,9 +90,17 @@ def test_training_runs_log_system_metrics_unless_told_not_to(store, tmp_path):
     from tests.conftest import TINY, all_runs, clean_env
 
     env = {**clean_env(store), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}  # a tiny run lasts seconds, not 10
-    outputs = [subprocess.run([sys.executable, "-m", "entry_points.cli", "train", "--seed", seed, *flags, *TINY],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-               for seed, flags in (("0", []), ("1", ["--no-system-metrics"]))]
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-m", "entry_points.cli", "train", "--seed", seed, *flags, *TINY],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        for seed, flags in (("0", []), ("1", ["--no-system-metrics"]))
+    ]
     assert all(proc.returncode == 0 for proc in outputs), [proc.stderr for proc in outputs]
     assert "system_metrics" not in outputs[0].stderr  # MLflow's sampler says nothing on the console
     by_seed = {r.data.tags["harness.seed"]: r for r in all_runs()}
@@ -101,8 +121,9 @@ def test_searches_and_compare_see_past_mlflows_first_page_of_1000_runs(store, tm
 
     def finished_run(her: bool, variant: str = "", **metrics):
         identity = RunIdentity("FetchReach-v4", "sac", her, 0, variant)
-        run = client.create_run(experiment_id, run_name=identity.name,
-                                tags={**identity.tags("train"), "harness.evaluated": "true"})
+        run = client.create_run(
+            experiment_id, run_name=identity.name, tags={**identity.tags("train"), "harness.evaluated": "true"}
+        )
         for key, value in metrics.items():
             client.log_metric(run.info.run_id, f"eval/{key}", value, step=300)
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -112,8 +133,11 @@ def test_searches_and_compare_see_past_mlflows_first_page_of_1000_runs(store, tm
     chapter = {her: finished_run(her, **scores) for her in (False, True)}
     for _ in range(tracking.SEARCH_PAGE + 5):
         finished_run(True, variant="nsg4")
-    her_runs = tracking.search_runs({"harness.kind": "train", **RunIdentity("FetchReach-v4", "sac", True, 0).search_tags()},
-                                    [experiment_id], status="FINISHED")
+    her_runs = tracking.search_runs(
+        {"harness.kind": "train", **RunIdentity("FetchReach-v4", "sac", True, 0).search_tags()},
+        [experiment_id],
+        status="FINISHED",
+    )
     assert len(her_runs) == tracking.SEARCH_PAGE + 6 and her_runs[-1].info.run_id == chapter[True]
     run_cli(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, store)
     import json
@@ -122,4 +146,6 @@ def test_searches_and_compare_see_past_mlflows_first_page_of_1000_runs(store, tm
 
     report = json.loads((tmp_path / comparison_path("FetchReach-v4")).read_text())
     assert {her: report["conditions"][condition_key(her)]["run_ids"] for her in (False, True)} == {
-        False: [chapter[False]], True: [chapter[True]]}
+        False: [chapter[False]],
+        True: [chapter[True]],
+    }

@@ -25,9 +25,11 @@ Run it:  python -m harness.labs.her_relabeler --verify   (or --demo [--track]; o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,6 +51,8 @@ class Transition:
     achieved_goal: np.ndarray  # where the achieved goal (gripper or object) ended up after this step
     desired_goal: np.ndarray  # what the episode asked for
     info: dict
+
+
 # --8<-- [end:transition]
 
 
@@ -60,10 +64,17 @@ def collect_random_episode(env, seed: int) -> list[Transition]:
     while not done:
         action = env.action_space.sample()
         next_obs, reward, terminated, truncated, info = env.step(action)
-        episode.append(Transition(
-            obs=obs["observation"], action=action, reward=float(reward), next_obs=next_obs["observation"],
-            achieved_goal=next_obs["achieved_goal"].copy(), desired_goal=obs["desired_goal"].copy(), info=dict(info),
-        ))
+        episode.append(
+            Transition(
+                obs=obs["observation"],
+                action=action,
+                reward=float(reward),
+                next_obs=next_obs["observation"],
+                achieved_goal=next_obs["achieved_goal"].copy(),
+                desired_goal=obs["desired_goal"].copy(),
+                info=dict(info),
+            )
+        )
         obs, done = next_obs, terminated or truncated
     return episode
 
@@ -83,6 +94,8 @@ def sample_goal_indices(t: int, episode_length: int, k: int, strategy: str, rng:
 def sample_goals(episode: Sequence[Transition], t: int, k: int, strategy: str, rng: np.random.Generator) -> list[np.ndarray]:
     """``k`` substitute goals for transition ``t``: goals the agent actually achieved in this episode."""
     return [episode[j].achieved_goal for j in sample_goal_indices(t, len(episode), k, strategy, rng)]
+
+
 # --8<-- [end:goal_sampling]
 
 
@@ -91,6 +104,8 @@ def relabel_transition(transition: Transition, new_goal: np.ndarray, compute_rew
     """Pretend ``new_goal`` was the goal all along: only the desired goal changes, the reward is recomputed."""
     reward = compute_reward_fn(transition.achieved_goal, new_goal, transition.info)
     return dataclasses.replace(transition, desired_goal=new_goal, reward=float(reward))
+
+
 # --8<-- [end:relabel_transition]
 
 
@@ -115,6 +130,8 @@ def process_episode_with_her(
             if rng.random() < her_ratio:
                 stored.append(relabel_transition(transition, goal, compute_reward_fn))
     return stored
+
+
 # --8<-- [end:her_buffer_insert]
 
 
@@ -165,27 +182,38 @@ def sb3_relabeled_success_share(episodes, env_id: str, k: int, batch_size: int, 
 
     vec_env = make_vec_env(lambda: make_env(env_id), n_envs=1)
     n_steps = sum(len(ep) for ep in episodes)
-    buffer = HerReplayBuffer(n_steps, vec_env.observation_space, vec_env.action_space, env=vec_env,
-                             n_sampled_goal=k, goal_selection_strategy="future", device="cpu")
+    buffer = HerReplayBuffer(
+        n_steps,
+        vec_env.observation_space,
+        vec_env.action_space,
+        env=vec_env,
+        n_sampled_goal=k,
+        goal_selection_strategy="future",
+        device="cpu",
+    )
     for episode in episodes:
         for i, tr in enumerate(episode):
             last = i == len(episode) - 1
             prev_goal = episode[i - 1].achieved_goal if i else tr.achieved_goal  # only next_obs goals are sampled
             obs = {"observation": tr.obs[None], "achieved_goal": prev_goal[None], "desired_goal": tr.desired_goal[None]}
-            next_obs = {"observation": tr.next_obs[None], "achieved_goal": tr.achieved_goal[None],
-                        "desired_goal": tr.desired_goal[None]}
+            next_obs = {
+                "observation": tr.next_obs[None],
+                "achieved_goal": tr.achieved_goal[None],
+                "desired_goal": tr.desired_goal[None],
+            }
             info = {**tr.info, "TimeLimit.truncated": last}
             buffer.add(obs, next_obs, tr.action[None], np.array([tr.reward]), np.array([last]), [info])
     np.random.seed(seed)  # SB3 samples with numpy's global generator
     torch.manual_seed(seed)
     samples = buffer.sample(batch_size)
     n_virtual = int(buffer.her_ratio * batch_size)
-    relabeled = samples.rewards.numpy().ravel()[batch_size - n_virtual:]
+    relabeled = samples.rewards.numpy().ravel()[batch_size - n_virtual :]
     vec_env.close()
     return float(np.mean(relabeled == 0.0)), n_virtual
 
 
 # ---------------------------------------------------------------- --verify
+
 
 def verify(env_id: str = "FetchReach-v4", n_episodes: int = 50, seed: int = 0, out=sys.stdout) -> bool:
     """The chapter's sanity checks, each printed PASS/FAIL with what was measured."""
@@ -198,45 +226,59 @@ def verify(env_id: str = "FetchReach-v4", n_episodes: int = 50, seed: int = 0, o
     episodes, compute_reward = random_episodes(env_id, n_episodes, seed)
     rng = np.random.default_rng(seed)
     T = len(episodes[0])
-    for strategy, allowed in (("future", lambda t, j: t <= j <= T - 1), ("final", lambda t, j: j == T - 1),
-                              ("episode", lambda t, j: 0 <= j <= T - 1)):
+    for strategy, allowed in (
+        ("future", lambda t, j: t <= j <= T - 1),
+        ("final", lambda t, j: j == T - 1),
+        ("episode", lambda t, j: 0 <= j <= T - 1),
+    ):
         counts_ok, range_ok = True, True
         for k in (1, 4, 8):
             for t in range(T):
                 idx = sample_goal_indices(t, T, k, strategy, rng)
                 counts_ok &= len(idx) == k
                 range_ok &= all(allowed(t, int(j)) for j in idx)
-        check(f"goal sampling '{strategy}'", counts_ok and range_ok,
-              f"k goals per transition (k=1,4,8) over {T} steps, all from allowed steps"
-              + {"future": " (t <= j <= T-1)", "final": " (j = T-1)", "episode": " (0 <= j <= T-1)"}[strategy])
+        check(
+            f"goal sampling '{strategy}'",
+            counts_ok and range_ok,
+            f"k goals per transition (k=1,4,8) over {T} steps, all from allowed steps"
+            + {"future": " (t <= j <= T-1)", "final": " (j = T-1)", "episode": " (0 <= j <= T-1)"}[strategy],
+        )
 
     own = [relabel_transition(tr, tr.achieved_goal, compute_reward) for ep in episodes for tr in ep]
-    check("relabel with own achieved goal", all(t.reward == 0.0 for t in own),
-          f"reward 0 for all {len(own)} transitions")
+    check("relabel with own achieved goal", all(t.reward == 0.0 for t in own), f"reward 0 for all {len(own)} transitions")
 
     original = episodes[0][10]
     moved = relabel_transition(original, original.desired_goal + 1.0, compute_reward)
-    unchanged = all(np.array_equal(getattr(original, f), getattr(moved, f)) for f in ("obs", "action", "next_obs", "achieved_goal"))
-    check("relabel changes only the desired goal", unchanged and moved.reward == -1.0,
-          "obs, action, next_obs, achieved_goal unchanged; a goal 1 m away gives reward -1")
+    unchanged = all(
+        np.array_equal(getattr(original, f), getattr(moved, f)) for f in ("obs", "action", "next_obs", "achieved_goal")
+    )
+    check(
+        "relabel changes only the desired goal",
+        unchanged and moved.reward == -1.0,
+        "obs, action, next_obs, achieved_goal unchanged; a goal 1 m away gives reward -1",
+    )
 
     before = success_share([t for ep in episodes for t in ep])
     after = her_success_share(episodes, compute_reward, k=4, her_ratio=0.8, strategy="future", seed=seed)
-    check("HER raises the success share", after > before + 0.05 and after > 3 * before,
-          f"{100 * before:.1f}% of real transitions succeed, {100 * after:.1f}% after HER "
-          f"(future, k=4, her_ratio=0.8) on {n_episodes} random-action {env_id} episodes")
+    check(
+        "HER raises the success share",
+        after > before + 0.05 and after > 3 * before,
+        f"{100 * before:.1f}% of real transitions succeed, {100 * after:.1f}% after HER "
+        f"(future, k=4, her_ratio=0.8) on {n_episodes} random-action {env_id} episodes",
+    )
     print(f"{sum(results)} passed, {len(results) - sum(results)} failed", file=out)
     return all(results)
 
 
 # ---------------------------------------------------------------- --demo
 
+
 def demo_tables(env_ids=("FetchReach-v4", "FetchPush-v4"), n_episodes: int = 50, seed: int = 0) -> dict[str, dict]:
     """Success share of the stored transitions by strategy, by k and by her_ratio (others at defaults)."""
     tables = {}
     for env_id in env_ids:
         episodes, compute_reward = random_episodes(env_id, n_episodes, seed)
-        share = lambda **kw: her_success_share(episodes, compute_reward, seed=seed, **kw)  # noqa: E731
+        share = functools.partial(her_success_share, episodes, compute_reward, seed=seed)
         tables[env_id] = {
             "real transitions (no relabeling)": success_share([t for ep in episodes for t in ep]),
             "strategy (k=4, her_ratio=0.8)": {s: share(strategy=s) for s in STRATEGIES},
@@ -304,10 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not text.isdigit() or int(text) < minimum:
                 raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
             return int(text)
+
         return parse
 
-    parser = argparse.ArgumentParser(prog="python -m harness.labs.her_relabeler",
-                                     description="HER relabeling lab: goal sampling and relabeling on random-action Fetch episodes.")
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.labs.her_relabeler",
+        description="HER relabeling lab: goal sampling and relabeling on random-action Fetch episodes.",
+    )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--verify", action="store_true", help="run the sanity checks; exit 1 on any FAIL")
     mode.add_argument("--demo", action="store_true", help="tables of success share by strategy, k and her_ratio")

@@ -26,7 +26,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import mlflow
 
@@ -36,12 +37,28 @@ from harness.errors import HarnessError
 from harness.identity import ACTIONS_TAG, EXECUTOR_TAG, KIND_TAG, PIPELINE_KEY_TAG, PIPELINE_TAG, WORKERS_TAG
 from harness.pipelines.execute import EXECUTORS, check_ray_address, cpu_count, execute_local, execute_ray, job_spec
 from harness.pipelines.overview import overview
-from harness.pipelines.plan import (Job, Planned, ablation_jobs, chapter_jobs, mark_abandoned_runs_killed, pipeline_key,
-                                    plan, unfinished_parent)
+from harness.pipelines.plan import (
+    Job,
+    Planned,
+    ablation_jobs,
+    chapter_jobs,
+    mark_abandoned_runs_killed,
+    pipeline_key,
+    plan,
+    unfinished_parent,
+)
 from harness.pipelines.report import ablation_report, chapter_report
 
-__all__ = ["Job", "Planned", "PipelineResult", "ablation_jobs", "ablation_report", "chapter_jobs", "chapter_report",
-           "run_pipeline"]
+__all__ = [
+    "Job",
+    "PipelineResult",
+    "Planned",
+    "ablation_jobs",
+    "ablation_report",
+    "chapter_jobs",
+    "chapter_report",
+    "run_pipeline",
+]
 
 
 @dataclass
@@ -84,8 +101,7 @@ def run_pipeline(
     tracking.prepare_store()
     attached = bool(os.environ.get("MLFLOW_RUN_ID"))
     previous = None if attached else unfinished_parent(key)
-    tags = {KIND_TAG: "pipeline", PIPELINE_TAG: kind, PIPELINE_KEY_TAG: key,
-            EXECUTOR_TAG: executor, WORKERS_TAG: str(workers)}
+    tags = {KIND_TAG: "pipeline", PIPELINE_TAG: kind, PIPELINE_KEY_TAG: key, EXECUTOR_TAG: executor, WORKERS_TAG: str(workers)}
     started = time.perf_counter()
     with tracking.tracked_run(f"{kind}_{jobs[0].config.env_id}", tags, experiment, run_id=previous) as parent:
         parent_id = parent.info.run_id
@@ -95,14 +111,19 @@ def run_pipeline(
             echo(f"continuing pipeline run {parent_id} (an earlier attempt stopped; {killed} abandoned runs marked KILLED)")
         planned = plan(jobs, tracking.experiment_ids(None))
         counts = {a: sum(p.action == a for p in planned) for a in ("reuse", "evaluate", "resume", "train")}
-        echo(f"{kind}: {len(jobs)} trainings: {counts['train']} to train, {counts['resume']} to resume, "
-             f"{counts['evaluate']} to evaluate, {counts['reuse']} reused; {workers} {executor} workers x {threads} threads")
+        echo(
+            f"{kind}: {len(jobs)} trainings: {counts['train']} to train, {counts['resume']} to resume, "
+            f"{counts['evaluate']} to evaluate, {counts['reuse']} reused; {workers} {executor} workers x {threads} threads"
+        )
         if not previous:  # params are immutable: a continued pipeline keeps its first plan
             mlflow.log_params({"jobs": len(jobs), **{f"planned_{a}": n for a, n in counts.items()}})
 
         specs = [job_spec(p, parent_id, Path.cwd()) for p in planned if p.action != "reuse"]
-        env = {"MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri(), "MLFLOW_EXPERIMENT_ID": parent.info.experiment_id,
-               **tracking.credential_variables()}
+        env = {
+            "MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri(),
+            "MLFLOW_EXPERIMENT_ID": parent.info.experiment_id,
+            **tracking.credential_variables(),
+        }
         last_shown = [""]
 
         def progress() -> None:

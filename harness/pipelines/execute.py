@@ -12,7 +12,8 @@ import socket
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from harness.config import config_from_dict
 from harness.errors import HarnessError, Terminated, first_line
@@ -29,10 +30,16 @@ def cpu_count() -> int:
 
 def job_spec(planned: Planned, parent_run_id: str, cwd: Path) -> dict[str, Any]:
     """What a worker needs, as plain data (it crosses process and machine boundaries)."""
-    return {"config": planned.job.config.to_dict(), "variant": planned.job.identity.variant,
-            "run_name": planned.job.run_name, "action": planned.action,
-            "run_id": planned.run_id, "n_eval_episodes": planned.job.n_eval_episodes,
-            "parent_run_id": parent_run_id, "cwd": str(cwd)}
+    return {
+        "config": planned.job.config.to_dict(),
+        "variant": planned.job.identity.variant,
+        "run_name": planned.job.run_name,
+        "action": planned.action,
+        "run_id": planned.run_id,
+        "n_eval_episodes": planned.job.n_eval_episodes,
+        "parent_run_id": parent_run_id,
+        "cwd": str(cwd),
+    }
 
 
 def run_job(spec: dict[str, Any]) -> dict[str, Any]:
@@ -50,12 +57,17 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
             run_id, action = lost, "resume"
     checkpoint = run_id  # evaluate-only: fetch the checkpoint from the run's artifacts
     if action in ("train", "resume"):
-        result = train(config, RunOptions(parent_run_id=spec["parent_run_id"], variant=spec["variant"],
-                                          resume_run_id=run_id if action == "resume" else None))
+        result = train(
+            config,
+            RunOptions(
+                parent_run_id=spec["parent_run_id"],
+                variant=spec["variant"],
+                resume_run_id=run_id if action == "resume" else None,
+            ),
+        )
         run_id, checkpoint = result.run_id, str(result.checkpoint)
     report = evaluate_checkpoint(checkpoint, n_episodes=spec["n_eval_episodes"], parent_run_id=spec["parent_run_id"])
-    return {"run_name": spec["run_name"], "run_id": run_id, "action": action,
-            "success_rate": report["success_rate"]}
+    return {"run_name": spec["run_name"], "run_id": run_id, "action": action, "success_rate": report["success_rate"]}
 
 
 def _local_job(spec: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +102,10 @@ def _ray_job(spec: dict[str, Any], env: dict[str, str], torch_threads: int) -> d
 
 # ---------------------------------------------------------------- executors
 
-def execute_local(specs: list[dict], workers: int, env: dict[str, str], threads: int, progress: Callable[[], None]) -> list[dict]:
+
+def execute_local(
+    specs: list[dict], workers: int, env: dict[str, str], threads: int, progress: Callable[[], None]
+) -> list[dict]:
     import multiprocessing
 
     results = []
@@ -141,8 +156,9 @@ def check_ray_address(address: str) -> None:
         raise HarnessError(f"no Ray cluster answers at --ray-address {address} ({exc.strerror or exc})") from None
 
 
-def execute_ray(specs: list[dict], address: str | None, env: dict[str, str], threads: int,
-                progress: Callable[[], None]) -> list[dict]:
+def execute_ray(
+    specs: list[dict], address: str | None, env: dict[str, str], threads: int, progress: Callable[[], None]
+) -> list[dict]:
     try:
         import ray
     except ImportError:
@@ -153,8 +169,10 @@ def execute_ray(specs: list[dict], address: str | None, env: dict[str, str], thr
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise HarnessError(f"no Ray cluster answers at --ray-address {address} ({first_line(str(exc))}); "
-                                   f"accepted: {RAY_ADDRESS_FORMS}") from None
+                raise HarnessError(
+                    f"no Ray cluster answers at --ray-address {address} ({first_line(str(exc))}); "
+                    f"accepted: {RAY_ADDRESS_FORMS}"
+                ) from None
             # Workers on a cluster work in their own node's directory: the driver's may not exist there.
             specs = [{**spec, "cwd": ""} for spec in specs]
         else:
@@ -174,5 +192,3 @@ def execute_ray(specs: list[dict], address: str | None, env: dict[str, str], thr
     finally:
         if started_here:
             ray.shutdown()
-
-

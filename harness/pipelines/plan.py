@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from mlflow.tracking import MlflowClient
 
@@ -18,8 +19,13 @@ from harness import resume, tracking
 from harness.config import TrainConfig, resolve_config
 from harness.envs import validate_her_start
 from harness.identity import (
-    CODE_VERSION_TAG, CONFIG_HASH_TAG, EVAL_EPISODES_TAG, KIND_TAG, PIPELINE_KEY_TAG, RUN_NAME_TAG,
-    RunIdentity
+    CODE_VERSION_TAG,
+    CONFIG_HASH_TAG,
+    EVAL_EPISODES_TAG,
+    KIND_TAG,
+    PIPELINE_KEY_TAG,
+    RUN_NAME_TAG,
+    RunIdentity,
 )
 from harness.provenance import code_version
 
@@ -56,8 +62,9 @@ def chapter_jobs(env_id: str, seeds: Sequence[int], preset: str, overrides: dict
     return jobs
 
 
-def ablation_jobs(env_id: str, nsg_values: Sequence[int], seeds: Sequence[int], preset: str,
-                  overrides: dict[str, Any], n_eval_episodes: int) -> list[Job]:
+def ablation_jobs(
+    env_id: str, nsg_values: Sequence[int], seeds: Sequence[int], preset: str, overrides: dict[str, Any], n_eval_episodes: int
+) -> list[Job]:
     """HER runs, one per (n_sampled_goal, seed); their variant ``nsg<k>`` names them ``sac_her_nsg<k>_<env>_seed<s>``
     so they don't collide."""
     jobs = []
@@ -80,8 +87,12 @@ def plan(jobs: Sequence[Job], experiment_ids: Sequence[str]) -> list[Planned]:
     version = code_version()
     planned = []
     for job in jobs:
-        tags = {KIND_TAG: "train", CONFIG_HASH_TAG: job.config.config_hash,
-                CODE_VERSION_TAG: version, RUN_NAME_TAG: job.run_name}
+        tags = {
+            KIND_TAG: "train",
+            CONFIG_HASH_TAG: job.config.config_hash,
+            CODE_VERSION_TAG: version,
+            RUN_NAME_TAG: job.run_name,
+        }
         runs = tracking.search_runs(tags, experiment_ids)
         finished = [r for r in runs if r.info.status == "FINISHED"]
         evaluated = [r for r in finished if r.data.tags.get(EVAL_EPISODES_TAG) == str(job.n_eval_episodes)]
@@ -122,6 +133,5 @@ def lost_attempt(parent_run_id: str, run_name: str, experiment_ids: Sequence[str
 
 def unfinished_parent(key: str) -> str | None:
     """The parent run of an earlier attempt at this pipeline that did not finish (None: there is none)."""
-    runs = tracking.search_runs({PIPELINE_KEY_TAG: key}, tracking.experiment_ids(None), unfinished=True,
-                                max_results=1)
+    runs = tracking.search_runs({PIPELINE_KEY_TAG: key}, tracking.experiment_ids(None), unfinished=True, max_results=1)
     return runs[0].info.run_id if runs else None
