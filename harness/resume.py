@@ -37,6 +37,8 @@ from harness.algorithms import algo_class
 from harness import tracking
 from harness.checkpoints import CHECKPOINT_DIR, sha256_of
 from harness.envs import env_state, restore_env_state
+from harness.errors import HarnessError
+from harness.identity import RESUME_MANIFEST_SHA256_TAG
 from harness.seeding import random_state, restore_random_state
 
 RESUME_DIR = CHECKPOINT_DIR / "resume"
@@ -85,6 +87,8 @@ def upload(run_id: str, saved: Path, step: int) -> None:
     for path in sorted(p for p in saved.iterdir() if p.is_file() and p.name != MANIFEST):
         client.log_artifact(run_id, str(path), REMOTE_DIR)
     client.log_artifact(run_id, str(saved / MANIFEST), REMOTE_DIR)
+    # The manifest vouches for the pickles; this tag vouches for the manifest (see fetch).
+    client.set_tag(run_id, RESUME_MANIFEST_SHA256_TAG, sha256_of(saved / MANIFEST))
 
 
 def write_manifest(directory: Path, step: int) -> None:
@@ -142,6 +146,12 @@ def fetch(run_id: str) -> Path | None:
     if step is None:
         return None
     import mlflow
+    from mlflow.tracking import MlflowClient
+
+    def recorded_manifest() -> str | None:
+        return MlflowClient().get_run(run_id).data.tags.get(RESUME_MANIFEST_SHA256_TAG)
+
+    vouched = recorded_manifest()
 
     final = run_dir(run_id) / f"step_{step:012d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -150,6 +160,15 @@ def fetch(run_id: str) -> Path | None:
     try:
         mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REMOTE_DIR, dst_path=str(tmp))
         fetched = tmp / REMOTE_DIR
+        if sha256_of(fetched / MANIFEST) != vouched:
+            if recorded_manifest() != vouched:
+                return None  # a live worker checkpointed the run while we read it
+            # Anyone who can write artifacts could have put pickles and a manifest naming them there.
+            raise HarnessError(
+                f"the resumable checkpoint in the artifacts of run {run_id} does not match the "
+                f"sha256 its training recorded ({RESUME_MANIFEST_SHA256_TAG}); refusing to load it "
+                "(a checkpoint runs code when loaded)"
+            )
         manifest = json.loads((fetched / MANIFEST).read_text())
         if manifest["step"] != step or any(sha256_of(fetched / name) != digest for name, digest in manifest["sha256"].items()):
             return None  # overwritten while we read it: the run is being checkpointed by a live worker
@@ -199,8 +218,6 @@ def owned(run_id: str) -> Iterator[None]:
 
 
 def busy(run_id: str):
-    from harness.errors import HarnessError
-
     return HarnessError(f"run {run_id} is being trained by another process right now")
 
 

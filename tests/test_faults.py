@@ -474,6 +474,65 @@ def test_a_damaged_resumable_checkpoint_is_set_aside_and_the_training_starts_ane
     assert kept.is_dir() and (kept / damaged_file).is_file()  # kept for inspection
 
 
+def test_a_resumable_checkpoint_planted_in_a_servers_artifacts_is_refused_unopened(mlflow_server, tmp_path, monkeypatch):
+    """On a tracking server a worker may continue a run from the checkpoint in its artifacts (resume/):
+    whoever can write artifacts could put a pickle there, with a manifest that names it."""
+    import json
+    import pickle
+
+    from harness import resume
+
+    port, _ = mlflow_server
+    uri = f"http://127.0.0.1:{port}"
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        env = {**clean_env(uri), "PYTHONPATH": str(PROJECT_ROOT)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "entry_points.cli", *RESUMABLE],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline, run_id = time.time() + 300, None
+        while time.time() < deadline and proc.poll() is None:
+            runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+            if runs and resume.remote_step(runs[0].info.run_id) is not None:
+                run_id = runs[0].info.run_id
+                break
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait(timeout=30)
+        assert run_id is not None, "no resumable checkpoint reached the server"
+        elsewhere = tmp_path / "another-worker"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        assert resume.fetch(run_id) is not None  # as uploaded, it is taken
+        resume.discard(run_id)
+        # the attacker: a pickle of their own, and a manifest whose sha256 are right for it
+        planted = tmp_path / "planted"
+        planted.mkdir()
+        marker = tmp_path / "code-ran"
+        (planted / "training_state.pkl").write_bytes(pickle.dumps(_CreatesFileWhenUnpickled(marker)))
+        manifest = mlflow.artifacts.load_dict(f"runs:/{run_id}/resume/step.json")
+        manifest["sha256"]["training_state.pkl"] = hashlib.sha256((planted / "training_state.pkl").read_bytes()).hexdigest()
+        (planted / "step.json").write_text(json.dumps(manifest))
+        client = mlflow.MlflowClient()
+        client.log_artifact(run_id, str(planted / "training_state.pkl"), "resume")
+        client.log_artifact(run_id, str(planted / "step.json"), "resume")
+        with pytest.raises(
+            HarnessError,
+            match=f"the resumable checkpoint in the artifacts of run {run_id} does not match the sha256 its training recorded",
+        ):
+            resume.fetch(run_id)
+        assert not marker.exists() and resume.latest(run_id) is None
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_a_killed_run_is_not_left_running_when_the_next_command_trains_another_config(store, tmp_path):
     killed = kill_after_a_checkpoint(RESUMABLE, tmp_path, store)
     shorter = [*RESUMABLE[:-4], "--total-steps", "900", "--checkpoint-freq", "320"]
