@@ -15,7 +15,7 @@ DEMO_STEPS ?= 10000
 DEMO_PRESET ?= fast
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
-.PHONY: setup browser postgres test lint demo bench ui server server-stop clean
+.PHONY: setup browser postgres test test-quick lint demo bench ui server server-stop clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,10 @@ test: setup browser postgres
 	@$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; exit 1; fi; \
 	exit $$rc
+
+# The edit loop: everything but the tests marked slow (trainings, servers, end-to-end CLI runs).
+test-quick: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The chapter's reach-all pipeline: trainings run side by side on all cores; re-running reuses finished runs.
 demo: setup

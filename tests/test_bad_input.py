@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import TINY, all_runs, clean_env, run_cli
 
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+
 
 @pytest.mark.parametrize(
     "args, expected",

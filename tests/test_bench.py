@@ -3,10 +3,13 @@
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.config import resolve_config
 from tests.conftest import PROJECT_ROOT, TINY, all_runs, clean_env, run_cli
+
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
 
 
 def run_bench(script, args, cwd, uri, timeout=600):

@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import TINY, run_cli
 
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+
 SEEDS = (0, 1)
 ENV = "FetchReach-v4"
 

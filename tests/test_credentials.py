@@ -57,6 +57,7 @@ def files_holding(root: Path, needle: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
+@pytest.mark.slow
 def test_a_password_in_the_tracking_uri_is_never_shown_logged_or_stored(mlflow_server, tmp_path):
     port, base = mlflow_server
     work = tmp_path / "work"

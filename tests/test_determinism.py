@@ -1,11 +1,14 @@
 """Same config and seed twice: identical evaluation (SB3's test_deterministic, on a real Fetch env)."""
 
+import pytest
 import torch
 
 from harness.checkpoints import load_checkpoint
 from harness.config import resolve_config
 from harness.evaluation import evaluate_checkpoint
 from harness.training import RunOptions, train
+
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
 
 
 def test_same_config_and_seed_give_identical_eval_metrics(store):

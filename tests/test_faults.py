@@ -27,6 +27,8 @@ from harness.config import resolve_config
 from harness.errors import HarnessError
 from tests.conftest import PROJECT_ROOT, TINY, all_runs, clean_env, run_cli
 
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+
 
 def harness(args, cwd, store_uri, **extra_env):
     env = {**clean_env(store_uri), "PYTHONPATH": str(PROJECT_ROOT), **extra_env}

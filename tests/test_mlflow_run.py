@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from tests.conftest import PROJECT_ROOT, all_runs, clean_env
+
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
 
 TINY_PARAMS = [
     "-P",

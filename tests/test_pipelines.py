@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import all_runs, clean_env, run_cli
 
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+
 TINY_PIPELINE = [
     "--preset",
     "fast",

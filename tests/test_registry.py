@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import TINY, clean_env, run_cli
 
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+
 NAME = "ch04-sac-her-FetchReach-v4"
 
 

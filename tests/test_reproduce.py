@@ -9,6 +9,8 @@ import pytest
 from harness.provenance import PROJECT_ROOT
 from tests.conftest import TINY, all_runs, clean_env, run_cli
 
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

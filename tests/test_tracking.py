@@ -7,6 +7,8 @@ from stable_baselines3.common.logger import Logger
 from harness import tracking
 from tests.conftest import all_runs
 
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+
 
 def test_a_finished_run_carries_provenance(store):
     with tracking.tracked_run("my-run", {"harness.kind": "train"}, experiment="exp") as run:
