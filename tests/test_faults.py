@@ -414,8 +414,9 @@ def test_sigkill_then_the_same_train_command_resumes_the_same_run_and_ends_as_if
     assert resumed == whole  # bit for bit, at every step
 
 
-def kill_after_a_checkpoint(args, cwd, store) -> mlflow.entities.Run:
-    """Start `harness train`, SIGKILL it once a resumable checkpoint exists; the run it leaves RUNNING."""
+def kill_after_a_checkpoint(args, cwd, store, checkpointed=None) -> mlflow.entities.Run:
+    """Start `harness train`, SIGKILL it once a resumable checkpoint exists (here, or as ``checkpointed()``
+    says); the run it leaves RUNNING."""
     env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "entry_points.cli", *args],
@@ -425,8 +426,9 @@ def kill_after_a_checkpoint(args, cwd, store) -> mlflow.entities.Run:
         stderr=subprocess.DEVNULL,
     )
     resume_dir = cwd / "checkpoints" / "resume"
+    checkpointed = checkpointed or (lambda: any(resume_dir.glob("*/step_*[0-9]")))
     deadline = time.time() + 300
-    while time.time() < deadline and not any(resume_dir.glob("*/step_*[0-9]")) and proc.poll() is None:
+    while time.time() < deadline and not checkpointed() and proc.poll() is None:
         time.sleep(0.1)
     proc.kill()
     proc.wait(timeout=30)
@@ -491,24 +493,13 @@ def test_a_resumable_checkpoint_planted_in_a_servers_artifacts_is_refused_unopen
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     try:
-        env = {**clean_env(uri), "PYTHONPATH": str(PROJECT_ROOT)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "entry_points.cli", *RESUMABLE],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline, run_id = time.time() + 300, None
-        while time.time() < deadline and proc.poll() is None:
+
+        def uploaded() -> bool:  # the worker's checkpoint is on the server, not only on its disk
             runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-            if runs and resume.remote_step(runs[0].info.run_id) is not None:
-                run_id = runs[0].info.run_id
-                break
-            time.sleep(0.2)
-        proc.kill()
-        proc.wait(timeout=30)
-        assert run_id is not None, "no resumable checkpoint reached the server"
+            return bool(runs) and resume.remote_step(runs[0].info.run_id) is not None
+
+        run_id = kill_after_a_checkpoint(RESUMABLE, tmp_path, uri, checkpointed=uploaded).info.run_id
+        assert resume.remote_step(run_id) is not None, "no resumable checkpoint reached the server"
         elsewhere = tmp_path / "another-worker"
         elsewhere.mkdir()
         monkeypatch.chdir(elsewhere)
