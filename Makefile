@@ -3,6 +3,7 @@
 # make demo:  setup + the main job: FetchReach-v4, SAC without and with HER, seeds 0,1,2,
 #             evaluation and the comparison table, on ./mlflow.db (about 10 minutes on 2 cores).
 # make ui:    the MLflow UI on the same store.
+# make mlproject: rewrite MLproject from TrainConfig's fields (tests fail when it is stale).
 # make server: a tracking server on PostgreSQL in .mlflow-server/ (make server-stop stops it).
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ DEMO_STEPS ?= 10000
 DEMO_PRESET ?= fast
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
-.PHONY: setup browser postgres test test-quick lint demo bench ui server server-stop clean
+.PHONY: mlproject setup browser postgres test test-quick lint demo bench ui server server-stop clean
 
 setup: $(STAMP)
 
@@ -43,6 +44,10 @@ postgres:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# MLproject's train and pipeline parameters, from harness/config.py's TrainConfig fields.
+mlproject: setup
+	$(BIN)/python -m entry_points.mlproject
 
 test: setup browser postgres
 	@$(BIN)/python -m pytest -q; rc=$$?; \

@@ -5,30 +5,23 @@ from __future__ import annotations
 import click
 
 from entry_points._common import echo_ui_link, parse_int_list, parse_seeds, run_command
-from entry_points.train import ChoiceOrPreset, IntOrPreset
-from harness.config import ALGOS, available_presets
+from entry_points.options import config_options, take_config_options
+from harness.config import available_presets
 
 
-def pipeline_options(command):
-    """Options every pipeline shares (training overrides, evaluation, execution)."""
+# The pipelines set these per training themselves.
+PIPELINE_SETS = ("her", "seed")
+
+
+def pipeline_options(command, leave_out: tuple[str, ...] = PIPELINE_SETS):
+    """Options every pipeline shares: each config field not set per training, evaluation, execution."""
     options = [
-        click.option("--total-steps", type=IntOrPreset(1), help="Env steps per training [default: the preset's]."),
         click.option(
             "--preset",
             type=click.Choice(available_presets()),
             default="ch04",
             show_default=True,
             help="Hyperparameter preset (harness/presets/<name>.yaml).",
-        ),
-        click.option(
-            "--learning-starts", type=IntOrPreset(0), help="Random-action steps before learning [default: the preset's]."
-        ),
-        click.option("--algo", type=ChoiceOrPreset(ALGOS), help="sac, tqc or ddpg [default: the preset's]."),
-        click.option(
-            "--eval-freq", type=IntOrPreset(0), help="Env steps between evaluations during training [default: the preset's]."
-        ),
-        click.option(
-            "--checkpoint-freq", type=IntOrPreset(0), help="Env steps between resumable checkpoints [default: the preset's]."
         ),
         click.option(
             "--n-eval-episodes",
@@ -57,7 +50,7 @@ def pipeline_options(command):
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return config_options(leave_out)(command)
 
 
 def _run(kind, jobs, report, workers, executor, ray_address, experiment):
@@ -79,13 +72,8 @@ def _run(kind, jobs, report, workers, executor, ray_address, experiment):
 
 
 def chapter_options(command):
-    """What the chapter's pipelines add to the shared options: the seeds and HER's k."""
+    """What the chapter's pipelines add to the shared options: the seeds."""
     command = pipeline_options(command)
-    command = click.option(
-        "--n-sampled-goal",
-        type=IntOrPreset(0),
-        help="HER relabeled goals per transition [default: the preset's, 4; the chapter's tuned Push run: 8].",
-    )(command)
     return click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")(command)
 
 
@@ -96,37 +84,14 @@ CHAPTER_STEPS = (
 )
 
 
-def run_chapter(
-    name,
-    env_id,
-    seeds,
-    n_sampled_goal,
-    total_steps,
-    preset,
-    learning_starts,
-    algo,
-    eval_freq,
-    checkpoint_freq,
-    n_eval_episodes,
-    workers,
-    executor,
-    ray_address,
-    experiment,
-):
+def run_chapter(name, env_id, seeds, preset, n_eval_episodes, workers, executor, ray_address, experiment, **options):
     seed_list = parse_seeds(seeds)
     from harness.envs import validate_env_id
 
     validate_env_id(env_id, her=True)
     from harness.pipelines import chapter_jobs, chapter_report
 
-    overrides = dict(
-        total_steps=total_steps,
-        n_sampled_goal=n_sampled_goal,
-        learning_starts=learning_starts,
-        algo=algo,
-        eval_freq=eval_freq,
-        checkpoint_freq=checkpoint_freq,
-    )
+    overrides = take_config_options(options, PIPELINE_SETS)
     jobs = chapter_jobs(env_id, seed_list, preset, overrides, n_eval_episodes)
     report = chapter_report(env_id, seed_list, jobs[0].config.algo)
     _run(name, jobs, report, workers, executor, ray_address, experiment)
@@ -155,28 +120,21 @@ def experiment_command(env_id, **options):
     run_chapter("experiment", env_id, **options)
 
 
+ABLATION_SETS = (*PIPELINE_SETS, "n_sampled_goal")  # the ablation's values of HER's k: --nsg-values
+
+
+def ablation_options(command):
+    return pipeline_options(command, ABLATION_SETS)
+
+
 @click.command(name="ablation")
 @click.option("--env", "env_id", default="FetchPush-v4", show_default=True, help="Env id.")
 @click.option("--nsg-values", default="2,4,8", show_default=True, help="Comma-separated n_sampled_goal values.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="One seed (the chapter's form) [default: 0].")
 @click.option("--seeds", default=None, help="Several seeds, comma-separated (mean +/- 95% CI per value).")
-@pipeline_options
+@ablation_options
 def ablation_command(
-    env_id,
-    nsg_values,
-    seed,
-    seeds,
-    total_steps,
-    preset,
-    learning_starts,
-    algo,
-    eval_freq,
-    checkpoint_freq,
-    n_eval_episodes,
-    workers,
-    executor,
-    ray_address,
-    experiment,
+    env_id, nsg_values, seed, seeds, preset, n_eval_episodes, workers, executor, ray_address, experiment, **options
 ):
     """HER runs per n_sampled_goal value, each evaluated, with a table across the values.
 
@@ -191,13 +149,7 @@ def ablation_command(
     validate_env_id(env_id, her=True)
     from harness.pipelines import ablation_jobs, ablation_report
 
-    overrides = dict(
-        total_steps=total_steps,
-        learning_starts=learning_starts,
-        algo=algo,
-        eval_freq=eval_freq,
-        checkpoint_freq=checkpoint_freq,
-    )
+    overrides = take_config_options(options, ABLATION_SETS)
     jobs = ablation_jobs(env_id, values, seed_list, preset, overrides, n_eval_episodes)
     _run(
         "ablation",

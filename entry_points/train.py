@@ -8,37 +8,12 @@ import sys
 import click
 
 from entry_points._common import echo_ui_link, run_command
-from harness.config import ALGOS, GOAL_SELECTION_STRATEGIES, available_presets
+from entry_points.options import config_options, take_config_options
+from harness.config import available_presets
 
-PRESET = "preset"  # MLproject's spelling of "not given: take the preset's value"
 # More torch threads than any machine here has cores only slows a training down; a typo such as
 # 100000 would fail much later in hundreds of MemoryError lines from OpenMP.
 MAX_THREADS = 1024
-
-
-class IntOrPreset(click.ParamType):
-    """An integer >= ``minimum``, or the word 'preset' (MLproject's default: use the preset's value)."""
-
-    name = "integer"
-
-    def __init__(self, minimum: int):
-        self.minimum = minimum
-
-    def convert(self, value, param, ctx):
-        if value is None or value == PRESET:
-            return None
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            self.fail(f"'{value}' is not an integer", param, ctx)
-        if number < self.minimum:
-            self.fail(f"{number} is not >= {self.minimum}", param, ctx)
-        return number
-
-
-class ChoiceOrPreset(click.Choice):
-    def convert(self, value, param, ctx):
-        return None if value in (None, PRESET) else super().convert(value, param, ctx)
 
 
 @click.command(name="train")
@@ -49,50 +24,15 @@ class ChoiceOrPreset(click.Choice):
     show_default=True,
     help="Gymnasium id, e.g. FetchReach-v4, FetchPush-v4, FetchPickAndPlace-v4, FetchSlide-v4 (or *Dense-v4).",
 )
-@click.option(
-    "--her",
-    type=click.BOOL,
-    is_flag=False,
-    flag_value="true",
-    default="false",
-    show_default=True,
-    help="Train with Hindsight Experience Replay. Bare --her means true; also --her true|false|1|0|yes|no.",
-)
 @click.option("--no-her", is_flag=True, help="Train without HER (the default; same as --her false).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random stream.")
-@click.option("--total-steps", type=IntOrPreset(1), help="Env steps to train for [default: the preset's].")
-@click.option("--n-sampled-goal", type=IntOrPreset(0), help="HER relabeled goals per transition [default: the preset's, 4].")
-@click.option(
-    "--goal-selection-strategy",
-    type=ChoiceOrPreset(GOAL_SELECTION_STRATEGIES),
-    help="HER goal source [default: the preset's, future].",
-)
-@click.option(
-    "--learning-starts", type=IntOrPreset(0), help="Random-action env steps before learning [default: the preset's]."
-)
-@click.option(
-    "--algo",
-    type=ChoiceOrPreset(ALGOS),
-    help="sac (stable-baselines3), tqc (sb3-contrib) or ddpg (the HER paper's DDPG) [default: the preset's].",
-)
-@click.option("--n-envs", type=IntOrPreset(1), help="Parallel envs in the process [default: the preset's].")
-@click.option(
-    "--eval-freq",
-    type=IntOrPreset(0),
-    help="Env steps between evaluations during training, 0 for none [default: the preset's].",
-)
-@click.option("--eval-episodes", type=IntOrPreset(1), help="Episodes per evaluation during training [default: the preset's].")
-@click.option(
-    "--checkpoint-freq",
-    type=IntOrPreset(0),
-    help="Env steps between resumable checkpoints, 0 for none [default: the preset's].",
-)
+@config_options()
 @click.option(
     "--set",
     "settings",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Any other config field, e.g. --set gamma=0.98 --set net_arch=[256,256,256] (repeatable; see harness/config.py).",
+    help="A config field as KEY=VALUE (YAML), e.g. --set gamma=0.98 --set net_arch=[256,256,256]; "
+    "the same as its option (repeatable).",
 )
 @click.option(
     "--preset",
@@ -132,29 +72,7 @@ class ChoiceOrPreset(click.Choice):
     help="Continue this config's run if a crash, a kill or a closed terminal cut it short (its resumable "
     "checkpoint in checkpoints/resume/), instead of starting a new run.",
 )
-def train_command(
-    env_id,
-    her,
-    no_her,
-    seed,
-    total_steps,
-    n_sampled_goal,
-    goal_selection_strategy,
-    learning_starts,
-    algo,
-    n_envs,
-    eval_freq,
-    eval_episodes,
-    checkpoint_freq,
-    settings,
-    preset,
-    experiment,
-    threads,
-    device,
-    progress,
-    system_metrics,
-    resume,
-):
+def train_command(env_id, no_her, settings, preset, experiment, threads, device, progress, system_metrics, resume, **options):
     """Train SAC, TQC or the HER paper's DDPG, with or without HER, as one MLflow run.
 
     Logs the resolved config as params, SB3's metrics and eval/* learning curves by env step,
@@ -164,26 +82,16 @@ def train_command(
     # Cheapest checks first: a bad value is reported before torch and SB3 are even imported.
     from harness.config import parse_settings, resolve_config
 
-    if her and no_her:
+    overrides = take_config_options(options)
+    if overrides["her"] and no_her:
         raise click.UsageError("--her and --no-her contradict each other; give one")
-    overrides = dict(
-        her=her,
-        seed=seed,
-        total_steps=total_steps,
-        n_sampled_goal=n_sampled_goal,
-        goal_selection_strategy=goal_selection_strategy,
-        learning_starts=learning_starts,
-        algo=algo,
-        n_envs=n_envs,
-        eval_freq=eval_freq,
-        eval_episodes=eval_episodes,
-        checkpoint_freq=checkpoint_freq,
-    )
+    if no_her:
+        overrides["her"] = False
     overrides.update(parse_settings(settings))
     config = resolve_config(preset, env_id, overrides)
     from harness.envs import validate_env_id
 
-    validate_env_id(env_id, her=her)
+    validate_env_id(env_id, her=config.her)
     from harness.algorithms import resolve_device
 
     resolve_device(device)  # --device cuda without a GPU: said before any store or run is touched

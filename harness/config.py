@@ -12,14 +12,18 @@ checkpoint as ``meta.json`` and used to name the run.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import hashlib
+import inspect
+import itertools
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 import yaml
 
@@ -37,74 +41,115 @@ ALGOS = ("sac", "tqc", "ddpg")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+ENT_COEF_ACCEPTED = "a number >= 0, 'auto' or 'auto_<initial value>' such as auto_0.1"
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """What a config field accepts: the phrase its error message gives and the test of a value.
+    ``choices`` and ``minimum`` are the same rule in the form the command line's option types take."""
+
+    phrase: str
+    test: Callable[[Any], bool]
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+
+
+ABOVE_ZERO = Accepts("> 0", lambda v: v > 0, minimum=1)
+AT_LEAST_ZERO = Accepts(">= 0", lambda v: v >= 0, minimum=0)
+SHARE = Accepts("in [0, 1]", lambda v: 0 <= v <= 1)
+UP_TO_ONE = Accepts("in (0, 1]", lambda v: 0 < v <= 1)
+
+
+def one_of(choices: tuple[str, ...]) -> Accepts:
+    return Accepts(f"one of {', '.join(choices)}", lambda v: v in choices, choices=choices)
+
+
+def ent_coef_ok(ent: float | str) -> bool:
+    """SB3's spellings: a fixed coefficient >= 0, 'auto', or 'auto_<initial value > 0>'."""
+    if not isinstance(ent, str):
+        return math.isfinite(ent) and ent >= 0
+    if ent == "auto":
+        return True
+    try:
+        return ent.startswith("auto_") and math.isfinite(float(ent[5:])) and float(ent[5:]) > 0
+    except ValueError:
+        return False
+
+
+def setting(default: Any, accepts: Accepts) -> Any:
+    """A config field with its default and the rule :func:`validate_config` checks it against."""
+    return dataclasses.field(default=default, metadata={"accepts": accepts})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides what a training run does. Defaults are SB3's own."""
 
     env_id: str = "FetchReach-v4"
     """Gymnasium id of the task, e.g. FetchPush-v4 (sparse) or FetchPushDense-v4."""
-    algo: str = "sac"
+    algo: str = setting("sac", one_of(ALGOS))
     """Off-policy algorithm: 'sac' (stable-baselines3), 'tqc' (sb3-contrib) or 'ddpg' (the HER paper's
     DDPG, :class:`harness.algorithms.HerDDPG`)."""
     her: bool = False
     """Store hindsight-relabeled transitions (SB3's HerReplayBuffer)."""
-    seed: int = 0
+    seed: int = setting(0, Accepts(f"in [0, {MAX_SEED}] (numpy's seed range)", lambda n: 0 <= n <= MAX_SEED, minimum=0))
     """Seeds torch, numpy, the training envs and the action space."""
-    total_steps: int = 500_000
+    total_steps: int = setting(500_000, ABOVE_ZERO)
     """Environment steps to train for (summed over all parallel envs)."""
-    n_envs: int = 1
+    n_envs: int = setting(1, ABOVE_ZERO)
     """Parallel environments stepping in one process (DummyVecEnv)."""
-    n_sampled_goal: int = 4
+    n_sampled_goal: int = setting(4, AT_LEAST_ZERO)
     """HER: relabeled goals per real transition (the 'k' of the HER paper)."""
-    goal_selection_strategy: str = "future"
+    goal_selection_strategy: str = setting("future", one_of(GOAL_SELECTION_STRATEGIES))
     """HER: where relabeled goals come from: future | final | episode."""
-    desired_goal_share: float = 0.0
+    desired_goal_share: float = setting(0.0, SHARE)
     """HER: share of the relabeled goals replaced by the desired goal of a random stored transition
     (mostly another episode's real goal; spitis/mrl's 'futureactual' mix is 0.5 with n_sampled_goal 4).
     0 keeps SB3's HerReplayBuffer exactly."""
-    held_object_start: float = 0.0
+    held_object_start: float = setting(0.0, SHARE)
     """FetchPickAndPlace only: share of the training episodes that start with the object held in the
     gripper (the HER paper's pick-and-place setting, :class:`harness.envs.HeldObjectStart`);
     evaluation always starts from the env's own reset. 0 leaves the training envs as they are."""
-    learning_starts: int = 10_000
+    learning_starts: int = setting(10_000, AT_LEAST_ZERO)
     """Environment steps of random actions before the first gradient step."""
-    batch_size: int = 256
+    batch_size: int = setting(256, ABOVE_ZERO)
     """Transitions per gradient step."""
-    buffer_size: int = 1_000_000
+    buffer_size: int = setting(1_000_000, ABOVE_ZERO)
     """Replay buffer capacity in transitions."""
-    learning_rate: float = 3e-4
+    learning_rate: float = setting(3e-4, ABOVE_ZERO)
     """Adam learning rate of actor, critics and entropy coefficient."""
-    gamma: float = 0.99
+    gamma: float = setting(0.99, UP_TO_ONE)
     """Discount factor."""
-    tau: float = 0.005
+    tau: float = setting(0.005, UP_TO_ONE)
     """Soft (Polyak) update coefficient of the target critics."""
-    train_freq: int = 1
+    train_freq: int = setting(1, ABOVE_ZERO)
     """Train every this many vectorized env steps."""
-    gradient_steps: int = 1
+    gradient_steps: int = setting(1, Accepts("> 0 or -1", lambda n: n > 0 or n == -1))
     """Gradient steps per training round (-1: as many as env steps collected)."""
-    ent_coef: str | float = "auto"
+    ent_coef: str | float = setting("auto", Accepts(ENT_COEF_ACCEPTED, lambda e: ent_coef_ok(e)))
     """Entropy coefficient: 'auto' (learned), 'auto_0.1' (learned from 0.1) or a number."""
-    net_arch: tuple[int, ...] = (256, 256)
+    net_arch: tuple[int, ...] = setting((256, 256), Accepts("positive layer sizes", lambda a: bool(a) and min(a) > 0))
     """Hidden layer sizes of actor and critics."""
     normalize_obs: bool = False
     """Running mean/std observation normalization (VecNormalize, std floored at 0.01, clipped at 5)."""
-    action_noise: float = 0.2
+    action_noise: float = setting(0.2, AT_LEAST_ZERO)
     """ddpg only: std of the Gaussian noise added to the actor's actions (in [-1, 1] units) while training."""
-    random_eps: float = 0.3
+    random_eps: float = setting(0.3, SHARE)
     """ddpg only: share of training actions replaced by uniformly random ones."""
-    action_l2: float = 1.0
+    action_l2: float = setting(1.0, AT_LEAST_ZERO)
     """ddpg only: weight of the L2 penalty on the actor's actions in its loss."""
-    precision: str = "fp32"
+    precision: str = setting("fp32", one_of(PRECISIONS))
     """sac and ddpg: 'fp32', 'bf16' to run the networks' layers in bfloat16 during gradient steps
     (autocast; weights, losses, optimizer, acting and evaluation stay fp32), or 'auto': bf16 where the
     device runs it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), fp32 elsewhere. bf16 is
     ~2x faster on CPUs with AMX and ~18x slower on CPUs without native bf16 (AVX2 only); its numbers differ
     slightly from fp32's. The run's ``harness.precision`` tag says what was used."""
-    eval_freq: int = 10_000
+    eval_freq: int = setting(10_000, AT_LEAST_ZERO)
     """Env steps between deterministic evaluations during training (0: none)."""
-    eval_episodes: int = 20
+    eval_episodes: int = setting(20, AT_LEAST_ZERO)
     """Episodes per evaluation during training."""
-    checkpoint_freq: int = 50_000
+    checkpoint_freq: int = setting(50_000, AT_LEAST_ZERO)
     """Env steps between resumable checkpoints (model, replay buffer, normalization; 0: none)."""
     preset: str = "ch04"
     """Name of the preset this config was resolved from."""
@@ -252,73 +297,38 @@ def parse_settings(settings: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return overrides
 
 
-def validate_config(config: TrainConfig) -> None:  # noqa: C901 - one flat check per field, read top to bottom
-    """Reject values SB3 would choke on later, with a message naming what is accepted."""
-    if config.algo not in ALGOS:
-        raise HarnessError(f"unknown algo '{config.algo}'; accepted: {', '.join(ALGOS)}")
-    if config.goal_selection_strategy not in GOAL_SELECTION_STRATEGIES:
-        raise HarnessError(
-            f"unknown goal selection strategy '{config.goal_selection_strategy}'; "
-            f"accepted: {', '.join(GOAL_SELECTION_STRATEGIES)}"
-        )
-    positive = ("total_steps", "n_envs", "batch_size", "buffer_size", "train_freq")
-    for name in positive:
-        if getattr(config, name) <= 0:
-            raise HarnessError(f"{name} must be > 0, got {getattr(config, name)}")
-    non_negative = ("n_sampled_goal", "learning_starts", "eval_freq", "eval_episodes", "seed", "checkpoint_freq")
-    for name in non_negative:
-        if getattr(config, name) < 0:
-            raise HarnessError(f"{name} must be >= 0, got {getattr(config, name)}")
-    if config.gradient_steps == 0 or config.gradient_steps < -1:
-        raise HarnessError(f"gradient_steps must be > 0 or -1, got {config.gradient_steps}")
-    if not 0.0 < config.gamma <= 1.0:
-        raise HarnessError(f"gamma must be in (0, 1], got {config.gamma}")
-    if not 0.0 < config.tau <= 1.0:
-        raise HarnessError(f"tau must be in (0, 1], got {config.tau}")
-    if config.learning_rate <= 0:
-        raise HarnessError(f"learning_rate must be > 0, got {config.learning_rate}")
-    if config.action_noise < 0:
-        raise HarnessError(f"action_noise must be >= 0, got {config.action_noise}")
-    if not 0.0 <= config.random_eps <= 1.0:
-        raise HarnessError(f"random_eps must be in [0, 1], got {config.random_eps}")
-    if config.action_l2 < 0:
-        raise HarnessError(f"action_l2 must be >= 0, got {config.action_l2}")
-    if not config.net_arch or any(n <= 0 for n in config.net_arch):
-        raise HarnessError(f"net_arch must be positive layer sizes, got {list(config.net_arch)}")
-    if not 0.0 <= config.desired_goal_share <= 1.0:
-        raise HarnessError(f"desired_goal_share must be in [0, 1], got {config.desired_goal_share}")
-    if not 0.0 <= config.held_object_start <= 1.0:
-        raise HarnessError(f"held_object_start must be in [0, 1], got {config.held_object_start}")
+def validate_config(config: TrainConfig) -> None:
+    """Reject values SB3 would choke on later, with a message naming what is accepted: each field by the
+    rule declared beside it, then the two rules that join fields."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise HarnessError(f"{field.name} must be a finite number, got {value}")
+        accepts = field.metadata.get("accepts")
+        if accepts is not None and not accepts.test(value):
+            shown = list(value) if isinstance(value, tuple) else repr(value) if isinstance(value, str) else value
+            raise HarnessError(f"{field.name} must be {accepts.phrase}, got {shown}")
     if config.held_object_start > 0 and config.env_id not in HELD_OBJECT_ENVS:
         raise HarnessError(
             f"held_object_start needs an env whose gripper can hold the object "
             f"({', '.join(HELD_OBJECT_ENVS)}), not {config.env_id}"
         )
-    if config.precision not in PRECISIONS:
-        raise HarnessError(f"precision must be one of {', '.join(PRECISIONS)}, got '{config.precision}'")
     if config.precision == "bf16" and config.algo == "tqc":
         raise HarnessError(f"precision {config.precision} is for sac and ddpg; tqc trains in fp32")
-    if config.seed > MAX_SEED:
-        raise HarnessError(f"seed must be in [0, {MAX_SEED}] (numpy's seed range), got {config.seed}")
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise HarnessError(f"{field.name} must be a finite number, got {value}")
-    validate_ent_coef(config.ent_coef)
 
 
-def validate_ent_coef(ent: float | str) -> None:
-    """SB3's spellings: a fixed coefficient >= 0, 'auto', or 'auto_<initial value > 0>'."""
-    accepted = "a number >= 0, 'auto' or 'auto_<initial value>' such as auto_0.1"
-    if isinstance(ent, str):
-        if ent == "auto":
-            return
-        initial = ent[len("auto_") :] if ent.startswith("auto_") else None
-        try:
-            valid = initial is not None and math.isfinite(float(initial)) and float(initial) > 0
-        except ValueError:
-            valid = False
-        if not valid:
-            raise HarnessError(f"ent_coef must be {accepted}, got '{ent}'")
-    elif not (math.isfinite(ent) and ent >= 0):
-        raise HarnessError(f"ent_coef must be {accepted}, got {ent}")
+@functools.cache
+def field_docs() -> dict[str, str]:
+    """Each :class:`TrainConfig` field's docstring (the string under it), read from this module's source:
+    the command line's help texts, so that a field is documented once."""
+    body = ast.parse(inspect.getsource(TrainConfig)).body[0].body
+    docs = {}
+    for node, after in itertools.pairwise(body):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+def field_rule(name: str) -> Accepts | None:
+    """The rule a field is checked against (None for the fields without one: env_id, her, preset)."""
+    return next(f.metadata.get("accepts") for f in dataclasses.fields(TrainConfig) if f.name == name)

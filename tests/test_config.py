@@ -135,8 +135,8 @@ def test_run_name_and_tensorboard_dir_follow_the_chapter():
     [
         ({"total_steps": 0}, "total_steps must be > 0, got 0"),
         ({"n_sampled_goal": -1}, "n_sampled_goal must be >= 0, got -1"),
-        ({"goal_selection_strategy": "random"}, "unknown goal selection strategy 'random'; accepted: future, final, episode"),
-        ({"algo": "ppo"}, "unknown algo 'ppo'; accepted: sac, tqc, ddpg"),
+        ({"goal_selection_strategy": "random"}, "goal_selection_strategy must be one of future, final, episode, got 'random'"),
+        ({"algo": "ppo"}, "algo must be one of sac, tqc, ddpg, got 'ppo'"),
         ({"net_arch": "big"}, "net_arch must be a list of integers, got 'big'"),
         ({"her": "maybe"}, "her must be true or false, got 'maybe'"),
         ({"total_steps": 1.5}, "total_steps must be an integer, got 1.5"),

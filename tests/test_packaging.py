@@ -55,7 +55,7 @@ def test_mlproject_parameters_map_onto_cli_options():
     for name, command in commands.items():
         entry = project["entry_points"][name]
         options = {opt for p in command.params for opt in p.opts}
-        used = re.findall(r"(--[a-z-]*\s?)?\{(\w+)\}", entry["command"])
+        used = re.findall(r"(--[a-z0-9-]*\s?)?\{(\w+)\}", entry["command"])
         assert {param for _, param in used} == set(entry["parameters"]), name
         for option, param in used:
             if not option:  # a positional argument (reproduce's RUN_ID)
@@ -118,3 +118,25 @@ def test_help_and_bad_values_answer_without_importing_torch_sb3_or_mlflow(args):
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert imported, proc.stderr
     assert not imported & {"torch", "stable_baselines3", "mlflow", "gymnasium"}, args
+
+
+def test_every_config_field_is_a_train_option_and_an_mlproject_parameter_and_mlproject_is_generated():
+    from click.testing import CliRunner
+
+    from entry_points.mlproject import MLPROJECT, mlproject_text
+    from entry_points.options import config_fields
+    from entry_points.pipelines import push_all_command
+    from entry_points.train import train_command
+    from harness.config import field_docs
+
+    assert MLPROJECT.read_text() == mlproject_text(), "MLproject is not what `make mlproject` writes: run it"
+    spec = yaml.safe_load(MLPROJECT.read_text())["entry_points"]
+    train_help = CliRunner().invoke(train_command, ["--help"], terminal_width=400).output
+    push_help = CliRunner().invoke(push_all_command, ["--help"], terminal_width=400).output
+    for field in config_fields():
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in train_help and field_docs()[field.name].split(" ")[0] in train_help, field.name
+        assert spec["train"]["parameters"][field.name]["default"] == "preset"
+        assert f"{flag} {{{field.name}}}" in spec["train"]["command"]
+        if field.name not in ("her", "seed"):
+            assert flag in push_help and field.name in spec["push-all"]["parameters"], field.name

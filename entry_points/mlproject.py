@@ -1,0 +1,127 @@
+"""Write MLproject: the train and pipeline entry points take one parameter per TrainConfig field.
+
+``make mlproject`` (``python -m entry_points.mlproject``) rewrites the file from the fields
+(:mod:`entry_points.options`); ``tests/test_packaging.py`` fails when the committed file differs.
+The other entry points have no config fields and stand here as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from entry_points.options import config_fields
+
+MLPROJECT = Path(__file__).resolve().parent.parent / "MLproject"
+HEADER = """\
+name: her-harness
+
+# Written by `make mlproject` from harness/config.py's TrainConfig (entry_points/mlproject.py): edit there.
+# `mlflow run . -e train -P her=true --env-manager local` from the project's venv,
+# or plain `mlflow run . -e train -P her=true` with conda (conda.yaml).
+# MLproject has no boolean type: `her` takes true/false/1/0/yes/no.
+# Parameters left at "preset" take the value of the chosen preset (harness/presets/<preset>.yaml).
+conda_env: conda.yaml
+
+entry_points:
+"""
+PIPELINE = [("seeds", "string", '"0,1,2"'), ("preset", "string", "ch04"), ("n_eval_episodes", "int", "100")]
+EXECUTION = [("workers", "int", "2"), ("executor", "string", "local")]
+# (entry point, command, its own parameters, config fields it sets itself, fixed trailing flags)
+GENERATED = [
+    (
+        "train",
+        "python -m entry_points.train",
+        [
+            ("env", "string", "FetchReach-v4"),
+            ("preset", "string", "ch04"),
+            ("threads", "int", "0"),
+            ("device", "string", "auto"),
+        ],
+        (),
+        "--no-progress",
+    ),
+    ("reach-all", "python -m entry_points.pipelines reach-all", [*PIPELINE, *EXECUTION], ("her", "seed"), ""),
+    ("push-all", "python -m entry_points.pipelines push-all", [*PIPELINE, *EXECUTION], ("her", "seed"), ""),
+    (
+        "experiment",
+        "python -m entry_points.pipelines experiment",
+        [("env", "string", None), *PIPELINE, *EXECUTION],
+        ("her", "seed"),
+        "",
+    ),
+    (
+        "ablation",
+        "python -m entry_points.pipelines ablation",
+        [
+            ("env", "string", "FetchPush-v4"),
+            ("nsg_values", "string", '"2,4,8"'),
+            ("seeds", "string", '"0"'),
+            *PIPELINE[1:],
+            *EXECUTION,
+        ],
+        ("her", "seed", "n_sampled_goal"),
+        "",
+    ),
+]
+FIXED = """\
+  eval:
+    parameters:
+      ckpt: {type: string}
+      n_episodes: {type: int, default: 100}
+    command: "python -m entry_points.eval --ckpt {ckpt} --n-episodes {n_episodes}"
+
+  compare:
+    parameters:
+      env: {type: string, default: FetchReach-v4}
+      seeds: {type: string, default: "0,1,2"}
+      algo: {type: string, default: auto}
+    command: "python -m entry_points.compare --env {env} --seeds {seeds} --algo {algo}"
+
+  her-lab:
+    parameters:
+      mode: {type: string, default: verify}
+      episodes: {type: int, default: 50}
+      seed: {type: int, default: 0}
+    command: "python -m entry_points.lab --{mode} --episodes {episodes} --seed {seed}"
+
+  register:
+    parameters:
+      env: {type: string, default: FetchPush-v4}
+      algo: {type: string, default: auto}
+    command: "python -m entry_points.register --env {env} --algo {algo}"
+
+  reproduce:
+    parameters:
+      run_id: {type: string}
+      steps: {type: int, default: 0}
+      apply_diff: {type: string, default: "false"}
+    command: "python -m entry_points.reproduce {run_id} --steps {steps} --apply-diff {apply_diff}"
+"""
+
+
+def entry_point(name: str, command: str, own: list, leave_out: tuple[str, ...], trailing: str) -> str:
+    # Every config field is a string parameter defaulting to "preset": MLproject's types cannot say
+    # "not given", and the CLI's option types check the value.
+    params = [*own, *((field.name, "string", "preset") for field in config_fields(leave_out))]
+    lines = [f"  {name}:", "    parameters:"]
+    for param, kind, default in params:
+        lines.append(f"      {param}: " + (kind if default is None else f"{{type: {kind}, default: {default}}}"))
+    flags = [f"--{param.replace('_', '-')} {{{param}}}" for param, _, _ in params]
+    lines.append("    command: >-")
+    words, line = [*command.split(" "), *flags, *([trailing] if trailing else [])], "     "
+    for word in words:  # folded into lines of at most ~110 characters
+        if len(line) + len(word) > 110:
+            lines.append(line)
+            line = "     "
+        line += " " + word
+    lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def mlproject_text() -> str:
+    return HEADER + "\n".join(entry_point(*spec) for spec in GENERATED) + "\n" + FIXED
+
+
+if __name__ == "__main__":
+    MLPROJECT.write_text(mlproject_text())
+    print(f"wrote {MLPROJECT}")
