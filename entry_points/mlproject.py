@@ -1,4 +1,10 @@
-"""Write MLproject: the train and pipeline entry points take one parameter per TrainConfig field.
+"""Write MLproject: the train and pipeline entry points take every TrainConfig field as a parameter.
+
+The fields are not declared as parameters: ``mlflow run`` logs each declared parameter as a run param,
+a default of "take the preset's value" included, and MLflow params cannot be changed afterwards, so the
+run's params would say "preset" where the resolved value belongs. An undeclared ``-P gamma=0.98`` is
+passed on by MLflow as ``--gamma 0.98``, which the generated option takes (``_`` and ``-`` alike). Each
+entry point lists the fields it takes in a comment written from TrainConfig.
 
 ``make mlproject`` (``python -m entry_points.mlproject``) rewrites the file from the fields
 (:mod:`entry_points.options`); ``tests/test_packaging.py`` fails when the committed file differs.
@@ -16,10 +22,11 @@ HEADER = """\
 name: her-harness
 
 # Written by `make mlproject` from harness/config.py's TrainConfig (entry_points/mlproject.py): edit there.
+# Every config field is a parameter of train and the pipelines (-P gamma=0.98); left out, it takes the value
+# of the chosen preset (harness/presets/<preset>.yaml).
 # `mlflow run . -e train -P her=true --env-manager local` from the project's venv,
 # or plain `mlflow run . -e train -P her=true` with conda (conda.yaml).
 # MLproject has no boolean type: `her` takes true/false/1/0/yes/no.
-# Parameters left at "preset" take the value of the chosen preset (harness/presets/<preset>.yaml).
 conda_env: conda.yaml
 
 entry_points:
@@ -100,10 +107,15 @@ FIXED = """\
 
 
 def entry_point(name: str, command: str, own: list, leave_out: tuple[str, ...], trailing: str) -> str:
-    # Every config field is a string parameter defaulting to "preset": MLproject's types cannot say
-    # "not given", and the CLI's option types check the value.
-    params = [*own, *((field.name, "string", "preset") for field in config_fields(leave_out))]
-    lines = [f"  {name}:", "    parameters:"]
+    params = own
+    lines = [f"  {name}:"]
+    fields, line = [field.name for field in config_fields(leave_out)], "    # -P NAME=VALUE also takes the config fields:"
+    for field in fields:
+        if len(line) + len(field) > 110:
+            lines.append(line)
+            line = "    #"
+        line += f" {field}"
+    lines += [line, "    parameters:"]
     for param, kind, default in params:
         lines.append(f"      {param}: " + (kind if default is None else f"{{type: {kind}, default: {default}}}"))
     flags = [f"--{param.replace('_', '-')} {{{param}}}" for param, _, _ in params]

@@ -16,6 +16,8 @@ import click
 from harness.config import TrainConfig, field_docs, field_rule
 
 PRESET = "preset"  # MLproject's spelling of "not given: take the preset's value"
+# MLflow passes an MLproject parameter it does not declare as --name_with_underscores: the same option.
+CONTEXT = {"token_normalize_func": lambda token: token.replace("_", "-")}
 # Fields with options of their own in every command: --env and --preset.
 OWN_OPTIONS = ("env_id", "preset")
 

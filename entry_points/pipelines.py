@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from entry_points._common import echo_ui_link, parse_int_list, parse_seeds, run_command
-from entry_points.options import config_options, take_config_options
+from entry_points.options import CONTEXT, config_options, take_config_options
 from harness.config import available_presets
 
 
@@ -98,7 +98,7 @@ def run_chapter(name, env_id, seeds, preset, n_eval_episodes, workers, executor,
 
 
 def chapter_pipeline(name: str, env_id: str):
-    @click.command(name=name, help=f"The chapter's pipeline on {env_id}: {CHAPTER_STEPS}")
+    @click.command(name=name, context_settings=CONTEXT, help=f"The chapter's pipeline on {env_id}: {CHAPTER_STEPS}")
     @chapter_options
     def command(**options):
         run_chapter(name, env_id, **options)
@@ -112,6 +112,7 @@ push_all_command = chapter_pipeline("push-all", "FetchPush-v4")
 
 @click.command(
     name="experiment",
+    context_settings=CONTEXT,
     help=f"The chapter's pipeline on any goal-conditioned env (FetchPickAndPlace-v4, FetchSlide-v4, ...): {CHAPTER_STEPS}",
 )
 @click.option("--env", "env_id", required=True, help="Env id, e.g. FetchPickAndPlace-v4 or FetchSlide-v4.")
@@ -127,7 +128,7 @@ def ablation_options(command):
     return pipeline_options(command, ABLATION_SETS)
 
 
-@click.command(name="ablation")
+@click.command(name="ablation", context_settings=CONTEXT)
 @click.option("--env", "env_id", default="FetchPush-v4", show_default=True, help="Env id.")
 @click.option("--nsg-values", default="2,4,8", show_default=True, help="Comma-separated n_sampled_goal values.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="One seed (the chapter's form) [default: 0].")

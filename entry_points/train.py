@@ -8,7 +8,7 @@ import sys
 import click
 
 from entry_points._common import echo_ui_link, run_command
-from entry_points.options import config_options, take_config_options
+from entry_points.options import CONTEXT, config_options, take_config_options
 from harness.config import available_presets
 
 # More torch threads than any machine here has cores only slows a training down; a typo such as
@@ -16,7 +16,7 @@ from harness.config import available_presets
 MAX_THREADS = 1024
 
 
-@click.command(name="train")
+@click.command(name="train", context_settings=CONTEXT)
 @click.option(
     "--env",
     "env_id",
