@@ -58,7 +58,9 @@ def plain_sb3(warmup: int, steps: int) -> float:
     from stable_baselines3 import SAC, HerReplayBuffer
     from stable_baselines3.common.env_util import make_vec_env
 
-    import harness.envs  # noqa: F401 - (registers the Fetch envs, as the chapter's gymnasium_robotics import does)
+    from harness.envs import register_fetch_envs
+
+    register_fetch_envs()  # as the chapter's `gym.register_envs(gymnasium_robotics)` does
 
     env = make_vec_env(ENV_ID, n_envs=1, seed=0)
     model = SAC(

@@ -8,7 +8,7 @@ import sys
 import click
 
 from harness.credentials import move_to_environment, redact
-from harness.errors import HarnessError, Terminated, first_line, raise_terminated, stop_signals
+from harness.errors import HarnessError, Terminated, first_line, quiet_library_logs, raise_terminated, stop_signals
 
 
 def run_command(command: click.Command, args: list[str] | None = None) -> None:
@@ -25,6 +25,7 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
     # Before MLflow reads the URI: its password goes where MLflow's client takes credentials from,
     # so no link, record or message (MLflow's own included) can show it.
     move_to_environment(os.environ)
+    quiet_library_logs()
     # For the whole command, not only while a run is open: an evaluation stopped before it logs
     # anything still cleans up (its downloaded checkpoint) and says so in one line.
     for sig in stop_signals():

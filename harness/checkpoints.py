@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,33 +49,6 @@ def local_paths(run_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Pa
 def stats_path(zip_path: Path) -> Path:
     """The VecNormalize statistics saved beside a checkpoint zip (present when observations were normalized)."""
     return zip_path.with_name(zip_path.name[: -len(".zip")] + ".vecnormalize.pkl")
-
-
-def check_writable(directory: Path) -> None:
-    """Create ``directory`` and make sure a file can be written there, before work whose result
-    would have nowhere to go."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=directory).close()
-    except OSError as exc:
-        raise HarnessError(f"cannot write to {directory}/ ({exc.strerror}); run from a directory you can write to") from None
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a half-written file
-    where a reader would take it for a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk or a kill leaves no partial file behind
-        raise
-
-
-def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
 @dataclass

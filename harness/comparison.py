@@ -21,7 +21,6 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from harness import tracking
-from harness.checkpoints import write_json_atomically
 from harness.credentials import redact
 from harness.errors import HarnessError
 from harness.evaluation import RESULTS_DIR, floor_run, threshold_metrics
@@ -32,7 +31,6 @@ from harness.identity import (
     EVALUATED_TAG,
     EVAL_EPISODES_TAG,
     KIND_TAG,
-    NOTE_TAG,
     PARENT_RUN_ID_TAG,
     RunIdentity,
     SEEDS_TAG,
@@ -41,6 +39,7 @@ from harness.identity import (
     VARIANT_TAG,
     WARNINGS_TAG,
 )
+from harness.reporting import Table, new_figure, publish_report, save_figure
 from harness.statistics import (
     Separation,
     Summary,
@@ -131,23 +130,13 @@ def format_cell(row: TableRow, summary: Summary) -> str:
     return f"{row.fmt_mean(summary.mean)} +/- {row.fmt_ci(summary.ci95)}"
 
 
-def format_table(summaries: dict[str, dict[bool, Summary]]) -> str:
+def chapter_table(summaries: dict[str, dict[bool, Summary]]) -> Table:
     """The chapter's table: ``Metric | No-HER | HER | Delta``, values as mean +/- 95% CI."""
-    lines = [f"{'Metric':<25} | {'No-HER':>20} | {'HER':>20} | {'Delta':>12}", "-" * 85]
+    rows = []
     for row in ROWS:
         no_her, her = summaries[row.metric][False], summaries[row.metric][True]
-        delta = row.fmt_delta(her.mean - no_her.mean)
-        lines.append(f"{row.label:<25} | {format_cell(row, no_her):>20} | {format_cell(row, her):>20} | {delta:>12}")
-    return "\n".join(lines)
-
-
-def markdown_table(summaries: dict[str, dict[bool, Summary]]) -> str:
-    lines = ["| Metric | No-HER | HER | Delta |", "|--------|--------|-----|-------|"]
-    for row in ROWS:
-        no_her, her = summaries[row.metric][False], summaries[row.metric][True]
-        cells = [format_cell(row, no_her), format_cell(row, her), row.fmt_delta(her.mean - no_her.mean)]
-        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([row.label, format_cell(row, no_her), format_cell(row, her), row.fmt_delta(her.mean - no_her.mean)])
+    return Table(["Metric", "No-HER", "HER", "Delta"], rows, widths=(25, 20, 20, 12))
 
 
 SUCCESS = "eval/success_rate"
@@ -219,25 +208,10 @@ def plot_floor(ax, floor: dict | None) -> None:
         )
 
 
-def save_figure(fig, path: Path, title: str) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def plot_comparison(env_id: str, found: dict[bool, list], statistics: dict, path: Path) -> None:
     """Final success per seed with the IQM and its bootstrap CI; eval success vs env steps and vs
     wall-clock (IQM over seeds, bootstrap band); the do-nothing floor as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
+    fig, (left, middle, right) = new_figure(3, 15)
     colors = {False: "tab:gray", True: "tab:blue"}
     for x, (label, her) in enumerate(CONDITIONS):
         condition = statistics["conditions"][condition_key(her)]
@@ -475,7 +449,7 @@ def report_comparison(
     summaries = {
         row.metric: {her: summarize([r.data.metrics[row.metric] for r in found[her]]) for _, her in CONDITIONS} for row in ROWS
     }
-    table = format_table(summaries)
+    table = chapter_table(summaries)
     all_runs = found[False] + found[True]
     floor = floor_run(env_id, max(episodes_of(r) for r in all_runs), all_runs[0].info.experiment_id)
     statistics, verdict = seed_statistics(env_id, seeds, found, floor)
@@ -497,15 +471,13 @@ def report_comparison(
         "statistics": statistics,
         "clear_separation": verdict.clear,
         "warnings": statistics["warnings"],
-        "table": table,
+        "table": table.text(),
         "details": details,
     }
     json_path = comparison_path(env_id)
     png_path = json_path.with_suffix(".png")
-    write_json_atomically(json_path, report)
     plot_comparison(env_id, found, statistics, png_path)
-    chapter_table = markdown_table(summaries)
-    markdown = chapter_table + "\n\n" + details + "\n"
+    markdown = table.markdown() + "\n\n" + details
 
     tags = {
         KIND_TAG: "compare",
@@ -514,8 +486,6 @@ def report_comparison(
         SEEDS_TAG: ",".join(str(s) for s in seeds),
         CLEAR_SEPARATION_TAG: "yes" if verdict.clear else "no",
         SEPARATION_TEST_TAG: verdict.test,
-        # mlflow.note.content is the run's description in the UI, rendered as markdown.
-        NOTE_TAG: f"# {env_id}: {algo.upper()} without and with HER\n\n{markdown}",
     }
     for criterion in ("large", "significant", "consistent"):
         tags[f"{SEPARATION_TAG_PREFIX}{criterion}"] = "yes" if getattr(verdict, criterion) else "no"
@@ -524,14 +494,13 @@ def report_comparison(
     if parent_run_id:
         tags[PARENT_RUN_ID_TAG] = parent_run_id
     with tracking.tracked_run(f"compare_{algo}_{env_id}", tags, experiment) as run:
-        mlflow.log_text(markdown, "comparison.md")
-        mlflow.log_artifact(str(json_path))
-        mlflow.log_artifact(str(png_path))
-        tracking.log_metrics_at(run.info.run_id, compare_metrics(report, verdict), 0)
         report["compare_run_id"] = run.info.run_id
+        title = f"{env_id}: {algo.upper()} without and with HER"
+        report.update(publish_report(json_path.with_suffix(""), title, markdown, png_path, report))
+        tracking.log_metrics_at(run.info.run_id, compare_metrics(report, verdict), 0)
     report["results_file"] = str(json_path)
     report["plot_file"] = str(png_path)
-    report["markdown_table"] = chapter_table
+    report["markdown_table"] = table.markdown()
     report["markdown"] = markdown
     return report
 

@@ -17,17 +17,22 @@ import numpy as np
 
 from harness.errors import HarnessError
 
-# Headless machines have no window system for MuJoCo's default (GLFW) renderer; EGL renders
-# offscreen (videos). Read by mujoco at import, so it is set before gymnasium-robotics loads it.
-if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-    os.environ["MUJOCO_GL"] = "egl"
 
-# gymnasium-robotics prints a notice about Adroit (not Fetch) reward changes on import;
-# it is noise for every user of this harness, so it is swallowed.
-with contextlib.redirect_stderr(io.StringIO()):
-    import gymnasium_robotics
+@functools.cache
+def register_fetch_envs() -> None:
+    """Register Gymnasium-Robotics' envs with Gymnasium, once per process, when the first env is needed
+    (not at import: importing the harness changes no process state)."""
+    # Headless machines have no window system for MuJoCo's default (GLFW) renderer; EGL renders
+    # offscreen (videos). Read by mujoco at import, so it is set before gymnasium-robotics loads it.
+    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"
+    # gymnasium-robotics prints a notice about Adroit (not Fetch) reward changes on import;
+    # it is noise for every user of this harness, so it is swallowed.
+    with contextlib.redirect_stderr(io.StringIO()):
+        import gymnasium_robotics
 
-gym.register_envs(gymnasium_robotics)
+    gym.register_envs(gymnasium_robotics)
+
 
 FETCH_TASKS = ("Reach", "Push", "PickAndPlace", "Slide")
 FETCH_ENV_IDS = tuple(f"Fetch{task}{dense}-v4" for task in FETCH_TASKS for dense in ("", "Dense"))
@@ -36,6 +41,7 @@ GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
 
 def validate_env_id(env_id: str, her: bool = False) -> None:
     """Accept any registered env with continuous actions; HER needs a goal-conditioned one."""
+    register_fetch_envs()
     if env_id not in gym.registry:
         raise HarnessError(
             f"unknown env '{env_id}'; the Fetch tasks are: {', '.join(FETCH_ENV_IDS)} "
@@ -62,6 +68,7 @@ def her_reward_warning(env_id: str, her: bool) -> str | None:
 
 def episode_steps(env_id: str) -> int | None:
     """The env's time limit (50 on the Fetch tasks), or None where it has none."""
+    register_fetch_envs()
     return gym.spec(env_id).max_episode_steps
 
 
@@ -80,6 +87,7 @@ def validate_her_start(env_id: str, n_envs: int, learning_starts: int) -> None:
 def spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
     """The env's (observation, action) spaces, from one env built and closed; a HarnessError naming
     what is missing when Gymnasium cannot build it."""
+    register_fetch_envs()
     try:
         env = gym.make(env_id)
     except (gym.error.Error, ImportError) as exc:
@@ -98,6 +106,7 @@ def is_goal_conditioned(env_id: str) -> bool:
 def make_env(env_id: str, render: bool = False) -> gym.Env:
     """One env, as ``gym.make`` builds it (Fetch v4 episodes are 50 steps); ``render`` gives RGB frames.
     A Fetch env reads its observation with :class:`FetchObservationIndex` (the same values, bit for bit)."""
+    register_fetch_envs()
     env = gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
     if not isinstance(env.action_space, gym.spaces.Box):
         env.close()

@@ -134,7 +134,8 @@ def evaluate_checkpoint(
     An eval run of its own (``harness.kind=eval``) gets them too under ``mlflow run -e eval``
     (the run ``mlflow run`` created) and in a pipeline (a child of ``parent_run_id``).
     """
-    from harness.checkpoints import check_writable, load_checkpoint, write_json_atomically
+    from harness.checkpoints import load_checkpoint
+    from harness.files import check_writable, write_json_atomically
     from harness.errors import HarnessError
 
     if n_episodes <= 0:

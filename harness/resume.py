@@ -10,7 +10,7 @@ torch generators, the action space's generator (SB3 reseeds it when loading a mo
 state mid-episode (:func:`harness.envs.env_state`) and the metrics the SB3 logger has recorded but
 not yet written. Checkpoints written before it existed resume as before: envs reset, the cut
 episode dropped from the replay buffer, so the run continues correctly but not bit for bit. A checkpoint is written into
-``step_<N>.tmp`` and renamed into place only when complete, so a kill at any moment never leaves
+``step_<N>.tmp`` and renamed into place only when complete (:mod:`harness.files`), so a kill at any moment never leaves
 a half-written directory that :func:`latest` would pick.
 
 On a tracking server (workers on several machines), each checkpoint is also sent to the run's
@@ -38,6 +38,7 @@ from harness import tracking
 from harness.checkpoints import CHECKPOINT_DIR, sha256_of
 from harness.envs import env_state, restore_env_state
 from harness.errors import HarnessError
+from harness.files import build_directory_atomically
 from harness.identity import RESUME_MANIFEST_SHA256_TAG
 from harness.seeding import random_state, restore_random_state
 
@@ -55,21 +56,17 @@ def run_dir(run_id: str) -> Path:
 def save(run_id: str, model, vecnormalize=None) -> Path:
     step = int(model.num_timesteps)
     final = run_dir(run_id) / f"step_{step:012d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        model.save(tmp / "model.zip")
-        model.save_replay_buffer(tmp / "replay_buffer.pkl")
-        with open(tmp / STATE_FILE, "wb") as f:
+
+    def fill(directory: Path) -> None:
+        model.save(directory / "model.zip")
+        model.save_replay_buffer(directory / "replay_buffer.pkl")
+        with open(directory / STATE_FILE, "wb") as f:
             pickle.dump(training_state(model), f)
         if vecnormalize is not None:
-            vecnormalize.save(str(tmp / "vecnormalize.pkl"))
-        write_manifest(tmp, step)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no partial checkpoint behind
-        raise
+            vecnormalize.save(str(directory / "vecnormalize.pkl"))
+        write_manifest(directory, step)
+
+    build_directory_atomically(final, fill)  # a full disk leaves no partial checkpoint behind
     for older in checkpoints(run_id):
         if older != final:
             shutil.rmtree(older, ignore_errors=True)
@@ -154,15 +151,13 @@ def fetch(run_id: str) -> Path | None:
     vouched = recorded_manifest()
 
     final = run_dir(run_id) / f"step_{step:012d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REMOTE_DIR, dst_path=str(tmp))
-        fetched = tmp / REMOTE_DIR
+
+    def fill(directory: Path) -> bool:
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REMOTE_DIR, dst_path=str(directory))
+        fetched = directory / REMOTE_DIR
         if sha256_of(fetched / MANIFEST) != vouched:
             if recorded_manifest() != vouched:
-                return None  # a live worker checkpointed the run while we read it
+                return False  # a live worker checkpointed the run while we read it
             # Anyone who can write artifacts could have put pickles and a manifest naming them there.
             raise HarnessError(
                 f"the resumable checkpoint in the artifacts of run {run_id} does not match the "
@@ -171,14 +166,13 @@ def fetch(run_id: str) -> Path | None:
             )
         manifest = json.loads((fetched / MANIFEST).read_text())
         if manifest["step"] != step or any(sha256_of(fetched / name) != digest for name, digest in manifest["sha256"].items()):
-            return None  # overwritten while we read it: the run is being checkpointed by a live worker
+            return False  # overwritten while we read it: the run is being checkpointed by a live worker
         for name in [*manifest["sha256"], MANIFEST]:
-            os.rename(fetched / name, tmp / name)
+            os.rename(fetched / name, directory / name)
         shutil.rmtree(fetched)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        return True
+
+    return final if build_directory_atomically(final, fill) else None
 
 
 def available(run_id: str) -> bool:

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.files import write_json_atomically
+from harness.tracking import ask_health
 
 STATE_FILE = "server.json"
 PASSWORD_FILE = "db-password"
@@ -194,16 +196,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _answers(uri: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: int | None = None, auth: bool = False) -> Stack:
     """Start PostgreSQL and the tracking server in ``directory`` (made on first use); returns what runs.
     ``auth``: MLflow's basic-auth app (:func:`auth_environment`)."""
@@ -314,9 +306,9 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
             env=env,
         )
         stack.server_pid = server.pid
-        (directory / STATE_FILE).write_text(json.dumps(asdict(stack), indent=2) + "\n")
+        write_json_atomically(directory / STATE_FILE, asdict(stack))
         deadline = time.time() + START_TIMEOUT_S
-        while not _answers(stack.tracking_uri):
+        while ask_health(stack.tracking_uri, timeout_s=2) != 200:
             if server.poll() is not None or time.time() > deadline:
                 last = _last_line(directory / "mlflow-server.log")
                 why = f"exited ({last})" if server.poll() is not None else f"did not answer within {START_TIMEOUT_S:.0f} s"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import math
 import os
 import signal
@@ -33,16 +32,6 @@ from harness.provenance import provenance_tags
 DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
 # Runs whose experiment gets the MLflow UI's "HER vs no-HER" view (harness.views), where the printed links lead.
 VIEWED_KINDS = ("train", "compare", "pipeline")
-
-# MLflow announces at INFO level that it creates or migrates the SQLite schema, on every new
-# store, and logs a full traceback at ERROR level for every refused write (a read-only store, or a
-# "database is locked" that with_retry retries); the one line the CLI prints says what went wrong.
-logging.getLogger("alembic").setLevel(logging.WARNING)
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-# Four INFO lines per run (no GPU found, started, stopping, terminated) about the system metrics sampler.
-logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-# Checkpoints are a few MB; MLflow's per-download progress bars only clutter the pipeline overview.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def on_server() -> bool:
@@ -77,13 +66,12 @@ def credential_variables() -> dict[str, str]:
 
 
 def prepare_store() -> None:
-    """Check that the tracking store can be used, once per process, before any work starts:
+    """Check that the tracking store can be used, once per store and process, before any work starts:
     a server must answer within seconds; a SQLite store is created or migrated (see
     :func:`prepare_sqlite`)."""
-    global _store_ready
-    if _store_ready:
-        return
     uri = mlflow.get_tracking_uri()
+    if uri in _ready_stores:
+        return
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         check_credentials(uri)
@@ -99,7 +87,7 @@ def prepare_store() -> None:
             raise HarnessError(f"tracking store {uri} cannot be used: {first_line(exc.message)}") from None
         except Exception as exc:
             raise HarnessError(f"tracking store {uri} cannot be used: {first_line(exc) or type(exc).__name__}") from None
-    _store_ready = True
+    _ready_stores.add(uri)
     if os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
         check_attachable(os.environ["MLFLOW_RUN_ID"])  # a leftover: refused before any work or file
 
@@ -119,18 +107,27 @@ def check_store_writable() -> None:
             )
 
 
-def check_server(uri: str, timeout_s: float = 5.0) -> None:
-    """MLflow retries a silent server for minutes before it fails; one request says it at once."""
+def ask_health(uri: str, timeout_s: float) -> int | str:
+    """``GET <uri>/health`` of an MLflow server: the HTTP status it answered, or why none came. The one
+    health check of a tracking server (:func:`check_server`, and ``harness server start`` waiting for its own)."""
     import requests
 
     try:
-        requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
-    except requests.RequestException as exc:
-        reason = f"no answer within {timeout_s:g}s" if isinstance(exc, requests.Timeout) else "connection failed"
+        return requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).status_code
+    except requests.Timeout:
+        return f"no answer within {timeout_s:g}s"
+    except requests.RequestException:
+        return "connection failed"
+
+
+def check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """MLflow retries a silent server for minutes before it fails; one request says it at once."""
+    answer = ask_health(uri, timeout_s)
+    if isinstance(answer, str):
         raise HarnessError(
-            f"tracking server {uri} does not answer ({reason}); start it, or point MLFLOW_TRACKING_URI "
+            f"tracking server {uri} does not answer ({answer}); start it, or point MLFLOW_TRACKING_URI "
             "at a running server or at a sqlite:///path/mlflow.db file"
-        ) from None
+        )
 
 
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -288,7 +285,8 @@ def check_integrity() -> None:
         raise HarnessError(f"tracking store {db_path} is damaged (SQLite: {'; '.join(problems[:2])}); {DAMAGED_HINT}")
 
 
-_store_ready = False
+# The stores this process has checked (prepare_store): each is checked once, the first time it is used.
+_ready_stores: set[str] = set()
 
 
 def use_experiment(name: str) -> None:

@@ -28,19 +28,12 @@ from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from harness import resume, tracking
 from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, resolve_device, resolve_precision
-from harness.checkpoints import (
-    ARTIFACT_DIR,
-    CHECKPOINT_DIR,
-    check_writable,
-    hash_tags,
-    local_paths,
-    write_atomically,
-    write_json_atomically,
-)
+from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, hash_tags, local_paths
 from harness.config import TrainConfig
 from harness.credentials import redact
 from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import HarnessError, first_line, warn
+from harness.files import check_writable, write_atomically, write_json_atomically
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
 from harness.identity import (
     CONFIG_HASH_TAG,

@@ -1,4 +1,10 @@
-"""Shared fixtures: every test gets its own working directory and SQLite MLflow store."""
+"""Shared fixtures: every test gets its own working directory and SQLite MLflow store.
+
+`make test` runs the suite on every core (pytest-xdist, ``-n auto --dist loadgroup``): each test goes to
+whichever worker is free, except those marked ``xdist_group``, which share one worker: a module whose
+module-scoped fixture trains (built once, on that worker), the tests that start Ray clusters (one at a
+time), the tests that add worktrees to this checkout (they count them).
+"""
 
 from __future__ import annotations
 
@@ -62,9 +68,6 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
-    import harness.tracking
-
-    monkeypatch.setattr(harness.tracking, "_store_ready", False)
     yield uri
     if mlflow.active_run():
         mlflow.end_run()

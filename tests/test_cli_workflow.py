@@ -8,7 +8,10 @@ import pytest
 
 from tests.conftest import TINY, run_cli
 
-pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+pytestmark = [
+    pytest.mark.slow,  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+    pytest.mark.xdist_group("cli_workflow"),  # one worker builds the module's trained store, once
+]
 
 SEEDS = (0, 1)
 ENV = "FetchReach-v4"
@@ -147,7 +150,7 @@ def test_compare_prints_the_chapter_table_from_mlflow(workflow):
     stdout = workflow["compare"].stdout
     lines = stdout.splitlines()
     assert lines[0] == "Metric                    |               No-HER |                  HER |        Delta"
-    assert lines[1] == "-" * 85
+    assert lines[1] == "-" * len(lines[0])
     assert [line.split("|")[0].strip() for line in lines[2:5]] == ["Success Rate", "Return (mean)", "Final Distance"]
     report = json.loads((workflow["cwd"] / "results" / "ch04_fetchreach-v4_comparison.json").read_text())
     runs = train_runs(workflow)
@@ -158,7 +161,12 @@ def test_compare_prints_the_chapter_table_from_mlflow(workflow):
     assert report["conditions"]["her"]["summary"]["eval/success_rate"]["n"] == 2
     (compare_run,) = [r for r in workflow["runs"] if r.data.tags.get("harness.kind") == "compare"]
     artifacts = {a.path for a in workflow["client"].list_artifacts(compare_run.info.run_id)}
-    assert artifacts == {"comparison.md", "ch04_fetchreach-v4_comparison.json", "ch04_fetchreach-v4_comparison.png"}
+    assert artifacts == {f"ch04_fetchreach-v4_comparison.{suffix}" for suffix in ("md", "json", "png")}
+    logged = mlflow.artifacts.load_dict(f"runs:/{compare_run.info.run_id}/ch04_fetchreach-v4_comparison.json")
+    assert logged["compare_run_id"] == compare_run.info.run_id and logged["table"] == "\n".join(lines[:5])
+    note = compare_run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"# {ENV}: SAC without and with HER\n\n| Metric | No-HER | HER | Delta |")
+    assert "**Clear separation: " in note
     assert "delta/success_rate" in compare_run.data.metrics
 
 

@@ -8,6 +8,7 @@ import harness
 # The stages in the order a run goes through them (docs/architecture.md lists the same order).
 STAGES = [
     "errors",
+    "files",
     "credentials",
     "identity",
     "provenance",
@@ -24,6 +25,7 @@ STAGES = [
     "evaluation",
     "training",
     "statistics",
+    "reporting",
     "comparison",
     "pipelines.plan",
     "pipelines.overview",
@@ -118,3 +120,31 @@ def test_mlflows_own_tag_keys_are_spelled_as_mlflow_spells_them():
     assert identity.RUN_NAME_TAG == mlflow_tags.MLFLOW_RUN_NAME
     assert identity.PARENT_RUN_ID_TAG == mlflow_tags.MLFLOW_PARENT_RUN_ID
     assert identity.NOTE_TAG == mlflow_tags.MLFLOW_RUN_NOTE
+
+
+def test_importing_the_harness_changes_no_process_state():
+    """Importing any stage sets no environment variable, logger level or matplotlib backend and registers
+    no env: the CLI and the workers set what they need (quiet_library_logs, register_fetch_envs) when they
+    run. The libraries are imported first, so that only what the harness itself does is seen."""
+    import subprocess
+    import sys
+
+    probe = f"""
+import importlib, logging, os, sys
+import gymnasium, matplotlib, mlflow, stable_baselines3, torch
+def state():
+    loggers = {{name: getattr(lg, "level", None) for name, lg in logging.root.manager.loggerDict.items()}}
+    return dict(os.environ), loggers, matplotlib.rcParams["backend"], len(gymnasium.registry), sys.stderr
+before = state()
+for name in {[s for s in STAGES if s != "registry_model"]!r}:  # registry_model is MLflow's models-from-code file
+    importlib.import_module("harness." + name)
+after = state()
+new_loggers = set(after[1]) - set(before[1])
+changed = {{k: (before[1][k], after[1][k]) for k in before[1] if before[1][k] != after[1][k]}}
+assert before[0] == after[0], {{k: after[0].get(k) for k in set(before[0]) ^ set(after[0])}}
+assert not changed and all(after[1][k] in (None, 0) for k in new_loggers), changed
+assert before[2:] == after[2:], (before[2:4], after[2:4])
+print("unchanged")
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "unchanged", proc.stderr[-3000:]

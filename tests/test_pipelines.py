@@ -66,7 +66,9 @@ def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_
         "ch04_fetchreach-v4_comparison.json",
     } <= artifacts
     report = (tmp_path / "results" / "ch04_fetchreach-v4_report.md").read_text()
-    assert "| Success Rate |" in report and "![eval success](ch04_fetchreach-v4_comparison.png)" in report
+    assert report.startswith("# FetchReach-v4: SAC without and with HER, seeds 0, 1\n\n| Metric | No-HER | HER | Delta |")
+    assert "| Success Rate |" in report and "](ch04_fetchreach-v4_comparison.png)\n" in report
+    assert report.rstrip().endswith(f"| {trains['sac_her_FetchReach-v4_seed1'].info.run_id} |")  # the runs, last
     # the statistics and the chapter's verdict follow the table, in the report and on the parent run's page
     assert "IQM success [bootstrap 95% CI over seeds]" in report and "**Clear separation: " in report
     assert "**Clear separation: " in parent.data.tags["mlflow.note.content"]
@@ -165,6 +167,7 @@ def test_sigkill_at_any_moment_then_rerun_completes(store, tmp_path):
     assert (tmp_path / "results" / "ch04_fetchreach-v4_report.md").is_file()
 
 
+@pytest.mark.xdist_group("ray")  # one Ray cluster at a time (make test runs two workers)
 def test_reach_all_through_ray(store, tmp_path):
     pytest.importorskip("ray", reason="Ray is part of the test extra: pip install -e '.[test]'")
     run_cli(["reach-all", "--seeds", "0", "--executor", "ray", "--workers", "2", *TINY_PIPELINE], tmp_path, store, timeout=600)
@@ -196,7 +199,10 @@ def test_ablation_table_across_values(store, tmp_path):
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
         "ch04_fetchreach-v4_ablation_nsg.json",
         "ch04_fetchreach-v4_ablation_nsg.md",
+        "ch04_fetchreach-v4_ablation_nsg.png",
     }
+    markdown = (tmp_path / "results" / "ch04_fetchreach-v4_ablation_nsg.md").read_text()
+    assert "](ch04_fetchreach-v4_ablation_nsg.png)" in markdown
     assert "| 2 |" in parent.data.tags["mlflow.note.content"] and "| 4 |" in parent.data.tags["mlflow.note.content"]
     (floor,) = runs_by_kind("floor")
     assert floor.data.tags["harness.env"] == "FetchReach-v4" and floor.info.status == "FINISHED"

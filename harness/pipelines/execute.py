@@ -16,7 +16,7 @@ from typing import Any
 from collections.abc import Callable
 
 from harness.config import config_from_dict
-from harness.errors import HarnessError, Terminated, first_line
+from harness.errors import HarnessError, Terminated, first_line, quiet_library_logs
 from harness.pipelines.plan import Planned, lost_attempt
 
 EXECUTORS = ("local", "ray")
@@ -85,6 +85,7 @@ def _init_worker(env: dict[str, str], torch_threads: int) -> None:
     leave workers writing to runs that the next attempt takes over)."""
     os.environ.pop("MLFLOW_RUN_ID", None)
     os.environ.update(env)
+    quiet_library_logs()
     import torch
 
     torch.set_num_threads(torch_threads)

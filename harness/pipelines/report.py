@@ -13,14 +13,15 @@ from collections.abc import Callable, Sequence
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from harness.evaluation import RESULTS_DIR
-from harness.identity import NOTE_TAG, RunIdentity
+from harness.comparison import ROWS, SUCCESS, condition_statistics, episodes_of, format_cell, learning_curve, report_comparison
+from harness.evaluation import RESULTS_DIR, floor_run
+from harness.identity import RunIdentity
+from harness.reporting import Table, new_figure, publish_report, save_figure
 from harness.statistics import summarize
 
 
 def chapter_report(env_id: str, seeds: Sequence[int], algo: str) -> Callable:
     """The comparison (child run), then the markdown report on the parent run."""
-    from harness.comparison import report_comparison
 
     def build(parent_id: str, run_ids: dict[str, str]) -> dict[str, Any]:
         client = MlflowClient()
@@ -29,36 +30,27 @@ def chapter_report(env_id: str, seeds: Sequence[int], algo: str) -> Callable:
             for her in (False, True)
         }
         comparison = report_comparison(env_id, seeds, found, algo, parent_run_id=parent_id)
-        md_path = RESULTS_DIR / f"ch04_{env_id.lower()}_report.md"
-        plot = Path(comparison["plot_file"]).name
-        lines = [
-            f"# {env_id}: {algo.upper()} without and with HER, seeds {', '.join(map(str, seeds))}",
-            "",
-            comparison["markdown_table"],
-            "",
-            "Mean +/- 95% confidence interval (Student's t, n-1 degrees of freedom) over seeds; "
-            "each seed scored on the same deterministic evaluation episodes.",
-            "",
-            comparison["details"],
-            "",
-            f"![eval success]({plot})",
-            "",
-            "| run | condition | seed | eval success | run id |",
-            "|---|---|---|---|---|",
-        ]
-        for her in (False, True):
-            for seed, run in zip(seeds, found[her], strict=True):
-                lines.append(
-                    f"| {run.info.run_name} | {'HER' if her else 'no-HER'} | {seed} | "
-                    f"{100 * run.data.metrics['eval/success_rate']:.0f}% | {run.info.run_id} |"
-                )
-        md_path.write_text("\n".join(lines) + "\n")
-        mlflow.log_artifact(str(md_path))
-        # The pipeline run's description in the MLflow UI (rendered as markdown).
-        mlflow.set_tag(NOTE_TAG, "\n".join(lines[: lines.index(f"![eval success]({plot})")]))
-        mlflow.log_artifact(comparison["plot_file"])
+        body = "\n\n".join(
+            [
+                comparison["markdown_table"],
+                "Mean +/- 95% confidence interval (Student's t, n-1 degrees of freedom) over seeds; "
+                "each seed scored on the same deterministic evaluation episodes.",
+                comparison["details"],
+            ]
+        )
+        runs = Table(
+            ["run", "condition", "seed", "eval success", "run id"],
+            [
+                [run.info.run_name, "HER" if her else "no-HER", seed, _percent(run.data.metrics[SUCCESS]), run.info.run_id]
+                for her in (False, True)
+                for seed, run in zip(seeds, found[her], strict=True)
+            ],
+        )
+        title = f"{env_id}: {algo.upper()} without and with HER, seeds {', '.join(map(str, seeds))}"
+        stem = RESULTS_DIR / f"ch04_{env_id.lower()}_report"
+        files = publish_report(stem, title, body, Path(comparison["plot_file"]), appendix=runs.markdown())
         mlflow.log_artifact(comparison["results_file"])
-        return {**comparison, "report_file": str(md_path)}
+        return {**comparison, **files, "results_file": comparison["results_file"]}
 
     return build
 
@@ -69,19 +61,8 @@ def ablation_report(env_id: str, nsg_values: Sequence[int], seeds: Sequence[int]
     JSON, plot and markdown."""
 
     def build(parent_id: str, run_ids: dict[str, str]) -> dict[str, Any]:
-        from harness.comparison import ROWS, SUCCESS, condition_statistics, episodes_of, format_cell, learning_curve
-        from harness.evaluation import floor_run
-
         client = MlflowClient()
-        rows, curves, table = {}, {}, []
-        header = f"{'n_sampled_goal':<15} | " + " | ".join(f"{row.label:>20}" for row in ROWS)
-        table += [header, "-" * len(header)]
-        md = ["| n_sampled_goal | " + " | ".join(row.label for row in ROWS) + " |", "|---" * (len(ROWS) + 1) + "|"]
-        details = [
-            "| n_sampled_goal | success per seed (" + ", ".join(map(str, seeds)) + ") | "
-            "IQM [bootstrap 95% CI] | pooled episodes [Wilson 95% CI] | env steps to 90% (IQM) |",
-            "|---|---|---|---|---|",
-        ]
+        rows, curves, table_rows, detail_rows = {}, {}, [], []
         runs_by_nsg = {
             nsg: [client.get_run(run_ids[RunIdentity(env_id, algo, True, seed, f"nsg{nsg}").name]) for seed in seeds]
             for nsg in nsg_values
@@ -95,24 +76,33 @@ def ablation_report(env_id: str, nsg_values: Sequence[int], seeds: Sequence[int]
                 summary = summarize([r.data.metrics[row.metric] for r in runs])
                 rows[nsg][row.metric] = summary.to_dict()
                 cells.append(format_cell(row, summary))  # as compare's table writes a cell
-            table.append(f"{nsg:<15} | " + " | ".join(f"{c:>20}" for c in cells))
-            md.append(f"| {nsg} | " + " | ".join(cells) + " |")
+            table_rows.append([nsg, *cells])
             stats = rows[nsg]["statistics"] = condition_statistics(runs, seeds)
-            details.append(
-                f"| {nsg} | "
-                + ", ".join(f"{100 * v:.1f}%" for v in stats["success"])
-                + f" | {_percent_with_interval(stats['iqm'], stats['iqm_ci95'])}"
-                + f" | {stats['pooled_successes']}/{stats['pooled_episodes']} "
-                + _percent_with_interval(
-                    stats["pooled_successes"] / max(stats["pooled_episodes"], 1), stats["pooled_wilson_ci95"]
-                )
-                + " | "
-                + ("not every seed" if stats["to_90"]["steps_iqm"] is None else f"{stats['to_90']['steps_iqm'] / 1000:.0f}k")
-                + " |"
+            pooled = stats["pooled_successes"] / max(stats["pooled_episodes"], 1)
+            to_90 = stats["to_90"]["steps_iqm"]
+            detail_rows.append(
+                [
+                    nsg,
+                    ", ".join(f"{100 * v:.1f}%" for v in stats["success"]),
+                    _percent_with_interval(stats["iqm"], stats["iqm_ci95"]),
+                    f"{stats['pooled_successes']}/{stats['pooled_episodes']} "
+                    + _percent_with_interval(pooled, stats["pooled_wilson_ci95"]),
+                    "not every seed" if to_90 is None else f"{to_90 / 1000:.0f}k",
+                ]
             )
             curves[nsg] = learning_curve(ids, SUCCESS)
-        details.append(
-            f"\nDo-nothing floor (zero actions, the same {floor['n_episodes']} episodes): "
+        table = Table(["n_sampled_goal", *(row.label for row in ROWS)], table_rows, widths=(15, *(20 for _ in ROWS)))
+        details = Table(
+            [
+                "n_sampled_goal",
+                "success per seed (" + ", ".join(map(str, seeds)) + ")",
+                "IQM [bootstrap 95% CI]",
+                "pooled episodes [Wilson 95% CI]",
+                "env steps to 90% (IQM)",
+            ],
+            detail_rows,
+        ).markdown() + (
+            f"\n\nDo-nothing floor (zero actions, the same {floor['n_episodes']} episodes): "
             f"{100 * floor['success_rate']:.1f}% (floor run {floor['run_id']})."
         )
         stem = RESULTS_DIR / f"ch04_{env_id.lower()}_ablation_nsg"
@@ -122,25 +112,19 @@ def ablation_report(env_id: str, nsg_values: Sequence[int], seeds: Sequence[int]
             "nsg_values": list(nsg_values),
             "rows": rows,
             "floor": floor,
-            "table": "\n".join(table),
-            "details": "\n".join(details),
+            "table": table.text(),
+            "details": details,
         }
-        from harness.checkpoints import write_json_atomically
-
-        write_json_atomically(stem.with_suffix(".json"), report)
         _plot_ablation(env_id, nsg_values, rows, curves, floor, stem.with_suffix(".png"))
-        markdown = "\n".join(md) + "\n\n" + "\n".join(details) + "\n"
-        stem.with_suffix(".md").write_text(
-            f"# {env_id}: HER n_sampled_goal ablation, seeds {list(seeds)}\n\n"
-            + markdown
-            + f"\n![ablation]({stem.name}.png)\n"
-        )
-        for suffix in (".json", ".png", ".md"):
-            mlflow.log_artifact(str(stem.with_suffix(suffix)))
-        mlflow.set_tag(NOTE_TAG, f"# {env_id}: HER n_sampled_goal ablation\n\n{markdown}")
-        return {**report, "results_file": str(stem.with_suffix(".json")), "report_file": str(stem.with_suffix(".md"))}
+        title = f"{env_id}: HER n_sampled_goal ablation, seeds {', '.join(map(str, seeds))}"
+        files = publish_report(stem, title, table.markdown() + "\n\n" + details, stem.with_suffix(".png"), report)
+        return {**report, **files}
 
     return build
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.0f}%"
 
 
 def _percent_with_interval(value: float, interval) -> str:
@@ -148,14 +132,9 @@ def _percent_with_interval(value: float, interval) -> str:
 
 
 def _plot_ablation(env_id, nsg_values, rows, curves, floor, path: Path) -> None:
-    import matplotlib
+    from harness.comparison import plot_floor, plot_success_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from harness.comparison import plot_floor, plot_success_curve, save_figure
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = new_figure(2, 11)
     for x, nsg in enumerate(nsg_values):
         stats = rows[nsg]["statistics"]
         left.scatter([x] * len(stats["success"]), stats["success"], color="tab:blue", alpha=0.5)

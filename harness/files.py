@@ -1,0 +1,64 @@
+"""Writing files so that a reader never sees half of one: the one temp-then-rename of the harness.
+
+A checkpoint, a result file, a report or a resumable checkpoint's folder is written under a temporary
+name beside its final one and renamed into place only when complete. A crash, a kill or a full disk
+leaves the old file (or nothing) where a reader looks, and no partial temporary file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp_path)``, then rename the temporary file over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill leaves no partial file behind
+        raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomically(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def build_directory_atomically(final: Path, fill: Callable[[Path], bool | None]) -> bool:
+    """Call ``fill(tmp_dir)`` on an empty ``<final>.tmp`` folder, then rename it to ``final``; a folder
+    left by an earlier, interrupted attempt is removed first. ``fill`` returning False discards the
+    folder (nothing is published); returns whether ``final`` was made."""
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if fill(tmp) is False:
+            return False
+        os.rename(tmp, final)
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; else whatever was written so far
+
+
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` and make sure a file can be written there, before work whose result
+    would have nowhere to go."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        raise HarnessError(f"cannot write to {directory}/ ({exc.strerror}); run from a directory you can write to") from None
