@@ -1,5 +1,5 @@
 # make setup: the venv with the pinned dependencies and the harness (editable); idempotent.
-# make test:  setup + the test suite (what CI runs).
+# make test:  setup + the test suite, on every core (what CI runs; TEST_WORKERS=1 runs it in one process).
 # make demo:  setup + the main job: FetchReach-v4, SAC without and with HER, seeds 0,1,2,
 #             evaluation and the comparison table, on ./mlflow.db (about 10 minutes on 2 cores).
 # make ui:    the MLflow UI on the same store.
@@ -10,6 +10,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# make test runs the suite on every core (pytest-xdist; tests/conftest.py says how tests are grouped).
+TEST_WORKERS ?= auto
 DEMO_ENV ?= FetchReach-v4
 DEMO_SEEDS ?= 0,1,2
 DEMO_STEPS ?= 10000
@@ -50,7 +52,7 @@ mlproject: setup
 	$(BIN)/python -m entry_points.mlproject
 
 test: setup browser postgres
-	@$(BIN)/python -m pytest -q; rc=$$?; \
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; exit 1; fi; \
 	exit $$rc
 

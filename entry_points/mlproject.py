@@ -33,6 +33,16 @@ entry_points:
 """
 PIPELINE = [("seeds", "string", '"0,1,2"'), ("preset", "string", "ch04"), ("n_eval_episodes", "int", "100")]
 EXECUTION = [("workers", "int", "2"), ("executor", "string", "local")]
+
+
+def pipeline(command: str, own: list, leave_out: tuple[str, ...] = ("her", "seed")) -> tuple:
+    """A pipeline's entry point: its own parameters, then the pipeline's and the execution's that it does
+    not redefine; every training of it is run with and without HER for each seed, so those fields are the pipeline's."""
+    redefined = {name for name, _, _ in own}
+    shared = [param for param in (*PIPELINE, *EXECUTION) if param[0] not in redefined]
+    return (command, f"python -m entry_points.pipelines {command}", [*own, *shared], leave_out, "")
+
+
 # (entry point, command, its own parameters, config fields it sets itself, fixed trailing flags)
 GENERATED = [
     (
@@ -47,27 +57,13 @@ GENERATED = [
         (),
         "--no-progress",
     ),
-    ("reach-all", "python -m entry_points.pipelines reach-all", [*PIPELINE, *EXECUTION], ("her", "seed"), ""),
-    ("push-all", "python -m entry_points.pipelines push-all", [*PIPELINE, *EXECUTION], ("her", "seed"), ""),
-    (
-        "experiment",
-        "python -m entry_points.pipelines experiment",
-        [("env", "string", None), *PIPELINE, *EXECUTION],
-        ("her", "seed"),
-        "",
-    ),
-    (
+    pipeline("reach-all", []),
+    pipeline("push-all", []),
+    pipeline("experiment", [("env", "string", None)]),
+    pipeline(
         "ablation",
-        "python -m entry_points.pipelines ablation",
-        [
-            ("env", "string", "FetchPush-v4"),
-            ("nsg_values", "string", '"2,4,8"'),
-            ("seeds", "string", '"0"'),
-            *PIPELINE[1:],
-            *EXECUTION,
-        ],
-        ("her", "seed", "n_sampled_goal"),
-        "",
+        [("env", "string", "FetchPush-v4"), ("nsg_values", "string", '"2,4,8"'), ("seeds", "string", '"0"')],
+        ("her", "seed", "n_sampled_goal"),  # --nsg-values sets n_sampled_goal
     ),
 ]
 FIXED = """\
@@ -106,27 +102,25 @@ FIXED = """\
 """
 
 
-def entry_point(name: str, command: str, own: list, leave_out: tuple[str, ...], trailing: str) -> str:
-    params = own
-    lines = [f"  {name}:"]
-    fields, line = [field.name for field in config_fields(leave_out)], "    # -P NAME=VALUE also takes the config fields:"
-    for field in fields:
-        if len(line) + len(field) > 110:
+def fold(words: list[str], prefix: str, first: str = "") -> list[str]:
+    """``words`` joined by spaces into lines of at most ~110 characters, each starting with ``prefix``
+    (the first with ``first`` when given)."""
+    lines, line = [], first or prefix
+    for word in words:
+        if len(line) + len(word) > 110:
             lines.append(line)
-            line = "    #"
-        line += f" {field}"
-    lines += [line, "    parameters:"]
+            line = prefix
+        line += f" {word}"
+    return [*lines, line]
+
+
+def entry_point(name: str, command: str, params: list, leave_out: tuple[str, ...], trailing: str) -> str:
+    fields = [field.name for field in config_fields(leave_out)]
+    lines = [f"  {name}:", *fold(fields, "    #", "    # -P NAME=VALUE also takes the config fields:"), "    parameters:"]
     for param, kind, default in params:
         lines.append(f"      {param}: " + (kind if default is None else f"{{type: {kind}, default: {default}}}"))
     flags = [f"--{param.replace('_', '-')} {{{param}}}" for param, _, _ in params]
-    lines.append("    command: >-")
-    words, line = [*command.split(" "), *flags, *([trailing] if trailing else [])], "     "
-    for word in words:  # folded into lines of at most ~110 characters
-        if len(line) + len(word) > 110:
-            lines.append(line)
-            line = "     "
-        line += " " + word
-    lines.append(line)
+    lines += ["    command: >-", *fold([*command.split(" "), *flags, *([trailing] if trailing else [])], "     ")]
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,7 @@ class OrPreset(click.ParamType):
         return self.parse(value, param, ctx)
 
     def parse(self, value, param, ctx):
-        return value
+        raise NotImplementedError  # each subclass converts its own type
 
 
 class IntOrPreset(OrPreset):

@@ -1,5 +1,6 @@
 """The benchmark scripts run and print their figures (tiny budgets; the figures themselves are in BENCHMARKS.md)."""
 
+import re
 import subprocess
 import sys
 
@@ -47,9 +48,18 @@ def test_throughput_prints_the_three_figures_and_the_speedup(store, tmp_path):
 
 def test_tracking_overhead_prints_the_ratio(store, tmp_path):
     lines = run_bench("tracking_overhead.py", ["--env", "FetchReach-v4", "--steps", "200", "--repeats", "1"], tmp_path, store)
-    assert lines[-1].startswith("tracking overhead ratio: ") and float(lines[-1].split(": ")[1]) > 0
-    (run,) = all_runs()
-    assert run.info.status == "FINISHED" and run.data.params["total_steps"] == "200"
+    # the repeat's two times and its tracked run; the ratio is the best tracked over the best untracked
+    repeats = [re.fullmatch(r"repeat (\d): untracked ([\d.]+)s, tracked ([\d.]+)s \(run (\w{32})\)", lines[1])]
+    assert all(repeats), lines
+    plain, logged = [float(m[2]) for m in repeats], [float(m[3]) for m in repeats]
+    assert lines[2] == f"best untracked {min(plain):.1f}s, best tracked {min(logged):.1f}s"
+    assert lines[-1].startswith("tracking overhead ratio: ")
+    ratio = float(lines[-1].split(": ")[1])
+    low, high = (min(logged) - 0.05) / (min(plain) + 0.05), (min(logged) + 0.05) / (min(plain) - 0.05)  # 0.1 s rounding
+    assert low <= ratio <= high
+    runs = all_runs()
+    assert sorted(r.info.run_id for r in runs) == sorted(m[4] for m in repeats)
+    assert all(r.info.status == "FINISHED" and r.data.params["total_steps"] == "200" for r in runs)
 
 
 def test_time_to_success_reads_learning_curves_from_mlflow(store, tmp_path):

@@ -11,7 +11,10 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, all_runs, clean_env
 
-pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+pytestmark = [
+    pytest.mark.slow,  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+    pytest.mark.xdist_group("reproduce"),  # reproduces too: worktrees of this checkout, one test at a time
+]
 
 TINY_PARAMS = [
     "-P",

@@ -10,7 +10,10 @@ import pytest
 
 from tests.conftest import TINY, clean_env, run_cli
 
-pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+pytestmark = [
+    pytest.mark.slow,  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+    pytest.mark.xdist_group("registry"),  # one worker builds the module's trained store, once
+]
 
 NAME = "ch04-sac-her-FetchReach-v4"
 

@@ -9,7 +9,10 @@ import pytest
 from harness.provenance import PROJECT_ROOT
 from tests.conftest import TINY, all_runs, clean_env, run_cli
 
-pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+pytestmark = [
+    pytest.mark.slow,  # trains, or runs the CLI end to end: `make test-quick` leaves it out
+    pytest.mark.xdist_group("reproduce"),  # one worker trains the module's run once; worktrees of this checkout
+]
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +84,15 @@ def test_steps_re_makes_only_the_start(trained):
     )
 
 
+def worktrees() -> list[str]:
+    listed = subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "list"], capture_output=True, text=True)
+    return listed.stdout.strip().splitlines()
+
+
 def test_a_run_from_a_dirty_tree_reproduces_from_its_commit_and_diff(tmp_path, store):
     """Trained by a clone with an uncommitted change; reproduced here, in a worktree at that commit + the diff."""
     repo, work = tmp_path / "repo", tmp_path / "work"
+    before = worktrees()
     subprocess.run(["git", "clone", "-q", str(PROJECT_ROOT), str(repo)], check=True, timeout=120)
     with open(repo / "harness" / "seeding.py", "a") as source:
         source.write("\n# an uncommitted change\n")
@@ -114,8 +123,7 @@ def test_a_run_from_a_dirty_tree_reproduces_from_its_commit_and_diff(tmp_path, s
     assert len(all_runs()) == 1
     proc = run_cli(["reproduce", original.info.run_id, "--apply-diff"], tmp_path, store, timeout=600)
     assert f"re-made with worktree at {commit} + its logged diff" in proc.stdout and "**identical**" in proc.stdout
-    listed = subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "list"], capture_output=True, text=True)
-    assert len(listed.stdout.strip().splitlines()) == 1  # the temporary worktree is gone
+    assert worktrees() == before  # the temporary worktree is gone
 
 
 def recorded_run(tags: dict) -> str:

@@ -26,7 +26,10 @@ import requests
 from harness import server
 from tests.conftest import PROJECT_ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("ray"),  # a Ray cluster and a server: one such test at a time (make test runs two workers)
+]
 
 PIPELINE = [
     "push-all",
