@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# make test runs the suite on every core (pytest-xdist; tests/conftest.py says how tests are grouped).
+# make test runs the suite on every core (pytest-xdist; tests/conftest.py says which tests share a worker).
 TEST_WORKERS ?= auto
 DEMO_ENV ?= FetchReach-v4
 DEMO_SEEDS ?= 0,1,2
@@ -52,7 +52,7 @@ mlproject: setup
 	$(BIN)/python -m entry_points.mlproject
 
 test: setup browser postgres
-	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup; rc=$$?; \
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; exit 1; fi; \
 	exit $$rc
 

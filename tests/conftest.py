@@ -1,9 +1,7 @@
 """Shared fixtures: every test gets its own working directory and SQLite MLflow store.
 
-`make test` runs the suite on every core (pytest-xdist, ``-n auto --dist loadgroup``): each test goes to
-whichever worker is free, except those marked ``xdist_group``, which share one worker: a module whose
-module-scoped fixture trains (built once, on that worker), the tests that start Ray clusters (one at a
-time), the tests that add worktrees to this checkout (they count them).
+`make test` runs the suite on every core (pytest-xdist, ``-n auto``): each test goes to whichever worker
+is free, except the groups in ``SHARED_WORKER``, whose tests run one after another on one worker.
 """
 
 from __future__ import annotations
@@ -19,6 +17,36 @@ import mlflow
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Tests that must share a worker under pytest-xdist, by node id prefix (a module, or one test).
+SHARED_WORKER = {
+    # a module-scoped fixture that trains: built once, on the worker that runs the module
+    "tests/test_cli_workflow.py": "cli_workflow",
+    "tests/test_registry.py": "registry",
+    "tests/test_her_lab.py": "her_lab",
+    # reproductions add and remove worktrees of this checkout, which the dirty-tree test counts
+    "tests/test_reproduce.py": "reproduce",
+    "tests/test_mlflow_run.py": "reproduce",
+    # Ray clusters (and a PostgreSQL server), one at a time
+    "tests/test_stack.py": "ray",
+    "tests/test_pipelines.py::test_reach_all_through_ray": "ray",
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduling, with the scopes of SHARED_WORKER; every other test is a scope of its own.
+    (``--dist loadgroup`` would read xdist_group marks, but xdist 3.8 cannot tag node ids under pytest 9.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedWorkerScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            for prefix, group in SHARED_WORKER.items():
+                if nodeid == prefix or nodeid.startswith(prefix + "::"):
+                    return group
+            return nodeid
+
+    return SharedWorkerScheduling(config, log)
+
 
 # Tiny budgets: real envs and real training, just short.
 TINY = [
@@ -56,6 +84,53 @@ def run_cli(args: list[str], cwd: Path, store_uri: str, timeout: int = 300, chec
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"harness {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def cli_in_process(args: list[str], cwd: Path, store_uri: str) -> subprocess.CompletedProcess:
+    """Run `harness <args>` inside the test process, for set-up whose subject is not the process
+    (a fixture's trainings and evaluations): it saves the ~5 s of imports a new interpreter pays.
+    What the command changes in the process is put back: the working directory, the environment,
+    MLflow's tracking URI and active experiment, the signal handlers, ``sys.argv`` (the run's command tag)."""
+    import contextlib
+    import io
+    import signal
+
+    import mlflow.tracking.fluent
+
+    from entry_points.cli import cli
+    from entry_points._common import run_command
+    from harness import tracking
+
+    saved_env, saved_cwd, saved_uri, saved_argv = dict(os.environ), Path.cwd(), mlflow.get_tracking_uri(), sys.argv
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update(clean_env(store_uri))
+    os.chdir(cwd)
+    sys.argv = ["harness", *args]
+    mlflow.set_tracking_uri(store_uri)
+    mlflow.tracking.fluent._active_experiment_id = None  # a command picks its experiment by name
+    tracking.ended_early.clear()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                run_command(cli, args)
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        mlflow.set_tracking_uri(saved_uri)
+        mlflow.tracking.fluent._active_experiment_id = None
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+    proc = subprocess.CompletedProcess(["harness", *args], code, stdout.getvalue(), stderr.getvalue())
+    if code != 0:
+        raise AssertionError(f"harness {' '.join(args)} exited {code}\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 

@@ -8,7 +8,7 @@ import time
 import mlflow
 import pytest
 
-from tests.conftest import TINY, all_runs, clean_env, run_cli
+from tests.conftest import TINY, all_runs, clean_env, cli_in_process, run_cli
 
 pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
 
@@ -215,7 +215,7 @@ def test_compare_names_an_evaluated_run_whose_scores_are_gone_and_writes_nothing
 def test_sigterm_during_eval_is_one_line_and_leaves_no_downloaded_checkpoint(store, tmp_path):
     """SIGTERM while `harness eval --ckpt runs:/...` is rolling episodes out (before anything is logged):
     one line, exit 143, the temporary download removed, the results file not written."""
-    run_cli(["train", "--her", *TINY], tmp_path, store)
+    cli_in_process(["train", "--her", *TINY], tmp_path, store)
     (run,) = all_runs()
     scratch = tmp_path / "tmp"
     scratch.mkdir()

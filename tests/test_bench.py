@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.config import resolve_config
-from tests.conftest import PROJECT_ROOT, TINY, all_runs, clean_env, run_cli
+from tests.conftest import PROJECT_ROOT, TINY, all_runs, clean_env, cli_in_process
 
 pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
 
@@ -63,7 +63,7 @@ def test_tracking_overhead_prints_the_ratio(store, tmp_path):
 
 
 def test_time_to_success_reads_learning_curves_from_mlflow(store, tmp_path):
-    run_cli(["train", "--env", "FetchReach-v4", "--her", *TINY], tmp_path, store)
+    cli_in_process(["train", "--env", "FetchReach-v4", "--her", *TINY], tmp_path, store)
     lines = run_bench(
         "time_to_success.py", ["--env", "FetchReach-v4", "--algo", "sac", "--plot", "curve.png"], tmp_path, store
     )

@@ -6,12 +6,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, cli_in_process, run_cli
 
-pytestmark = [
-    pytest.mark.slow,  # trains, or runs the CLI end to end: `make test-quick` leaves it out
-    pytest.mark.xdist_group("cli_workflow"),  # one worker builds the module's trained store, once
-]
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
 
 SEEDS = (0, 1)
 ENV = "FetchReach-v4"
@@ -25,12 +22,14 @@ def workflow(tmp_path_factory):
     out = {"cwd": cwd, "uri": uri, "train": {}, "eval": {}}
     for her in ("false", "true"):
         for seed in SEEDS:
-            out["train"][her, seed] = run_cli(["train", "--env", ENV, "--her", her, "--seed", str(seed), *TINY], cwd, uri)
+            args = ["train", "--env", ENV, "--her", her, "--seed", str(seed), *TINY]
+            out["train"][her, seed] = cli_in_process(args, cwd, uri)
     for her in ("false", "true"):
         for seed in SEEDS:
             name = f"sac{'_her' if her == 'true' else ''}_{ENV}_seed{seed}"
-            out["eval"][her, seed] = run_cli(["eval", "--ckpt", f"checkpoints/{name}.zip", "--n-episodes", "4"], cwd, uri)
-    out["compare"] = run_cli(["compare", "--env", ENV, "--seeds", "0,1"], cwd, uri)
+            args = ["eval", "--ckpt", f"checkpoints/{name}.zip", "--n-episodes", "4"]
+            out["eval"][her, seed] = cli_in_process(args, cwd, uri)
+    out["compare"] = run_cli(["compare", "--env", ENV, "--seeds", "0,1"], cwd, uri)  # what a user's shell shows
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     ids = [e.experiment_id for e in client.search_experiments()]
@@ -321,9 +320,9 @@ def test_mlflow_ui_lands_on_her_vs_no_her(workflow, tmp_path):
 def test_compare_and_register_default_to_the_algo_that_was_trained(store, tmp_path):
     """The fast preset trains Push with ddpg: compare/register find those runs without --algo."""
     for her in ("false", "true"):
-        run_cli(["train", "--env", ENV, "--her", her, "--algo", "ddpg", *TINY], tmp_path, store)
+        cli_in_process(["train", "--env", ENV, "--her", her, "--algo", "ddpg", *TINY], tmp_path, store)
         name = f"ddpg{'_her' if her == 'true' else ''}_{ENV}_seed0"
-        run_cli(["eval", "--ckpt", f"checkpoints/{name}.zip", "--n-episodes", "2"], tmp_path, store)
+        cli_in_process(["eval", "--ckpt", f"checkpoints/{name}.zip", "--n-episodes", "2"], tmp_path, store)
     run_cli(["compare", "--env", ENV, "--seeds", "0"], tmp_path, store)
     report = json.loads((tmp_path / "results" / "ch04_fetchreach-v4_comparison.json").read_text())
     assert report["algo"] == "ddpg" and report["conditions"]["her"]["summary"]["eval/success_rate"]["n"] == 1
@@ -389,7 +388,7 @@ def test_the_floor_is_measured_once_and_reused(workflow):
 
 def test_training_logs_when_eval_success_first_reached_50_and_90_percent(store, tmp_path):
     # The fast preset's DDPG + HER reaches 95% on FetchReach-v4 within 3,000 steps (seeds 0-2).
-    run_cli(
+    cli_in_process(
         [
             "train",
             "--env",

@@ -25,7 +25,7 @@ import pytest
 
 from harness.config import resolve_config
 from harness.errors import HarnessError
-from tests.conftest import PROJECT_ROOT, TINY, all_runs, clean_env, run_cli
+from tests.conftest import PROJECT_ROOT, TINY, all_runs, clean_env, cli_in_process, run_cli
 
 pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
 
@@ -46,7 +46,7 @@ def one_line_error(proc, expected: str) -> str:
 
 
 def train_tiny(cwd, store, *extra):
-    run_cli(["train", *TINY, *extra], cwd, store)
+    cli_in_process(["train", *TINY, *extra], cwd, store)  # set-up: the faults come after
     (run,) = [r for r in all_runs() if r.data.tags.get("harness.kind") == "train"]
     return run
 
@@ -551,7 +551,7 @@ def test_read_only_store_and_directory(store, tmp_path):
     work.mkdir()
     train_tiny(work, store)
     ckpt = "checkpoints/sac_FetchReach-v4_seed0.zip"
-    run_cli(["eval", "--ckpt", ckpt, "--n-episodes", "2"], work, store)
+    cli_in_process(["eval", "--ckpt", ckpt, "--n-episodes", "2"], work, store)
     results = work / "results" / "ch04_sac_fetchreach-v4_seed0_eval.json"
     evaluated = results.read_bytes()
     db = tmp_path / "mlflow.db"

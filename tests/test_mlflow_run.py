@@ -11,10 +11,7 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, all_runs, clean_env
 
-pytestmark = [
-    pytest.mark.slow,  # trains, or runs the CLI end to end: `make test-quick` leaves it out
-    pytest.mark.xdist_group("reproduce"),  # reproduces too: worktrees of this checkout, one test at a time
-]
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
 
 TINY_PARAMS = [
     "-P",

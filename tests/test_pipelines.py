@@ -167,7 +167,6 @@ def test_sigkill_at_any_moment_then_rerun_completes(store, tmp_path):
     assert (tmp_path / "results" / "ch04_fetchreach-v4_report.md").is_file()
 
 
-@pytest.mark.xdist_group("ray")  # one Ray cluster at a time (make test runs two workers)
 def test_reach_all_through_ray(store, tmp_path):
     pytest.importorskip("ray", reason="Ray is part of the test extra: pip install -e '.[test]'")
     run_cli(["reach-all", "--seeds", "0", "--executor", "ray", "--workers", "2", *TINY_PIPELINE], tmp_path, store, timeout=600)

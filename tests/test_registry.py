@@ -8,12 +8,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import TINY, clean_env, run_cli
+from tests.conftest import TINY, clean_env, cli_in_process, run_cli
 
-pytestmark = [
-    pytest.mark.slow,  # trains, or runs the CLI end to end: `make test-quick` leaves it out
-    pytest.mark.xdist_group("registry"),  # one worker builds the module's trained store, once
-]
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
 
 NAME = "ch04-sac-her-FetchReach-v4"
 
@@ -24,9 +21,9 @@ def registry_store(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
     for her, seed in (("true", 0), ("true", 1), ("false", 0)):
-        run_cli(["train", "--her", her, "--seed", str(seed), *TINY], cwd, uri)
+        cli_in_process(["train", "--her", her, "--seed", str(seed), *TINY], cwd, uri)
         name = f"sac{'_her' if her == 'true' else ''}_FetchReach-v4_seed{seed}"
-        run_cli(["eval", "--ckpt", f"checkpoints/{name}.zip", "--n-episodes", "3"], cwd, uri)
+        cli_in_process(["eval", "--ckpt", f"checkpoints/{name}.zip", "--n-episodes", "3"], cwd, uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

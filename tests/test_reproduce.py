@@ -7,12 +7,9 @@ import mlflow
 import pytest
 
 from harness.provenance import PROJECT_ROOT
-from tests.conftest import TINY, all_runs, clean_env, run_cli
+from tests.conftest import TINY, all_runs, clean_env, cli_in_process, run_cli
 
-pytestmark = [
-    pytest.mark.slow,  # trains, or runs the CLI end to end: `make test-quick` leaves it out
-    pytest.mark.xdist_group("reproduce"),  # one worker trains the module's run once; worktrees of this checkout
-]
+pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +17,8 @@ def trained(tmp_path_factory):
     """One tiny HER training of FetchReach-v4, evaluated on 4 episodes."""
     cwd = tmp_path_factory.mktemp("reproduce")
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
-    run_cli(["train", "--her", "--seed", "3", "--threads", "1", *TINY], cwd, uri)
-    run_cli(["eval", "--ckpt", "checkpoints/sac_her_FetchReach-v4_seed3.zip", "--n-episodes", "4"], cwd, uri)
+    cli_in_process(["train", "--her", "--seed", "3", "--threads", "1", *TINY], cwd, uri)
+    cli_in_process(["eval", "--ckpt", "checkpoints/sac_her_FetchReach-v4_seed3.zip", "--n-episodes", "4"], cwd, uri)
     mlflow.set_tracking_uri(uri)
     (run,) = [r for r in all_runs() if r.data.tags.get("harness.kind") == "train"]
     yield cwd, uri, run

@@ -26,10 +26,7 @@ import requests
 from harness import server
 from tests.conftest import PROJECT_ROOT
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xdist_group("ray"),  # a Ray cluster and a server: one such test at a time (make test runs two workers)
-]
+pytestmark = pytest.mark.slow
 
 PIPELINE = [
     "push-all",
