@@ -33,9 +33,23 @@ SHARED_WORKER = {
 }
 
 
+# The longest scopes (a few minutes each on 2 cores), handed out before the rest so that none of them
+# is what one worker still runs at the end while the other waits.
+LONGEST_FIRST = (
+    "ray",
+    "tests/test_pipelines.py::test_sigkill_at_any_moment_then_rerun_completes",
+    "cli_workflow",
+    "tests/test_faults.py::test_sigkill_then_the_same_train_command_resumes_the_same_run_and_ends_as_if_never_killed",
+    "reproduce",
+    "tests/test_pipelines.py::test_experiment_runs_the_chapters_pipeline_on_any_fetch_task",
+    "registry",
+)
+
+
 def pytest_xdist_make_scheduler(config, log):
-    """xdist's scope scheduling, with the scopes of SHARED_WORKER; every other test is a scope of its own.
-    (``--dist loadgroup`` would read xdist_group marks, but xdist 3.8 cannot tag node ids under pytest 9.)"""
+    """xdist's scope scheduling, with the scopes of SHARED_WORKER, the longest handed out first; every
+    other test is a scope of its own. (``--dist loadgroup`` would read xdist_group marks, but xdist 3.8
+    cannot tag node ids under pytest 9.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedWorkerScheduling(LoadScopeScheduling):
@@ -44,6 +58,12 @@ def pytest_xdist_make_scheduler(config, log):
                 if nodeid == prefix or nodeid.startswith(prefix + "::"):
                     return group
             return nodeid
+
+        def _assign_work_unit(self, node) -> None:
+            for scope in reversed(LONGEST_FIRST):  # the first of them ends up at the head of the queue
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
 
     return SharedWorkerScheduling(config, log)
 

@@ -422,7 +422,7 @@ def kill_after_a_checkpoint(args, cwd, store, checkpointed=None) -> mlflow.entit
     return killed
 
 
-RESUMABLE = ["train", *TINY, "--total-steps", "1500", "--checkpoint-freq", "320"]
+RESUMABLE = ["train", *TINY, "--total-steps", "1000", "--checkpoint-freq", "320"]  # killed after its first checkpoint
 
 
 @pytest.mark.parametrize("damaged_file, with_manifest", [("training_state.pkl", True), ("model.zip", False)])
