@@ -15,7 +15,7 @@ from typing import Any
 
 import mlflow
 
-from harness.files import write_json_atomically, write_text_atomically
+from harness.files import write_atomically, write_json_atomically, write_text_atomically
 from harness.identity import NOTE_TAG
 
 
@@ -58,13 +58,8 @@ def new_figure(columns: int, width: float):
 def save_figure(fig, path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # savefig picks the format by the suffix
-    try:
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # the temporary name ends in .tmp: the format is given, not read from the suffix
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".")))
 
 
 def publish_report(
