@@ -96,10 +96,13 @@ def serve_ui(store_uri: str, host: str, port: int, stop_within_s: float = 15.0) 
     """``mlflow ui`` on ``store_uri`` until it exits or this process is stopped (Ctrl-C, SIGTERM, or
     SIGHUP from a closed terminal); then its whole process group goes, so no uvicorn worker keeps the
     port (uvicorn takes SIGHUP as "reload" and stays). The store's URI travels in the environment,
-    not on a command line every local user can read."""
+    not on a command line every local user can read. One uvicorn worker, as for ``harness server``:
+    ``mlflow ui``'s default of 4 is four more interpreters importing MLflow for one person's browser."""
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": store_uri}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)], env=env, start_new_session=True
+        [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"],
+        env=env,
+        start_new_session=True,
     )
     try:
         return proc.wait()
