@@ -21,7 +21,6 @@ import mlflow
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from stable_baselines3.common.logger import KVWriter
 
 from harness import views
 from harness.credentials import redact
@@ -391,7 +390,7 @@ def _param_value(value: Any) -> str:
 def log_metrics_at(run_id: str, metrics: Mapping[str, float], step: int) -> None:
     """Log several metrics at one step with a single write (one SQLite transaction)."""
     timestamp = int(time.time() * 1000)
-    batch = [Metric(k, float(v), timestamp, int(step)) for k, v in metrics.items() if _is_loggable(v)]
+    batch = [Metric(k, float(v), timestamp, int(step)) for k, v in metrics.items() if is_loggable(v)]
     if batch:
         with_retry(lambda: MlflowClient().log_batch(run_id, metrics=batch))
 
@@ -412,31 +411,13 @@ def with_retry(write, attempts: int = 8, first_wait: float = 0.2):
             time.sleep(first_wait * 2**attempt)
 
 
-def _is_loggable(value: Any) -> bool:
+def is_loggable(value: Any) -> bool:
+    """A number MLflow can store as a metric (not NaN, not a string that parses as one)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         return False
     return not math.isnan(number) and not isinstance(value, (str, bytes))
-
-
-class MLflowOutputFormat(KVWriter):
-    """An SB3 logger output: every numeric key SB3 dumps (``rollout/success_rate``,
-    ``train/actor_loss``, ``time/fps``, ...) becomes an MLflow metric at ``step`` = env steps."""
-
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-        self.latest: dict[str, float] = {}
-
-    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
-        metrics = {
-            key: value for key, value in key_values.items() if not (key_excluded.get(key) and "mlflow" in key_excluded[key])
-        }
-        log_metrics_at(self.run_id, metrics, step)
-        self.latest.update({k: float(v) for k, v in metrics.items() if _is_loggable(v)})
-
-    def close(self) -> None:
-        pass
 
 
 def get_run(run_id: str):

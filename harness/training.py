@@ -24,7 +24,7 @@ import gymnasium as gym
 import mlflow
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
 from harness import resume, tracking
 from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, resolve_device, resolve_precision
@@ -228,6 +228,25 @@ class RunOptions:
     curves, so a slow run shows whether it was starved of CPU."""
 
 
+class MLflowOutputFormat(KVWriter):
+    """An SB3 logger output: every numeric key SB3 dumps (``rollout/success_rate``,
+    ``train/actor_loss``, ``time/fps``, ...) becomes an MLflow metric at ``step`` = env steps."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.latest: dict[str, float] = {}
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        metrics = {
+            key: value for key, value in key_values.items() if not (key_excluded.get(key) and "mlflow" in key_excluded[key])
+        }
+        tracking.log_metrics_at(self.run_id, metrics, step)
+        self.latest.update({k: float(v) for k, v in metrics.items() if tracking.is_loggable(v)})
+
+    def close(self) -> None:
+        pass
+
+
 def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:  # noqa: C901 - the stages in order
     """Train one model as one MLflow run; see the module docstring for the stages."""
     experiment, parent_run_id, resume_run_id = options.experiment, options.parent_run_id, options.resume_run_id
@@ -270,7 +289,7 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
 
         env, vecnormalize = build_env(config)
         config.tensorboard_dir.mkdir(parents=True, exist_ok=True)
-        to_mlflow = tracking.MLflowOutputFormat(run_id)
+        to_mlflow = MLflowOutputFormat(run_id)
         logger = Logger(
             folder=str(config.tensorboard_dir),
             output_formats=[TensorBoardOutputFormat(str(config.tensorboard_dir)), to_mlflow],

@@ -5,6 +5,7 @@ import pytest
 from stable_baselines3.common.logger import Logger
 
 from harness import tracking
+from harness.training import MLflowOutputFormat
 from tests.conftest import all_runs
 
 pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
@@ -58,7 +59,7 @@ def test_params_already_logged_by_mlflow_run_are_left_alone(store):
 
 def test_sb3_logger_keys_reach_mlflow_unchanged_at_env_steps(store):
     with tracking.tracked_run("r", {}, experiment="exp") as run:
-        writer = tracking.MLflowOutputFormat(run.info.run_id)
+        writer = MLflowOutputFormat(run.info.run_id)
         logger = Logger(folder=None, output_formats=[writer])
         for step in (100, 200):
             logger.record("rollout/success_rate", step / 1000)
