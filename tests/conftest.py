@@ -68,14 +68,14 @@ def pytest_xdist_make_scheduler(config, log):
     return SharedWorkerScheduling(config, log)
 
 
-# Tiny budgets: real envs and real training, just short.
+# Tiny budgets: real envs and real training, just short (50 gradient steps after 250 random ones).
 TINY = [
     "--preset",
     "fast",
     "--total-steps",
     "300",
     "--learning-starts",
-    "100",
+    "250",
     "--eval-freq",
     "150",
     "--eval-episodes",
@@ -189,6 +189,8 @@ def mlflow_server(tmp_path):
     """A plain MLflow tracking server (no auth: it ignores the credentials) with proxied artifacts."""
     import requests
 
+    from harness import server as harness_server
+
     port = free_port()
     base = tmp_path / "server"
     base.mkdir()
@@ -224,5 +226,6 @@ def mlflow_server(tmp_path):
         proc.kill()
         pytest.fail("mlflow server did not start within 120 s")
     yield port, base
-    os.killpg(proc.pid, 15)
+    # SIGTERM, then SIGKILL after 2 s: uvicorn would wait for the test's idle keep-alive connections
+    harness_server.stop_group(proc.pid, within_s=2)
     proc.wait(timeout=30)

@@ -55,7 +55,7 @@ def test_params_are_the_resolved_config_and_tags_identify_the_run(workflow):
     run = train_runs(workflow)[f"sac_her_{ENV}_seed1"]
     params = run.data.params
     assert params["her"] == "true" and params["seed"] == "1" and params["env_id"] == ENV
-    assert params["total_steps"] == "300" and params["learning_starts"] == "100"
+    assert params["total_steps"] == "300" and params["learning_starts"] == "250"
     # from the fast preset, never typed on the command line:
     assert params["gamma"] == "0.95" and params["tau"] == "0.05" and params["net_arch"] == "[256, 256]"
     tags = run.data.tags
@@ -172,7 +172,7 @@ def test_compare_prints_the_chapter_table_from_mlflow(workflow):
 def test_eval_accepts_a_run_id_and_a_runs_uri(workflow):
     run = train_runs(workflow)[f"sac_her_{ENV}_seed0"]
     for ckpt in (run.info.run_id, f"runs:/{run.info.run_id}/checkpoint"):
-        proc = run_cli(["eval", "--ckpt", ckpt, "--n-episodes", "2"], workflow["cwd"], workflow["uri"])
+        proc = cli_in_process(["eval", "--ckpt", ckpt, "--n-episodes", "2"], workflow["cwd"], workflow["uri"])
         assert f"logged eval/* to training run {run.info.run_id}" in proc.stdout
 
 
@@ -432,13 +432,13 @@ def test_training_logs_when_eval_success_first_reached_50_and_90_percent(store, 
 
 
 def test_her_on_a_dense_env_warns_that_it_needs_the_sparse_reward(store, tmp_path):
-    proc = run_cli(["train", "--env", "FetchReachDense-v4", "--her", *TINY], tmp_path, store)
+    proc = cli_in_process(["train", "--env", "FetchReachDense-v4", "--her", *TINY], tmp_path, store)
     assert "harness: warning: --her on FetchReachDense-v4: HER needs the sparse reward" in proc.stderr
     assert "FetchReach-v4" in proc.stderr
     client = mlflow.MlflowClient()
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert "HER needs the sparse reward" in run.data.tags["harness.warnings"]
-    sparse = run_cli(["train", "--env", ENV, "--her", *TINY], tmp_path, store)
+    sparse = cli_in_process(["train", "--env", ENV, "--her", *TINY], tmp_path, store)
     assert "warning" not in sparse.stderr
 
 

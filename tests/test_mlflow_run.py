@@ -17,7 +17,7 @@ TINY_PARAMS = [
     "-P",
     "total_steps=300",
     "-P",
-    "learning_starts=100",
+    "learning_starts=250",
     "-P",
     "eval_freq=150",
     "-P",

@@ -20,7 +20,7 @@ TINY_PIPELINE = [
     "--total-steps",
     "300",
     "--learning-starts",
-    "100",
+    "250",
     "--eval-freq",
     "150",
     "--n-eval-episodes",
