@@ -514,7 +514,7 @@ def test_a_resumable_checkpoint_planted_in_a_servers_artifacts_is_refused_unopen
 
 def test_a_killed_run_is_not_left_running_when_the_next_command_trains_another_config(store, tmp_path):
     killed = kill_after_a_checkpoint(RESUMABLE, tmp_path, store)
-    shorter = [*RESUMABLE[:-4], "--total-steps", "900", "--checkpoint-freq", "320"]
+    shorter = [*RESUMABLE[:-4], "--total-steps", "600", "--checkpoint-freq", "320"]
     run_cli(shorter, tmp_path, store)
     runs = {r.info.run_id: r for r in all_runs()}
     assert runs.pop(killed.info.run_id).info.status == "KILLED"
