@@ -148,3 +148,18 @@ print("unchanged")
 """
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "unchanged", proc.stderr[-3000:]
+
+
+def test_the_commands_that_do_not_train_start_without_torch():
+    """compare, register, reproduce, server and ui read and write MLflow only: importing torch and SB3 (over
+    a second of a command's start, ~2 s with MLflow's store) is left to the stages that train or act."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import entry_points.cli, harness.comparison, harness.registry, harness.reproduce, harness.server\n"
+        "print(sorted(m for m in ('torch', 'stable_baselines3') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-3000:]
