@@ -92,13 +92,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def server_environment(**extra: str) -> dict[str, str]:
+    """The environment an ``mlflow ui`` or ``mlflow server`` of the harness runs in. MLflow 3 also starts
+    a job runner with seven huey consumers (eight more interpreters importing MLflow, ~15 s of CPU at every
+    start) for its GenAI jobs, which no harness run uses: off unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION says."""
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **extra}
+
+
 def serve_ui(store_uri: str, host: str, port: int, stop_within_s: float = 15.0) -> int:
     """``mlflow ui`` on ``store_uri`` until it exits or this process is stopped (Ctrl-C, SIGTERM, or
     SIGHUP from a closed terminal); then its whole process group goes, so no uvicorn worker keeps the
     port (uvicorn takes SIGHUP as "reload" and stays). The store's URI travels in the environment,
     not on a command line every local user can read. One uvicorn worker, as for ``harness server``:
     ``mlflow ui``'s default of 4 is four more interpreters importing MLflow for one person's browser."""
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": store_uri}
+    env = server_environment(MLFLOW_BACKEND_STORE_URI=store_uri)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"],
         env=env,
@@ -282,11 +289,9 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
         stack = Stack(str(directory), host, port, db_port, 0, auth)
         log = open(directory / "mlflow-server.log", "ab")
         # The password reaches the server through its environment, not a command line `ps` shows.
-        env = {
-            **os.environ,
-            "MLFLOW_BACKEND_STORE_URI": stack.backend_uri_for(password),
-            **(auth_environment(directory) if auth else {}),
-        }
+        env = server_environment(
+            MLFLOW_BACKEND_STORE_URI=stack.backend_uri_for(password), **(auth_environment(directory) if auth else {})
+        )
         server = subprocess.Popen(
             [
                 sys.executable,

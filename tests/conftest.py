@@ -214,6 +214,7 @@ def mlflow_server(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env=harness_server.server_environment(),  # without MLflow's GenAI job runner, as the harness starts its own
     )
     deadline = time.time() + 120
     while time.time() < deadline:
