@@ -1,27 +1,39 @@
 """Checkpoints on disk and in MLflow: the chapter's file layout, and loading from any reference.
 
 A checkpoint is the SB3 zip plus ``meta.json`` (how it was made) and, when observations were
-normalized, the VecNormalize statistics. Locally it lives in the chapter's layout::
+normalized, the normalization statistics as JSON. Locally it lives in the chapter's layout::
 
     checkpoints/sac_her_FetchPush-v4_seed0.zip
     checkpoints/sac_her_FetchPush-v4_seed0.meta.json
-    checkpoints/sac_her_FetchPush-v4_seed0.vecnormalize.pkl   (normalize_obs only)
+    checkpoints/sac_her_FetchPush-v4_seed0.normalization.json   (normalize_obs only)
 
-and in its MLflow run as artifacts ``checkpoint/<name>.zip``, ``checkpoint/<name>.vecnormalize.pkl``
+and in its MLflow run as artifacts ``checkpoint/<name>.zip``, ``checkpoint/<name>.normalization.json``
 and ``meta.json``. :func:`load_checkpoint` takes a path, a run id, a ``runs:/`` URI or a
 ``models:/`` URI of a model registered by ``harness register``.
 
-SB3 zips and VecNormalize files are pickles: loading one runs whatever code it holds. A registered
-model therefore carries the policy as plain data instead (:func:`export_weights`): the policy's
-tensors (``policy.pt``, read with ``torch.load(weights_only=True)``), the normalization statistics as
-JSON and ``meta.json``; :func:`load_weights` rebuilds the SB3 model from the config around them.
+Loading unpickles nothing, by construction. SB3's own ``load`` would unpickle the zip's
+``:serialized:`` entries (policy class, spaces, schedules ...), so anyone who can write a run's
+artifacts and tags could run code on whoever loads it. Here the zip is read as data only: its
+``data`` entry as plain JSON (the serialized entries are never decoded), the policy's tensors with
+``torch.load(weights_only=True)``, and the model is rebuilt from the algorithm and the layer sizes
+those tensors have (:func:`policy_model`). The statistics are JSON. The sha256 tags a training records
+(:func:`verify_hashes`) stay as an integrity check: they find a file cut short or changed, not an
+attacker who can also set tags. Older checkpoints kept the statistics as a VecNormalize pickle
+(``.vecnormalize.pkl``): from a store they are refused; from a local path the user names they are
+converted once (:func:`convert_legacy_statistics`).
+
+A registered model carries the same plain data (:func:`export_weights`): the policy's tensors
+(``policy.pt``), the statistics as JSON and ``meta.json``; :func:`load_weights` rebuilds it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,26 +41,37 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.identity import CHECKPOINT_SHA256_TAG, VECNORMALIZE_SHA256_TAG
+from harness.identity import CHECKPOINT_SHA256_TAG, NORMALIZATION_SHA256_TAG
 
 CHECKPOINT_DIR = Path("checkpoints")
 ARTIFACT_DIR = "checkpoint"
 RUN_ID_LENGTH = 32  # an MLflow run id: 32 hex digits
 # Tags a training run carries with the sha256 of its checkpoint files (see verify_hashes).
-HASH_TAGS = {"model": CHECKPOINT_SHA256_TAG, "vecnormalize": VECNORMALIZE_SHA256_TAG}
+HASH_TAGS = {"model": CHECKPOINT_SHA256_TAG, "normalization": NORMALIZATION_SHA256_TAG}
+STATS_SUFFIX = ".normalization.json"
+LEGACY_STATS_SUFFIX = ".vecnormalize.pkl"  # VecNormalize's pickle, written before the statistics were JSON
+POLICY_WEIGHTS = "policy.pth"  # the policy's state dict inside an SB3 zip
 
 
 def local_paths(run_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Path]:
     return {
         "model": directory / f"{run_name}.zip",
         "meta": directory / f"{run_name}.meta.json",
-        "vecnormalize": directory / f"{run_name}.vecnormalize.pkl",
+        "normalization": directory / f"{run_name}{STATS_SUFFIX}",
     }
 
 
+def _beside(zip_path: Path, suffix: str) -> Path:
+    return zip_path.with_name(zip_path.name.removesuffix(".zip") + suffix)
+
+
 def stats_path(zip_path: Path) -> Path:
-    """The VecNormalize statistics saved beside a checkpoint zip (present when observations were normalized)."""
-    return zip_path.with_name(zip_path.name[: -len(".zip")] + ".vecnormalize.pkl")
+    """The normalization statistics saved beside a checkpoint zip (present when observations were normalized)."""
+    return _beside(zip_path, STATS_SUFFIX)
+
+
+def legacy_stats_path(zip_path: Path) -> Path:
+    return _beside(zip_path, LEGACY_STATS_SUFFIX)
 
 
 @dataclass
@@ -82,25 +105,30 @@ def sha256_of(path: Path) -> str:
 
 
 def hash_tags(zip_path: Path) -> dict[str, str]:
-    """The content hashes a training run records for its checkpoint files, which hold pickles."""
+    """The content hashes a training run records for its checkpoint files."""
     tags = {HASH_TAGS["model"]: sha256_of(zip_path)}
     stats = stats_path(zip_path)
     if stats.is_file():
-        tags[HASH_TAGS["vecnormalize"]] = sha256_of(stats)
+        tags[HASH_TAGS["normalization"]] = sha256_of(stats)
     return tags
 
 
 def verify_hashes(run_id: str, zip_path: Path) -> None:
     """Refuse checkpoint files from a store unless each matches the sha256 its training run recorded.
 
-    An SB3 zip (and VecNormalize's pickle) runs code when loaded, so on a shared tracking server
-    anyone who can write artifacts could run code on whoever evaluates them. Every file that
-    would be unpickled needs a hash recorded at training (a file logged afterwards has none), and
-    the check comes before anything is unpickled. A local path is the way to load files one trusts
-    without a recorded hash.
+    An integrity check (a file cut short, changed or logged to the run later is found before it is
+    read), not the security boundary: anyone who can write a run's artifacts can usually set its tags
+    too, which is why loading unpickles nothing (module docstring).
     """
     from mlflow.tracking import MlflowClient
 
+    legacy = legacy_stats_path(zip_path)
+    if legacy.is_file():
+        raise HarnessError(
+            f"run {run_id} keeps its normalization statistics as a pickle ({ARTIFACT_DIR}/{legacy.name}, "
+            "written by an older harness), which is never opened from a store; if you trust the run, download "
+            f"its {ARTIFACT_DIR}/ artifacts and pass the local .zip path (the pickle is converted to JSON once)"
+        )
     recorded = {k: v for k, v in MlflowClient().get_run(run_id).data.tags.items() if k in HASH_TAGS.values()}
     found = hash_tags(zip_path)
     for tag, digest in found.items():
@@ -108,13 +136,12 @@ def verify_hashes(run_id: str, zip_path: Path) -> None:
         if tag not in recorded:
             raise HarnessError(
                 f"run {run_id} records no sha256 for its artifact {ARTIFACT_DIR}/{name} (tag {tag}); "
-                "refusing to unpickle a file its training did not record (an SB3 checkpoint runs code "
-                "when loaded); if you trust it, download it and pass the local .zip path"
+                "refusing a file its training did not write; if you trust it, download it and pass the local .zip path"
             )
         if digest != recorded[tag]:
             raise HarnessError(
                 f"the checkpoint files of run {run_id} differ from the sha256 recorded on the run at "
-                f"training ({tag}); refusing to load them (an SB3 checkpoint runs code when loaded)"
+                f"training ({tag}); refusing to load them (cut short or changed after the training)"
             )
     missing = sorted(recorded.keys() - found.keys())  # e.g. the statistics the model was trained with
     if missing:
@@ -155,8 +182,10 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
             f"checkpoint '{ckpt}' not found; give a .zip path, an MLflow run id, a runs:/<run id> "
             "or a models:/<name>@<alias> URI"
         )
-    meta_path = path.with_name(path.name[: -len(".zip")] + ".meta.json") if path.name.endswith(".zip") else None
+    meta_path = _beside(path, ".meta.json") if path.name.endswith(".zip") else None
     meta = read_meta(meta_path) if meta_path is not None and meta_path.is_file() else {}
+    if path.name.endswith(".zip") and legacy_stats_path(path).is_file() and not stats_path(path).is_file():
+        convert_legacy_statistics(path)
     return path, meta
 
 
@@ -174,32 +203,173 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def read_zip_data(path: Path) -> dict[str, Any]:
-    """SB3's saved attributes (policy class, replay buffer class, seed, ...) without building a model."""
-    from stable_baselines3.common.save_util import load_from_zip_file
+def _not_a_checkpoint(path: Path, why: str) -> HarnessError:
+    return HarnessError(f"checkpoint '{path}' is not a readable SB3 checkpoint ({why})")
 
+
+def read_zip_data(path: Path) -> dict[str, Any]:
+    """SB3's saved attributes as plain JSON. Entries SB3 pickled (``:serialized:``) stay undecoded: only
+    the text SB3 wrote beside them (such as a class's ``__module__``) is read."""
     try:
-        data, _, _ = load_from_zip_file(path, load_data=True, device="cpu", print_system_info=False)
-    except Exception as exc:  # zipfile, json and pickle errors all mean "not a checkpoint"
-        raise HarnessError(f"checkpoint '{path}' is not a readable SB3 checkpoint ({type(exc).__name__}: {exc})") from None
-    if not data or "policy_class" not in data:
-        raise HarnessError(f"checkpoint '{path}' is not a readable SB3 checkpoint (no saved model data)")
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:  # ValueError: JSON and text decoding
+        raise _not_a_checkpoint(path, f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("policy_class"), dict):
+        raise _not_a_checkpoint(path, "no saved model data")
     return data
 
 
-def describe_zip(data: dict[str, Any]) -> dict[str, Any]:
-    """algo, her and seed as recorded in the zip itself."""
-    from stable_baselines3 import HerReplayBuffer
+def read_policy_weights(path: Path) -> dict[str, Any]:
+    """The policy's tensors from an SB3 zip, through torch's tensors-only loader."""
+    import torch
 
-    policy_module = getattr(data["policy_class"], "__module__", "")
-    buffer_class = data.get("replay_buffer_class")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            raw = archive.read(POLICY_WEIGHTS)
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:  # zipfile, torch's refusal of anything but tensors, a truncated file
+        raise _not_a_checkpoint(path, f"{POLICY_WEIGHTS}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _not_a_checkpoint(path, f"{POLICY_WEIGHTS} holds no state dict of tensors")
+    return state
+
+
+def _module_of(entry: Any) -> str:
+    """The ``__module__`` SB3 writes as text beside a pickled class."""
+    return str(entry.get("__module__", "")) if isinstance(entry, dict) else ""
+
+
+def describe_zip(data: dict[str, Any]) -> dict[str, Any]:
+    """algo, her and seed as recorded in the zip itself (from the text SB3 writes, never unpickled)."""
+    policy_module = _module_of(data.get("policy_class"))
     # The policy class names the algorithm family: HerDDPG is a TD3 subclass and saves TD3's policy.
     algo = "tqc" if "tqc" in policy_module else "ddpg" if "td3" in policy_module else "sac"
+    buffer_module = _module_of(data.get("replay_buffer_class"))
+    seed = data.get("seed")
     return {
         "algo": algo,
-        "her": isinstance(buffer_class, type) and issubclass(buffer_class, HerReplayBuffer),
-        "seed": data.get("seed"),
+        "her": buffer_module in ("stable_baselines3.her.her_replay_buffer", "harness.replay"),
+        "seed": seed if isinstance(seed, int) else None,
     }
+
+
+def _layer_sizes(state: dict[str, Any], prefix: str) -> list[int]:
+    """Output sizes of the linear layers ``<prefix>.<i>.weight``, in order."""
+    found = {}
+    for key, tensor in state.items():
+        rest = key.removeprefix(prefix + ".")
+        if rest != key and rest.endswith(".weight") and rest.split(".")[0].isdigit() and tensor.dim() == 2:
+            found[int(rest.split(".")[0])] = int(tensor.shape[0])
+    return [found[i] for i in sorted(found)]
+
+
+def policy_kwargs_of(algo: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The policy's layout, read from the shapes of its tensors: hidden layers of the actor (the harness
+    gives actor and critics the same), the number of critics and, for TQC, of quantiles."""
+    hidden = _layer_sizes(state, "actor.mu")[:-1] if algo == "ddpg" else _layer_sizes(state, "actor.latent_pi")
+    critics = sorted({key.split(".")[1] for key in state if key.startswith("critic.qf")})
+    if not hidden or not critics:
+        raise HarnessError(f"the policy weights are not those of an SB3 {algo} MultiInputPolicy")
+    kwargs: dict[str, Any] = {"net_arch": hidden, "n_critics": len(critics)}
+    if algo == "tqc":
+        kwargs["n_quantiles"] = _layer_sizes(state, f"critic.{critics[0]}")[-1]
+    return kwargs
+
+
+def policy_model(algo: str, env, state: dict[str, Any], source: str, num_timesteps: int = 0):
+    """An SB3 model of ``algo`` on ``env`` holding ``state`` as its policy, ready for ``predict``.
+
+    Built from the algorithm and the tensors' shapes; no replay buffer (evaluation needs none)."""
+    import gymnasium as gym
+
+    from harness.algorithms import algo_class
+
+    policy = "MultiInputPolicy" if isinstance(env.observation_space, gym.spaces.Dict) else "MlpPolicy"
+    try:
+        model = algo_class(algo)(
+            policy, env, buffer_size=1, policy_kwargs=policy_kwargs_of(algo, state), device="cpu", verbose=0
+        )
+        model.policy.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, IndexError, HarnessError) as exc:  # shapes or names that do not fit
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarnessError(f"'{source}' holds no {algo} policy for {env_id_of(env)} ({first})") from None
+    model.policy.set_training_mode(False)
+    model.num_timesteps = num_timesteps
+    return model
+
+
+def env_id_of(env) -> str:
+    try:
+        return env.envs[0].spec.id
+    except (AttributeError, IndexError):
+        return "this env"
+
+
+def normalization_stats(vecnormalize) -> dict[str, Any]:
+    """VecNormalize's observation statistics as JSON-ready data (what :func:`normalizer` reads back)."""
+    return {
+        "clip_obs": float(vecnormalize.clip_obs),
+        "epsilon": float(vecnormalize.epsilon),
+        "obs_rms": {
+            key: {"mean": r.mean.tolist(), "var": r.var.tolist(), "count": float(r.count)}
+            for key, r in vecnormalize.obs_rms.items()
+        },
+    }
+
+
+def write_normalization(vecnormalize, path: Path) -> None:
+    from harness.files import write_text_atomically
+
+    write_text_atomically(path, json.dumps(normalization_stats(vecnormalize)))
+
+
+def normalizer(path: Path, env, source: str):
+    """A VecNormalize on ``env`` (not training) with the statistics of the JSON file at ``path``."""
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    try:
+        stats = json.loads(path.read_text())
+        vecnormalize = VecNormalize(
+            env,
+            training=False,
+            norm_obs=True,
+            norm_reward=False,
+            clip_obs=float(stats["clip_obs"]),
+            epsilon=float(stats["epsilon"]),
+        )
+        if set(stats["obs_rms"]) != set(vecnormalize.obs_rms):
+            raise ValueError(f"keys {sorted(stats['obs_rms'])}, expected {sorted(vecnormalize.obs_rms)}")
+        for key, saved in stats["obs_rms"].items():
+            rms = RunningMeanStd(shape=vecnormalize.obs_rms[key].mean.shape)
+            mean, var = np.asarray(saved["mean"], dtype=np.float64), np.asarray(saved["var"], dtype=np.float64)
+            if mean.shape != rms.mean.shape or var.shape != rms.var.shape:
+                raise ValueError(f"'{key}' has shape {mean.shape}, expected {rms.mean.shape}")
+            rms.mean, rms.var, rms.count = mean, var, float(saved["count"])
+            vecnormalize.obs_rms[key] = rms
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"the normalization statistics of '{source}' ({path.name}) are not readable ({exc})") from None
+    return vecnormalize
+
+
+def convert_legacy_statistics(zip_path: Path) -> Path:
+    """Turn the VecNormalize pickle an older harness saved beside a local checkpoint into the JSON file
+    loading reads. Unpickles: called only for a local path the user named, never for a store's files."""
+    import pickle
+
+    legacy, converted = legacy_stats_path(zip_path), stats_path(zip_path)
+    try:
+        with open(legacy, "rb") as f:
+            vecnormalize = pickle.load(f)  # a local file the user chose to trust (docstring)
+        stats = normalization_stats(vecnormalize)
+    except Exception as exc:  # a pickle can fail in any way
+        raise HarnessError(f"'{legacy}' is not a readable VecNormalize file ({type(exc).__name__}: {exc})") from None
+    from harness.files import write_text_atomically
+
+    write_text_atomically(converted, json.dumps(stats))
+    print(f"converted {legacy.name} (a pickle) to {converted.name} beside it; later loads read the JSON", file=sys.stderr)
+    return converted
 
 
 WEIGHTS_FILE = "policy.pt"
@@ -215,15 +385,7 @@ def export_weights(loaded: LoadedCheckpoint, directory: Path) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(loaded.model.policy.state_dict(), directory / WEIGHTS_FILE)
     if loaded.vecnormalize is not None:
-        rms = loaded.vecnormalize.obs_rms
-        stats = {
-            "clip_obs": loaded.vecnormalize.clip_obs,
-            "epsilon": loaded.vecnormalize.epsilon,
-            "obs_rms": {
-                key: {"mean": r.mean.tolist(), "var": r.var.tolist(), "count": float(r.count)} for key, r in rms.items()
-            },
-        }
-        (directory / NORMALIZATION_FILE).write_text(json.dumps(stats))
+        (directory / NORMALIZATION_FILE).write_text(json.dumps(normalization_stats(loaded.vecnormalize)))
     meta = {**loaded.meta, "num_timesteps": int(loaded.model.num_timesteps)}
     (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return {path.name: sha256_of(path) for path in sorted(directory.iterdir())}
@@ -233,10 +395,7 @@ def load_weights(directory: Path, source: str, env_id: str | None = None) -> Loa
     """The model :func:`export_weights` wrote, rebuilt from its config (on ``env_id`` if given, for
     scoring it on another env); nothing is unpickled."""
     import torch
-    from stable_baselines3.common.running_mean_std import RunningMeanStd
-    from stable_baselines3.common.vec_env import VecNormalize
 
-    from harness.algorithms import algo_class
     from harness.envs import make_vec_env
 
     meta = read_meta(directory / "meta.json")
@@ -244,30 +403,13 @@ def load_weights(directory: Path, source: str, env_id: str | None = None) -> Loa
     trained_env_id = config["env_id"]
     config["env_id"] = env_id or trained_env_id
     env = make_vec_env(config["env_id"], n_envs=1, seed=0)
-    policy_kwargs: dict[str, Any] = {"net_arch": list(config["net_arch"])}
-    if config["algo"] == "ddpg":
-        policy_kwargs["n_critics"] = 1
-    model = algo_class(config["algo"])(
-        "MultiInputPolicy", env, buffer_size=1, policy_kwargs=policy_kwargs, device="cpu", verbose=0
-    )
     try:
         state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        model.policy.load_state_dict(state)
     except Exception as exc:  # torch raises several types for a file that is not plain tensors
         raise HarnessError(f"'{source}' holds no loadable policy weights ({type(exc).__name__}: {exc})") from None
-    model.policy.set_training_mode(False)
-    model.num_timesteps = int(meta.get("num_timesteps", 0))
-    vecnormalize = None
+    model = policy_model(config["algo"], env, state, source, int(meta.get("num_timesteps", 0)))
     normalization = directory / NORMALIZATION_FILE
-    if normalization.is_file():
-        stats = json.loads(normalization.read_text())
-        vecnormalize = VecNormalize(
-            env, training=False, norm_obs=True, norm_reward=False, clip_obs=stats["clip_obs"], epsilon=stats["epsilon"]
-        )
-        for key, saved in stats["obs_rms"].items():
-            rms = RunningMeanStd(shape=vecnormalize.obs_rms[key].mean.shape)
-            rms.mean, rms.var, rms.count = np.asarray(saved["mean"]), np.asarray(saved["var"]), saved["count"]
-            vecnormalize.obs_rms[key] = rms
+    vecnormalize = normalizer(normalization, env, source) if normalization.is_file() else None
     return LoadedCheckpoint(
         model=model,
         meta={**meta, "config": config, "trained_env_id": trained_env_id},
@@ -277,11 +419,7 @@ def load_weights(directory: Path, source: str, env_id: str | None = None) -> Loa
 
 
 def load_checkpoint(ckpt: str, env_id: str | None = None) -> LoadedCheckpoint:
-    """Load a checkpoint for evaluation from a path, run id, ``runs:/`` or ``models:/`` URI.
-
-    HER checkpoints need an env at load time (SB3 rebuilds the HerReplayBuffer's settings
-    from it), so one is always passed; the user never has to know.
-    """
+    """Load a checkpoint for evaluation from a path, run id, ``runs:/`` or ``models:/`` URI, unpickling nothing."""
     # Downloaded files are only needed while loading: the model lives in memory afterwards.
     with tempfile.TemporaryDirectory(prefix="harness-ckpt-") as download_dir:
         if ckpt.startswith("models:/"):
@@ -321,13 +459,15 @@ def _load_registered(model_uri: str, download_dir: Path, env_id: str | None) -> 
 
 
 def _load_files(ckpt: str, zip_path: Path, meta: dict[str, Any], env_id: str | None) -> LoadedCheckpoint:
-    from harness.algorithms import algo_class
     from harness.envs import make_vec_env, validate_env_id
 
-    described = describe_zip(read_zip_data(zip_path))
+    data = read_zip_data(zip_path)
+    described = describe_zip(data)
     config = dict(meta.get("config", {}))
     for key, value in described.items():
         config.setdefault(key, value)
+    if config.get("algo") not in ("sac", "tqc", "ddpg"):
+        raise HarnessError(f"checkpoint '{ckpt}' names algo {config.get('algo')!r}; accepted: sac, tqc, ddpg")
     env_id = env_id or config.get("env_id")
     if not env_id:
         raise HarnessError(f"checkpoint '{ckpt}' has no meta.json naming its env; pass --env")
@@ -338,16 +478,8 @@ def _load_files(ckpt: str, zip_path: Path, meta: dict[str, Any], env_id: str | N
     meta = {**meta, "config": config, "trained_env_id": trained_env_id}
 
     env = make_vec_env(env_id, n_envs=1, seed=0)
-    vecnormalize = None
+    steps = data.get("num_timesteps")
+    model = policy_model(config["algo"], env, read_policy_weights(zip_path), ckpt, steps if isinstance(steps, int) else 0)
     stats = stats_path(zip_path)
-    if stats.is_file():
-        from stable_baselines3.common.vec_env import VecNormalize
-
-        vecnormalize = VecNormalize.load(str(stats), env)
-        vecnormalize.training = False
-        env = vecnormalize
-    try:
-        model = algo_class(config["algo"]).load(str(zip_path), env=env, device="cpu")
-    except Exception as exc:
-        raise HarnessError(f"checkpoint '{ckpt}' could not be loaded for {env_id} ({type(exc).__name__}: {exc})") from None
+    vecnormalize = normalizer(stats, env, ckpt) if stats.is_file() else None
     return LoadedCheckpoint(model=model, meta=meta, vecnormalize=vecnormalize, source=ckpt)

@@ -44,7 +44,7 @@ WARNINGS_TAG = "harness.warnings"
 RESUMED_FROM_STEP_TAG = "harness.resumed_from_step"
 DAMAGED_CHECKPOINT_TAG = "harness.damaged_checkpoint"
 RESUME_MANIFEST_SHA256_TAG = "harness.resume_sha256"  # of the artifact resume/step.json (tracking server only)
-CHECKPOINT_SHA256_TAG, VECNORMALIZE_SHA256_TAG = "harness.checkpoint_sha256", "harness.vecnormalize_sha256"
+CHECKPOINT_SHA256_TAG, NORMALIZATION_SHA256_TAG = "harness.checkpoint_sha256", "harness.normalization_sha256"
 # Evaluation
 EVALUATED_TAG = "harness.evaluated"  # "true" once `harness eval` logged eval/* to the training run
 EVAL_EPISODES_TAG = "harness.eval_episodes"

@@ -57,6 +57,16 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :].partition("?")[0])
 
 
+def in_memory(uri: str) -> bool:
+    """A SQLite URI whose database lives in the process's memory (``sqlite://``, ``sqlite:///:memory:``,
+    ``mode=memory``): everything logged to it vanishes when the process exits."""
+    if not uri.startswith("sqlite:"):
+        return False
+    location, _, query = uri[len("sqlite:") :].partition("?")
+    path = location.removeprefix("///") if location.startswith("///") else location.removeprefix("//")
+    return path in ("", ":memory:") or path.startswith("file::memory:") or "mode=memory" in query
+
+
 def credential_variables() -> dict[str, str]:
     """MLflow's credential variables, for a worker on another machine (they are not in the URI:
     see :mod:`harness.credentials`)."""
@@ -71,6 +81,11 @@ def prepare_store() -> None:
     uri = mlflow.get_tracking_uri()
     if uri in _ready_stores:
         return
+    if in_memory(uri):
+        raise HarnessError(
+            f"tracking store {uri} is held in memory and vanishes when this command exits, with every run "
+            "logged to it; point MLFLOW_TRACKING_URI at a sqlite:///path/mlflow.db file or a tracking server"
+        )
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         check_credentials(uri)

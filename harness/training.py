@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -22,16 +23,17 @@ from typing import Any
 
 import gymnasium as gym
 import mlflow
+import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
 from harness import resume, tracking
 from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, resolve_device, resolve_precision
-from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, hash_tags, local_paths
+from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, hash_tags, local_paths, write_normalization
 from harness.config import TrainConfig
 from harness.credentials import redact
-from harness.envs import her_reward_warning, make_vec_env, validate_env_id, validate_her_start
+from harness.envs import her_reward_warning, make_env, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import HarnessError, first_line, warn
 from harness.files import check_writable, write_atomically, write_json_atomically
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
@@ -186,6 +188,53 @@ def build_model(config: TrainConfig, env, logger: Logger, device: str = "cpu"):
     return model
 
 
+def network_bytes(config: TrainConfig, obs_dim: int, action_dim: int) -> int:
+    """About what the networks of ``config`` take in memory while training: weights, gradients and Adam's
+    two moments of the actor and of each critic, the critics' targets (and DDPG's actor target), and the
+    activations of one batch, all fp32."""
+
+    def params(sizes: list[int]) -> int:
+        return sum(a * b + b for a, b in itertools.pairwise(sizes))
+
+    hidden = list(config.net_arch)
+    actor = params([obs_dim, *hidden, action_dim if config.algo == "ddpg" else 2 * action_dim])
+    n_critics, outputs = (1, 1) if config.algo == "ddpg" else (2, 25 if config.algo == "tqc" else 1)
+    critic = params([obs_dim + action_dim, *hidden, outputs])
+    copies = 4 * actor + (actor if config.algo == "ddpg" else 0) + 5 * n_critics * critic
+    activations = 2 * config.batch_size * sum(hidden) * (1 + 2 * n_critics)  # forward and backward
+    return 4 * (copies + activations)
+
+
+def available_memory_bytes(device: str) -> int | None:
+    """Memory free for new allocations on ``device`` (Linux's MemAvailable on a CPU), None when unknown."""
+    if device == "cuda":
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_networks_fit(config: TrainConfig, device: str) -> None:
+    """Layer sizes that cannot fit are one line before any run starts, not a failed allocation deep in torch."""
+    env = make_env(config.env_id)
+    space = env.observation_space
+    spaces = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
+    obs_dim, action_dim = sum(int(np.prod(space.shape)) for space in spaces), int(np.prod(env.action_space.shape))
+    env.close()
+    needed, available = network_bytes(config, obs_dim, action_dim), available_memory_bytes(device)
+    if available is not None and needed > available:
+        raise HarnessError(
+            f"net_arch {list(config.net_arch)} needs about {needed / 2**30:,.1f} GiB for the {config.algo} networks "
+            f"(weights, gradients, targets, Adam state and a batch of {config.batch_size}) and {device} memory has "
+            f"{available / 2**30:,.1f} GiB free; give smaller layer sizes"
+        )
+
+
 def build_env(config: TrainConfig):
     env = make_vec_env(config.env_id, config.n_envs, config.seed, config.held_object_start)
     if not config.normalize_obs:
@@ -257,6 +306,7 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     device = resolve_device(options.device)
+    check_networks_fit(config, device)
     precision = layer_precision_for(config, device)
     seed_everything(config.seed)
     identity = RunIdentity.of(config, options.variant)
@@ -328,14 +378,16 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         paths = local_paths(run_name, CHECKPOINT_DIR)
         write_atomically(paths["model"], lambda tmp: model.save(tmp))
         if vecnormalize is not None:
-            write_atomically(paths["vecnormalize"], lambda tmp: vecnormalize.save(str(tmp)))
+            write_normalization(vecnormalize, paths["normalization"])
+        else:  # an earlier training of this name may have left statistics that do not belong to this model
+            paths["normalization"].unlink(missing_ok=True)
         hashes = hash_tags(paths["model"])
         meta = {**training_meta(config, run_id, identity, model, wall_time, to_mlflow.latest), "sha256": hashes}
         write_json_atomically(paths["meta"], meta)
 
         mlflow.log_artifact(str(paths["model"]), ARTIFACT_DIR)
         if vecnormalize is not None:
-            mlflow.log_artifact(str(paths["vecnormalize"]), ARTIFACT_DIR)
+            mlflow.log_artifact(str(paths["normalization"]), ARTIFACT_DIR)
         mlflow.log_dict(meta, "meta.json")
         mlflow.set_tags(hashes)
         mlflow.log_metric("time/wall_time_s", wall_time, step=int(model.num_timesteps))

@@ -31,6 +31,10 @@ pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-
         (["train", "--set", "gama=0.9"], "unknown config key 'gama' in --set; known: algo, her,"),
         (["train", "--set", "gamma"], "--set takes KEY=VALUE, got 'gamma'"),
         (["train", "--set", "random_eps=2"], "random_eps must be in [0, 1], got 2.0"),
+        (
+            ["train", "--env", "FetchPush-v4", "--set", "net_arch=[1000000000000]"],
+            "net_arch [1000000000000] needs about 11,511,147.0 GiB for the sac networks (weights, gradients, targets",
+        ),
         (["train", "--preset", "turbo"], "Invalid value for '--preset': 'turbo' is not one of 'ch04', 'fast'"),
         (["train", "--her", "maybe"], "Invalid value for '--her': 'maybe' is not a valid boolean"),
         (["train", "--her", "--no-her"], "--her and --no-her contradict each other"),
@@ -125,6 +129,18 @@ def test_device_cuda_without_a_gpu_is_one_line_before_any_store_or_run(tmp_path)
         f"torch {torch.__version__}); accepted on this machine: auto, cpu"
     ]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?cache=shared"])
+def test_a_store_held_in_memory_is_refused_before_any_work(tmp_path, uri):
+    for args in (["train", *TINY], ["compare", "--env", "FetchReach-v4"]):
+        proc = run_cli(args, tmp_path, uri, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"harness: error: tracking store {uri} is held in memory and vanishes when this command exits, with "
+            "every run logged to it; point MLFLOW_TRACKING_URI at a sqlite:///path/mlflow.db file or a tracking server"
+        ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_ui_on_a_taken_port_is_one_line_and_prints_no_links(store, tmp_path):

@@ -326,32 +326,100 @@ class _CreatesFileWhenUnpickled:
         return open, (self.path, "w")
 
 
-def test_a_pickle_logged_to_a_run_after_its_training_is_refused_unopened(store, tmp_path):
+@pytest.mark.parametrize(
+    "planted_name, expected",
+    [
+        ("sac_FetchReach-v4_seed0.vecnormalize.pkl", "keeps its normalization statistics as a pickle"),
+        ("sac_FetchReach-v4_seed0.normalization.json", "records no sha256 for its artifact checkpoint/"),
+    ],
+)
+def test_statistics_logged_to_a_run_after_its_training_are_refused_unopened(store, tmp_path, planted_name, expected):
     import pickle
 
     run = train_tiny(tmp_path, store)  # trained without normalize_obs: no statistics file, no hash for one
     marker = tmp_path / "code-ran"
-    planted = tmp_path / "planted" / "sac_FetchReach-v4_seed0.vecnormalize.pkl"
+    planted = tmp_path / "planted" / planted_name
     planted.parent.mkdir()
     planted.write_bytes(pickle.dumps(_CreatesFileWhenUnpickled(marker)))
     mlflow.MlflowClient().log_artifact(run.info.run_id, str(planted), "checkpoint")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    one_line_error(
+    line = one_line_error(
         harness(
             ["eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint", "--n-episodes", "1"],
             tmp_path,
             store,
             TMPDIR=str(scratch),
         ),
-        f"run {run.info.run_id} records no sha256 for its artifact checkpoint/sac_FetchReach-v4_seed0.vecnormalize.pkl",
+        f"run {run.info.run_id} {expected}",
     )
-    assert not marker.exists() and not any(scratch.iterdir())
+    assert planted_name in line and not marker.exists() and not any(scratch.iterdir())
     # the local files, which the user chose to trust, still load
     assert (
         harness(["eval", "--ckpt", "checkpoints/sac_FetchReach-v4_seed0.zip", "--n-episodes", "1"], tmp_path, store).returncode
         == 0
     )
+
+
+def plant_in_checkpoint(run, entry: str, change) -> None:
+    """Change one entry of a run's checkpoint zip in its artifact store, and its sha256 tag to match,
+    as a second account of a shared server can (it can log runs, artifacts and tags)."""
+    import zipfile
+
+    (artifact,) = Path(run.info.artifact_uri.removeprefix("file://")).glob("checkpoint/*.zip")
+    with zipfile.ZipFile(artifact) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    entries[entry] = change(entries[entry])
+    with zipfile.ZipFile(artifact, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    mlflow.MlflowClient().set_tag(run.info.run_id, "harness.checkpoint_sha256", digest)
+
+
+def test_a_planted_run_whose_checkpoint_would_run_code_runs_none_in_eval_register_or_load_policy(store, tmp_path):
+    """A FINISHED, evaluated HER run with matching hash tags whose every pickled zip entry creates a marker."""
+    import base64
+    import json
+    import pickle
+
+    from harness import load_policy
+
+    run = train_tiny(tmp_path, store, "--her", "true")
+    cli_in_process(["eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint", "--n-episodes", "2"], tmp_path, store)
+    marker = tmp_path / "code-ran"
+    planted = base64.b64encode(pickle.dumps(_CreatesFileWhenUnpickled(marker))).decode()
+
+    def every_serialized_entry(raw: bytes) -> bytes:
+        data = json.loads(raw)
+        for value in data.values():
+            if isinstance(value, dict) and ":serialized:" in value:
+                value[":serialized:"] = planted
+        return json.dumps(data).encode()
+
+    plant_in_checkpoint(run, "data", every_serialized_entry)
+    uri = f"runs:/{run.info.run_id}/checkpoint"
+    assert harness(["eval", "--ckpt", uri, "--n-episodes", "1"], tmp_path, store).returncode == 0
+    registered = harness(["register", "--env", "FetchReach-v4"], tmp_path, store)
+    assert registered.returncode == 0 and run.info.run_id in registered.stdout, registered.stderr
+    assert load_policy(run.info.run_id).num_timesteps == 300
+    assert not marker.exists()
+
+    def pickled_weights(raw: bytes) -> bytes:
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save({"actor.mu.weight": _CreatesFileWhenUnpickled(marker)}, buffer)
+        return buffer.getvalue()
+
+    plant_in_checkpoint(run, "policy.pth", pickled_weights)
+    for command in (["eval", "--ckpt", uri, "--n-episodes", "1"], ["register", "--env", "FetchReach-v4"]):
+        one_line_error(harness(command, tmp_path, store), "is not a readable SB3 checkpoint (policy.pth: UnpicklingError")
+    with pytest.raises(HarnessError, match=r"policy\.pth: UnpicklingError"):
+        load_policy(uri)
+    assert not marker.exists()
 
 
 def metric_histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
