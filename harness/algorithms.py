@@ -219,10 +219,15 @@ class FastSAC(SAC):
 
     ``precision="bf16"`` runs the layers of the gradient step in bfloat16 (:func:`layer_precision`);
     acting, evaluation and saved weights stay fp32. The default ``fp32`` is SB3's arithmetic.
+
+    ``clip_target_q=True`` clips the TD target (the soft value with its entropy term) to
+    ``[-1/(1-gamma), 0]``, the range of returns of the Fetch tasks' -1/0 reward, as the HER paper's
+    DDPG does: a critic's early overshoot past what any return can be is not bootstrapped from.
     """
 
-    def __init__(self, *args, precision: str = "fp32", **kwargs):
+    def __init__(self, *args, precision: str = "fp32", clip_target_q: bool = False, **kwargs):
         self.precision = precision
+        self.clip_target_q = clip_target_q
         super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
@@ -261,6 +266,8 @@ class FastSAC(SAC):
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         if not self._fast_path():
+            if self.clip_target_q:  # SB3's own step has no clipping
+                raise HarnessError("clip_target_q needs the harness's SAC gradient step (no gSDE, no extractor weights)")
             return super().train(gradient_steps, batch_size)
         self.policy.set_training_mode(True)
         self._update_learning_rate(self._optimizers())
@@ -295,6 +302,8 @@ class FastSAC(SAC):
                 )[0]
                 next_q = next_q - ent_coef * next_log_prob
                 target_q = data.rewards + (1 - data.dones) * discounts * next_q
+                if self.clip_target_q:
+                    target_q = target_q.clamp(-1 / (1 - self.gamma), 0.0)
 
             current_q = self._q_values(self.critic, features, data.actions)
             critic_loss = 0.5 * sum(F.mse_loss(q, target_q) for q in current_q)

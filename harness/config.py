@@ -133,6 +133,9 @@ class TrainConfig:
     """Hidden layer sizes of actor and critics."""
     normalize_obs: bool = False
     """Running mean/std observation normalization (VecNormalize, std floored at 0.01, clipped at 5)."""
+    clip_target_q: bool = False
+    """sac only: clip the critics' TD targets (entropy term included) to [-1/(1-gamma), 0], the range of
+    discounted returns of the Fetch tasks' -1/0 sparse reward, as the HER paper's DDPG always does."""
     action_noise: float = setting(0.2, AT_LEAST_ZERO)
     """ddpg only: std of the Gaussian noise added to the actor's actions (in [-1, 1] units) while training."""
     random_eps: float = setting(0.3, SHARE)
@@ -313,6 +316,8 @@ def validate_config(config: TrainConfig) -> None:
             f"held_object_start needs an env whose gripper can hold the object "
             f"({', '.join(HELD_OBJECT_ENVS)}), not {config.env_id}"
         )
+    if config.clip_target_q and config.algo != "sac":
+        raise HarnessError(f"clip_target_q is for sac (ddpg always clips its targets), not {config.algo}")
     if config.precision == "bf16" and config.algo == "tqc":
         raise HarnessError(f"precision {config.precision} is for sac and ddpg; tqc trains in fp32")
 

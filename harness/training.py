@@ -178,6 +178,8 @@ def build_model(config: TrainConfig, env, logger: Logger, device: str = "cpu"):
         kwargs["policy_kwargs"]["n_critics"] = 1
     else:
         kwargs["ent_coef"] = config.ent_coef
+    if config.algo == "sac":
+        kwargs["clip_target_q"] = config.clip_target_q
     if config.algo in ("sac", "ddpg"):
         kwargs["precision"] = layer_precision_for(config, device)
     if config.her:

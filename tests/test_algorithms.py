@@ -74,6 +74,32 @@ def ddpg_model(tmp_path, monkeypatch, **overrides):
     return build_model(config, env, Logger(folder=None, output_formats=[])), vecnormalize
 
 
+@pytest.mark.parametrize("clip", [True, False])
+def test_sac_targets_are_clipped_to_the_return_range_when_the_config_asks(clip, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config(
+        "fast", "FetchPush-v4", dict(her=True, total_steps=400, learning_starts=100, n_envs=2, clip_target_q=clip)
+    )
+    env, _ = build_env(config)
+    model = build_model(config, env, Logger(folder=None, output_formats=[]))
+    assert model.clip_target_q is clip
+    model.learn(200)
+    with torch.no_grad():  # critics that believe in large positive values...
+        for q_net in model.critic_target.q_networks:
+            q_net[-1].bias.fill_(100.0)
+    seen = {}
+    original = torch.nn.functional.mse_loss
+
+    def spy(prediction, target):
+        seen["target"] = target.clone()
+        return original(prediction, target)
+
+    monkeypatch.setattr("harness.algorithms.F.mse_loss", spy)
+    model.train(gradient_steps=1, batch_size=32)
+    inside = seen["target"].max() <= 0.0 and seen["target"].min() >= -1 / (1 - model.gamma)
+    assert bool(inside) is clip  # ...get targets inside [-1/(1-gamma), 0] only with the clip
+
+
 def test_her_ddpg_explores_with_random_actions_and_noise(tmp_path, monkeypatch):
     model, _ = ddpg_model(tmp_path, monkeypatch, random_eps=1.0, action_noise=0.0)
     model.learn(200)  # past learning_starts: the policy acts, random_eps replaces every action

@@ -146,6 +146,8 @@ def test_run_name_and_tensorboard_dir_follow_the_chapter():
         ({"precision": "fp16"}, "precision must be one of auto, fp32, bf16, got 'fp16'"),
         ({"algo": "tqc", "precision": "bf16"}, "precision bf16 is for sac and ddpg; tqc trains in fp32"),
         ({"desired_goal_share": 1.5}, "desired_goal_share must be in [0, 1], got 1.5"),
+        ({"algo": "tqc", "clip_target_q": True}, "clip_target_q is for sac (ddpg always clips its targets), not tqc"),
+        ({"clip_target_q": "sometimes"}, "clip_target_q must be true or false, got 'sometimes'"),
         ({"held_object_start": -0.1}, "held_object_start must be in [0, 1], got -0.1"),
         (
             {"held_object_start": 0.5},
