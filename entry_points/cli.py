@@ -11,6 +11,7 @@ from entry_points.lab import lab_command
 from entry_points.register import register_command
 from entry_points.reproduce import reproduce_command
 from entry_points.server import server_command
+from entry_points.store import store_command
 from entry_points.ui import ui_command
 from entry_points.pipelines import ablation_command, experiment_command, push_all_command, reach_all_command
 from entry_points.train import train_command
@@ -36,6 +37,7 @@ cli.add_command(register_command)
 cli.add_command(reproduce_command)
 cli.add_command(ui_command)
 cli.add_command(server_command)
+cli.add_command(store_command)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`harness server start|stop`: a PostgreSQL-backed MLflow tracking server for runs on several machines."""
+"""`harness server start|stop|upgrade`: a PostgreSQL-backed MLflow tracking server for runs on several machines."""
 
 from __future__ import annotations
 
@@ -69,6 +69,30 @@ def stop_command(directory):
         click.echo(f"stopped the tracking server and PostgreSQL of {directory}")
     else:
         click.echo(f"nothing was running from {directory}")
+
+
+@server_command.command(name="upgrade")
+@DIR_OPTION
+def upgrade_command(directory):
+    """Back up DIR's mlflow database (pg_dump) and migrate it to the installed MLflow's schema.
+
+    For a store made by an older MLflow, which `harness server start` then refuses. The server must be
+    stopped (`harness server stop`): refused while it or PostgreSQL runs, or while any other client is
+    connected. PostgreSQL is started for the upgrade alone and stopped after. Prints how to roll back.
+    """
+    from harness import schema, server
+
+    upgraded = server.upgrade(directory)
+    if upgraded is None:
+        click.echo(f"the mlflow database of {directory} already has MLflow {schema.mlflow_version()}'s schema; nothing to do")
+        return
+    kept = ", ".join(f"{n} {table}" for table, n in upgraded.rows.items() if n)
+    click.echo(f"upgraded the mlflow database of {directory} from schema {upgraded.old} to {upgraded.new} ({kept} kept)")
+    click.echo(f"backup (pg_dump custom format): {upgraded.backup}")
+    click.echo(
+        "to roll back: reinstall the MLflow release you used before and restore the backup into the stopped "
+        "server's database (docs/pipelines.md, 'Upgrading a store')"
+    )
 
 
 if __name__ == "__main__":

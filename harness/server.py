@@ -33,7 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness import schema
+from harness.errors import HarnessError, first_line
 from harness.files import write_json_atomically
 from harness.tracking import ask_health
 
@@ -251,29 +252,7 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
             "initdb (creating the PostgreSQL cluster)",
         )
     db_port = db_port or free_port()
-    db_log = directory / "postgres.log"
-    db_log.touch()
-    if account:
-        shutil.chown(db_log, account)
-    try:
-        _run(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(db_log),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                f"-p {db_port} -h 127.0.0.1 -k {sockets}",
-                "start",
-            ],
-            f"starting PostgreSQL on port {db_port}",
-        )
-    except HarnessError as exc:
-        raise HarnessError(f"{exc} ({_last_line(db_log)})") from None
+    start_postgres(directory, bin_dir, db_port)
     try:
         if _trusts_everyone(data):  # a cluster made by an older harness: give it the password, then require it
             _require_password(bin_dir, data, db_port, password)
@@ -287,6 +266,10 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
         if created.returncode != 0 and "already exists" not in created.stderr:
             raise HarnessError(f"creating the mlflow database failed: {created.stderr.strip()}")
         stack = Stack(str(directory), host, port, db_port, 0, auth)
+        # An older MLflow's schema: mlflow server would refuse it after seconds of start-up, in its log.
+        schema.check_revision(
+            f"{stack.backend_uri} (of {directory})", database_revision(bin_dir, db_port, password), upgrade_command(directory)
+        )
         log = open(directory / "mlflow-server.log", "ab")
         # The password reaches the server through its environment, not a command line `ps` shows.
         env = server_environment(
@@ -326,6 +309,155 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
         stop(directory)
         raise
     return stack
+
+
+def start_postgres(directory: Path, bin_dir: Path, db_port: int) -> None:
+    """Start the cluster in ``DIR/postgres`` on ``127.0.0.1:db_port`` (its sockets in ``DIR/sockets``)."""
+    db_log = directory / "postgres.log"
+    db_log.touch()
+    account = db_account()
+    if account:
+        shutil.chown(db_log, account)
+    try:
+        _run(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(directory / "postgres"),
+                "-l",
+                str(db_log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {db_port} -h 127.0.0.1 -k {directory / 'sockets'}",
+                "start",
+            ],
+            f"starting PostgreSQL on port {db_port}",
+        )
+    except HarnessError as exc:
+        raise HarnessError(f"{exc} ({_last_line(db_log)})") from None
+
+
+def stop_postgres(bin_dir: Path, data: Path) -> None:
+    subprocess.run(_as_db_account([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
+
+
+def upgrade_command(directory: Path) -> str:
+    return f"harness server upgrade --dir {directory}"
+
+
+def psql(bin_dir: Path, db_port: int, password: str, sql: str, database: str = DB_NAME) -> subprocess.CompletedProcess:
+    """One SQL statement as the database user; unaligned, tuples only. The password goes through the
+    environment, never a command line."""
+    return subprocess.run(
+        _as_db_account(
+            [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(db_port), "-U", DB_USER, "-d", database, "-tAX", "-c", sql]
+        ),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PGPASSWORD": password},
+    )
+
+
+def query(bin_dir: Path, db_port: int, password: str, sql: str, database: str = DB_NAME) -> str:
+    done = psql(bin_dir, db_port, password, sql, database)
+    if done.returncode != 0:
+        raise HarnessError(f"PostgreSQL query failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return done.stdout.strip()
+
+
+def database_revision(bin_dir: Path, db_port: int, password: str) -> str | None:
+    """The MLflow schema revision of the mlflow database (None: no schema yet)."""
+    done = psql(bin_dir, db_port, password, "SELECT version_num FROM alembic_version")
+    if done.returncode != 0:
+        if "does not exist" in done.stderr:
+            return None
+        raise HarnessError(f"reading the schema version failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return done.stdout.strip() or None
+
+
+def upgrade(directory: Path) -> schema.Upgraded | None:
+    """Back up (``pg_dump``) and upgrade the mlflow database of a stopped ``harness server`` in ``directory``;
+    None when it already has the schema the installed MLflow uses. Starts PostgreSQL for the upgrade only
+    and stops it after; refuses while its tracking server or PostgreSQL runs (they may have clients)."""
+    directory = directory.resolve()
+    running = read_state(directory)
+    if running is not None and running.server_pid and _alive(running.server_pid):
+        raise HarnessError(
+            f"the tracking server of {directory} is running (pid {running.server_pid}) and its clients may be "
+            f"writing; stop it first (harness server stop --dir {directory}), then upgrade"
+        )
+    data = directory / "postgres"
+    if not (data / "PG_VERSION").is_file():
+        raise HarnessError(f"{directory} has no PostgreSQL cluster of harness server ({data} is empty); nothing to upgrade")
+    if (data / "postmaster.pid").is_file():
+        raise HarnessError(
+            f"PostgreSQL in {data} is running (another client may be using it); stop it first "
+            f"(harness server stop --dir {directory}), then upgrade"
+        )
+    bin_dir, account = postgres_bin(), db_account()
+    password = db_password(directory, account)
+    db_port = free_port()
+    start_postgres(directory, bin_dir, db_port)
+    try:
+        return _upgrade_database(directory, bin_dir, db_port, password, account)
+    finally:
+        stop_postgres(bin_dir, data)
+
+
+def _upgrade_database(
+    directory: Path, bin_dir: Path, db_port: int, password: str, account: str | None
+) -> schema.Upgraded | None:
+    store = f"postgresql://{DB_USER}@127.0.0.1:{db_port}/{DB_NAME} (of {directory})"
+    old, new = database_revision(bin_dir, db_port, password), schema.expected_revision()
+    if old is None:
+        raise HarnessError(f"the mlflow database of {directory} holds no MLflow schema yet; nothing to upgrade")
+    if old == new:
+        return None
+    if not schema.known_revision(old):
+        schema.check_revision(store, old, upgrade_command(directory))  # a newer MLflow's: one line, no change
+    connected = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{DB_NAME}' AND pid <> pg_backend_pid()"
+    others = query(bin_dir, db_port, password, connected)
+    if others != "0":
+        raise HarnessError(f"{others} other client(s) are connected to the mlflow database of {directory}; stop them first")
+    tables = set(query(bin_dir, db_port, password, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").split())
+
+    def row_counts() -> dict[str, int]:
+        kept = [t for t in schema.KEPT_TABLES if t in tables]
+        return {t: int(query(bin_dir, db_port, password, f'SELECT count(*) FROM "{t}"')) for t in kept}
+
+    rows = row_counts()
+    backups = directory / "backups"
+    backups.mkdir(exist_ok=True)
+    if account:
+        shutil.chown(backups, account)
+    backup = backups / f"mlflow-{old}-{time.strftime('%Y%m%d-%H%M%S')}.dump"
+    dumped = subprocess.run(
+        _as_db_account(
+            [str(bin_dir / "pg_dump"), "-h", "127.0.0.1", "-p", str(db_port), "-U", DB_USER, "-Fc", "-f", str(backup), DB_NAME]
+        ),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PGPASSWORD": password},
+    )
+    if dumped.returncode != 0:
+        raise HarnessError(f"pg_dump failed ({(dumped.stderr.strip().splitlines() or ['?'])[-1]}); nothing was upgraded")
+    migrated = subprocess.run(
+        [sys.executable, "-m", "mlflow", "db", "upgrade", f"postgresql://{DB_USER}@127.0.0.1:{db_port}/{DB_NAME}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PGPASSWORD": password},
+    )
+    after = database_revision(bin_dir, db_port, password)
+    if migrated.returncode != 0 or after != new:
+        why = first_line(migrated.stderr.strip().splitlines()[-1] if migrated.stderr.strip() else f"schema {after}")
+        state = "PostgreSQL rolled it back, the store is as it was" if after == old else f"the store is at schema {after}"
+        raise HarnessError(f"mlflow db upgrade failed on {store} ({why}); {state}; backup: {backup}")
+    lost = {t: (n, m) for t, n in rows.items() if (m := row_counts()[t]) < n}
+    if lost:
+        raise HarnessError(f"the upgrade of {store} lost rows {lost}; restore the backup {backup} (docs/pipelines.md)")
+    return schema.Upgraded(store, old, new, backup, rows)
 
 
 def auth_environment(directory: Path) -> dict[str, str]:

@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from harness import views
+from harness import schema, views
 from harness.credentials import redact
 from harness.errors import HarnessError, Terminated, first_line, raise_terminated, stop_signals
 from harness.identity import EVALUATED_TAG, KIND_TAG, PARENT_RUN_ID_TAG, RUN_NAME_TAG
@@ -230,7 +230,8 @@ def prepare_sqlite(db_path: Path) -> None:
             # it over that one would cut that process off its open database ("readonly database").
             exists = db_path.is_file() and db_path.stat().st_size > 0
         if exists:
-            MlflowClient().search_experiments(max_results=1)  # migrates an older schema
+            schema.check_revision(str(db_path), schema.sqlite_revision(db_path), upgrade_command(db_path))
+            MlflowClient().search_experiments(max_results=1)
         else:
             building = db_path.with_name(f".{db_path.name}.creating")
             building.unlink(missing_ok=True)  # what an interrupted creation left
@@ -241,6 +242,10 @@ def prepare_sqlite(db_path: Path) -> None:
     finally:
         if lock is not None:
             lock.close()  # closing releases the flock
+
+
+def upgrade_command(db_path: Path) -> str:
+    return f"harness store upgrade --store sqlite:///{db_path}"
 
 
 def put_in_place(building: Path, db_path: Path) -> None:

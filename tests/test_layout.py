@@ -18,6 +18,7 @@ STAGES = [
     "algorithms",
     "replay",
     "views",
+    "schema",
     "tracking",
     "server",
     "checkpoints",

@@ -363,3 +363,61 @@ def test_server_start_on_a_taken_port_is_one_line_and_starts_nothing(tmp_path):
     assert not (tmp_path / "srv").exists()
     stopped = run_cli(["server", "stop", "--dir", "srv"], tmp_path, "sqlite:///unused.db")
     assert stopped.stdout.strip() == "nothing was running from srv"
+
+
+def test_a_server_store_of_an_older_mlflow_is_refused_at_start_and_upgrades_with_a_backup(tmp_path):
+    """The database one migration back (as the MLflow release before made it): `harness server start` names
+    it in one line and starts nothing; `harness server upgrade` refuses a running server, then backs it up,
+    migrates it and keeps its runs."""
+    import mlflow
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    from harness import schema
+    from tests.conftest import run_cli
+
+    def harness_server(*args):
+        return run_cli(["server", *args, "--dir", str(directory)], tmp_path, "sqlite:///unused.db", check=False)
+
+    def one_line(proc) -> str:
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        return line
+
+    with tracking_server() as (stack, base):
+        directory = base / "server"
+        client = mlflow.MlflowClient(stack.tracking_uri)
+        run = client.create_run(client.create_experiment("kept"))
+        client.log_metric(run.info.run_id, "eval/success_rate", 0.5, step=7)
+        client.set_terminated(run.info.run_id)
+        line = one_line(harness_server("upgrade"))
+        assert f"the tracking server of {directory} is running (pid {stack.server_pid})" in line
+
+        server.stop(directory)
+        head = schema.expected_revision()
+        older = ScriptDirectory.from_config(_get_alembic_config(db_url="")).get_revision(head).down_revision
+        port, bin_dir = server.free_port(), server.postgres_bin()
+        server.start_postgres(directory, bin_dir, port)
+        try:
+            password = (directory / "db-password").read_text().strip()
+            command.downgrade(_get_alembic_config(f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"), "-1")
+        finally:
+            server.stop_postgres(bin_dir, directory / "postgres")
+
+        line = one_line(harness_server("start", "--port", str(server.free_port())))
+        assert f"has an older MLflow schema ({older}) than MLflow" in line
+        assert line.endswith(f"back it up and upgrade it with: harness server upgrade --dir {directory}")
+        assert not (directory / "server.json").exists() and not (directory / "postgres" / "postmaster.pid").exists()
+
+        upgraded = harness_server("upgrade")
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert f"from schema {older} to {head} (" in upgraded.stdout and "1 runs" in upgraded.stdout
+        (backup,) = (directory / "backups").glob(f"mlflow-{older}-*.dump")
+        assert f"backup (pg_dump custom format): {backup}" in upgraded.stdout and backup.stat().st_size > 0
+        assert "nothing to do" in harness_server("upgrade").stdout
+        assert not (directory / "postgres" / "postmaster.pid").exists()  # started for the upgrade alone
+
+        restarted = server.start(directory, port=server.free_port())
+        history = mlflow.MlflowClient(restarted.tracking_uri).get_metric_history(run.info.run_id, "eval/success_rate")
+        assert [(m.step, m.value) for m in history] == [(7, 0.5)]
