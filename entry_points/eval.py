@@ -45,6 +45,11 @@ def eval_command(ckpt, n_episodes, env_id, video):
     if report["logged_to_run"]:
         click.echo(f"logged eval/* to training run {report['logged_to_run']}")
         echo_ui_link(report["logged_to_run"])
+    elif report.get("logged_model_id"):
+        click.echo(
+            f"note: logged model {report['logged_model_id']} (the checkpoint of step {report['num_timesteps']}) is scored "
+            "as a result of its own, not logged as the training run's evaluation (compare and register read that)"
+        )
     elif report["trained_on"] not in (None, report["env_id"]):
         click.echo(
             f"note: trained on {report['trained_on']}, scored on {report['env_id']}: not logged as the "

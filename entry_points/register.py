@@ -18,7 +18,13 @@ from harness.config import ALGOS
     help="sac, tqc or ddpg, or auto: the best evaluated HER run of any algo.",
 )
 @click.option("--run-id", default=None, help="Register this evaluated HER training run instead of the best one.")
-def register_command(env_id, algo, run_id):
+@click.option(
+    "--best-checkpoint",
+    is_flag=True,
+    help="With --env: register the best checkpoint logged model (eval/success_rate of the periodic evaluations, "
+    "ties: eval/mean_return) across the finished HER runs and their steps, not the final model of the best run.",
+)
+def register_command(env_id, algo, run_id, best_checkpoint):
     """Register a HER policy as ch04-<algo>-her-<env> and move the alias 'champion' if it is better.
 
     The best run is the finished, evaluated HER training run with the highest eval/success_rate
@@ -27,12 +33,17 @@ def register_command(env_id, algo, run_id):
     """
     if (env_id is None) == (run_id is None):
         raise click.UsageError("give --env (register its best HER run) or --run-id (register that run)")
+    if best_checkpoint and env_id is None:
+        raise click.UsageError("--best-checkpoint picks across the runs of one env: give --env, not --run-id")
     from harness.registry import register
 
-    result = register(env_id=env_id, algo=None if algo == "auto" else algo, run_id=run_id)
+    result = register(env_id=env_id, algo=None if algo == "auto" else algo, run_id=run_id, best_checkpoint=best_checkpoint)
     metrics = result["metrics"]
+    source = f"run {result['source_run_id']}"
+    if result["source_model_id"]:
+        source = f"checkpoint {result['source_model_id']} (step {result['source_step']}) of {source}"
     click.echo(
-        f"registered {result['name']} version {result['version']} from run {result['source_run_id']} "
+        f"registered {result['name']} version {result['version']} from {source} "
         f"(eval success {100 * metrics['eval/success_rate']:.1f}%, return {metrics['eval/mean_return']:.2f})"
     )
     if result["champion_moved"]:

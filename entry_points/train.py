@@ -66,13 +66,22 @@ MAX_THREADS = 1024
     help="Log MLflow's system metrics (CPU, memory, disk, network) to the run as system/*.",
 )
 @click.option(
+    "--keep-checkpoints",
+    default="best:3",
+    show_default=True,
+    help="Which checkpoints of the periodic evaluations stay as MLflow logged models of the run (models:/m-<id>, "
+    "the experiment's Models tab, with their eval/* metrics): all, none, best:K (by eval success) or last:K.",
+)
+@click.option(
     "--resume/--no-resume",
     default=True,
     show_default=True,
     help="Continue this config's run if a crash, a kill or a closed terminal cut it short (its resumable "
     "checkpoint in checkpoints/resume/), instead of starting a new run.",
 )
-def train_command(env_id, no_her, settings, preset, experiment, threads, device, progress, system_metrics, resume, **options):
+def train_command(
+    env_id, no_her, settings, preset, experiment, threads, device, progress, system_metrics, keep_checkpoints, resume, **opts
+):
     """Train SAC, TQC or the HER paper's DDPG, with or without HER, as one MLflow run.
 
     Logs the resolved config as params, SB3's metrics and eval/* learning curves by env step,
@@ -80,9 +89,11 @@ def train_command(env_id, no_her, settings, preset, experiment, threads, device,
     and to the run's artifacts. The run is named like the checkpoint: sac_her_FetchPush-v4_seed0.
     """
     # Cheapest checks first: a bad value is reported before torch and SB3 are even imported.
+    from harness.checkpoints import KeepCheckpoints
     from harness.config import parse_settings, resolve_config
 
-    overrides = take_config_options(options)
+    keep = KeepCheckpoints.parse(keep_checkpoints)
+    overrides = take_config_options(opts)
     if overrides["her"] and no_her:
         raise click.UsageError("--her and --no-her contradict each other; give one")
     if no_her:
@@ -114,6 +125,7 @@ def train_command(env_id, no_her, settings, preset, experiment, threads, device,
             resume_run_id=interrupted[0] if interrupted else None,
             system_metrics=system_metrics,
             device=device,
+            keep_checkpoints=keep,
         ),
     )
     final = result.meta["final_metrics"]

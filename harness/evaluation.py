@@ -152,8 +152,13 @@ def evaluate_checkpoint(
     elsewhere = trained_on is not None and trained_on != config["env_id"]
     if elsewhere:
         run_name = f"{run_name}_on_{config['env_id']}"
+    # A checkpoint of a periodic evaluation (a logged model) is not the run's final model: its score is a
+    # result of its own, never the training run's evaluation that compare and register read.
+    of_a_step = loaded.meta.get("logged_model_id") is not None
+    if of_a_step:
+        run_name = f"{run_name}_step{int(loaded.model.num_timesteps)}"
     # Found before the episodes run: a deleted run or an unwritable results/ fails at once, not after.
-    training_run = None if elsewhere else _training_run_in_store(loaded.run_id)
+    training_run = None if elsewhere or of_a_step else _training_run_in_store(loaded.run_id)
     out = results_path(run_name)
     check_writable(out.parent)
     if training_run is not None or parent_run_id or os.environ.get("MLFLOW_RUN_ID"):
@@ -182,6 +187,7 @@ def evaluate_checkpoint(
         "seed": config.get("seed"),
         "n_sampled_goal": config.get("n_sampled_goal"),
         "num_timesteps": step,
+        "logged_model_id": loaded.meta.get("logged_model_id"),
         "deterministic": True,
         "reset_seeds": [EVAL_RESET_SEED, EVAL_RESET_SEED + n_episodes - 1],
         **summary,

@@ -139,15 +139,49 @@ def _is_better(candidate: dict[str, float], current: dict[str, float]) -> bool:
     return tuple(candidate[k] for k in key) > tuple(current[k] for k in key)
 
 
-def register(env_id: str | None = None, algo: str | None = None, run_id: str | None = None) -> dict[str, Any]:
-    """Register the best (or the given) evaluated HER run, of ``algo`` or (None) of any algo; move
-    ``champion`` only if it is better."""
+def best_checkpoint_model(env_id: str, algo: str | None = None):
+    """The checkpoint logged model (of a finished HER training) with the best eval success (ties: return)."""
+    from harness.checkpoints import CHECKPOINT_KIND
+
+    tags = {KIND_TAG: CHECKPOINT_KIND, ENV_TAG: env_id, HER_TAG: "true", **({ALGO_TAG: algo} if algo else {})}
+    models = mlflow.search_logged_models(
+        experiment_ids=tracking.experiment_ids(None),
+        filter_string=" AND ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items()),
+        order_by=[
+            {"field_name": "metrics.eval/success_rate", "ascending": False},
+            {"field_name": "metrics.eval/mean_return", "ascending": False},
+        ],
+        output_format="list",
+    )
+    for model in models:
+        run = tracking.find_run(model.source_run_id)
+        if run is not None and run.info.status == "FINISHED" and {m.key for m in model.metrics or []} >= set(EVAL_KEYS):
+            return model, run
+    raise HarnessError(
+        f"no checkpoint logged model of a finished {algo + ' ' if algo else ''}HER training for {env_id} in "
+        f"{mlflow.get_tracking_uri()}; train one with periodic evaluations (harness train --her; --keep-checkpoints)"
+    )
+
+
+EVAL_KEYS = ("eval/success_rate", "eval/mean_return", "eval/final_distance")
+
+
+def register(
+    env_id: str | None = None, algo: str | None = None, run_id: str | None = None, best_checkpoint: bool = False
+) -> dict[str, Any]:
+    """Register the best (or the given) evaluated HER run, of ``algo`` or (None) of any algo, or with
+    ``best_checkpoint`` the best checkpoint logged model across runs and steps; move ``champion`` only if
+    it is better."""
     from harness.checkpoints import WEIGHTS_ARTIFACT, WEIGHTS_HASH_TAG, export_weights, load_checkpoint
 
     tracking.prepare_store()
-    run = tracking.get_run(run_id) if run_id else best_her_run(env_id, algo)
+    source_model = None
+    if best_checkpoint:
+        source_model, run = best_checkpoint_model(env_id, algo)
+    else:
+        run = tracking.get_run(run_id) if run_id else best_her_run(env_id, algo)
     tags = run.data.tags
-    if tags.get(KIND_TAG) != "train" or tags.get(EVALUATED_TAG) != "true":
+    if tags.get(KIND_TAG) != "train" or (source_model is None and tags.get(EVALUATED_TAG) != "true"):
         raise HarnessError(
             f"run {run.info.run_id} is not an evaluated training run; "
             f"evaluate it first (harness eval --ckpt {run.info.run_id})"
@@ -156,10 +190,13 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
     env_id, algo = identity.env_id, identity.algo
     if not identity.her:
         raise HarnessError(f"run {run.info.run_id} is not a HER run; the registry holds HER models (ch04-<algo>-her-<env>)")
-    metrics = {k: run.data.metrics[k] for k in ("eval/success_rate", "eval/mean_return", "eval/final_distance")}
+    if source_model is not None:
+        metrics = {m.key: m.value for m in source_model.metrics if m.key in EVAL_KEYS}
+        loaded = load_checkpoint(f"models:/{source_model.model_id}")  # its files checked against their sha256
+    else:
+        metrics = {k: run.data.metrics[k] for k in EVAL_KEYS}
+        loaded = load_checkpoint(run.info.run_id)  # its files checked against the sha256 the run recorded
     name = model_name(algo, env_id)
-
-    loaded = load_checkpoint(run.info.run_id)  # its files checked against the sha256 the run recorded
     meta = loaded.meta
     with tempfile.TemporaryDirectory(prefix="harness-register-") as tmp:
         weights = Path(tmp) / WEIGHTS_ARTIFACT
@@ -187,6 +224,8 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
         WEIGHTS_HASH_TAG: json.dumps(hashes, sort_keys=True),
         **{k.replace("/", "_"): str(v) for k, v in metrics.items()},
     }
+    if source_model is not None:
+        version_tags |= {"source_model_id": source_model.model_id, "source_step": str(int(loaded.model.num_timesteps))}
     for key, value in version_tags.items():
         client.set_model_version_tag(name, version.version, key, value)
     # The version's page in the MLflow UI shows this description first: where the model came from.
@@ -207,6 +246,8 @@ def register(env_id: str | None = None, algo: str | None = None, run_id: str | N
         "name": name,
         "version": version.version,
         "source_run_id": run.info.run_id,
+        "source_model_id": source_model.model_id if source_model is not None else None,
+        "source_step": int(loaded.model.num_timesteps),
         "metrics": metrics,
         "champion_moved": moved,
         "previous_champion": current.version if current else None,

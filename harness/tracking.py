@@ -407,10 +407,11 @@ def _param_value(value: Any) -> str:
     return str(value)
 
 
-def log_metrics_at(run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """Log several metrics at one step with a single write (one SQLite transaction)."""
+def log_metrics_at(run_id: str, metrics: Mapping[str, float], step: int, model_id: str | None = None) -> None:
+    """Log several metrics at one step with a single write (one SQLite transaction); with ``model_id``
+    they are also the metrics of that logged model (MLflow 3's Models tab lists them)."""
     timestamp = int(time.time() * 1000)
-    batch = [Metric(k, float(v), timestamp, int(step)) for k, v in metrics.items() if is_loggable(v)]
+    batch = [Metric(k, float(v), timestamp, int(step), model_id=model_id) for k, v in metrics.items() if is_loggable(v)]
     if batch:
         with_retry(lambda: MlflowClient().log_batch(run_id, metrics=batch))
 

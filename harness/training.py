@@ -30,7 +30,20 @@ from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputF
 
 from harness import resume, tracking
 from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, resolve_device, resolve_precision
-from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, hash_tags, local_paths, write_normalization
+from harness.checkpoints import (
+    ARTIFACT_DIR,
+    CHECKPOINT_DIR,
+    DEFAULT_KEEP,
+    KEEP_NONE,
+    KeepCheckpoints,
+    LoadedCheckpoint,
+    delete_checkpoint_model,
+    hash_tags,
+    local_paths,
+    log_checkpoint_model,
+    run_checkpoint_models,
+    write_normalization,
+)
 from harness.config import TrainConfig
 from harness.credentials import redact
 from harness.envs import her_reward_warning, make_env, make_vec_env, validate_env_id, validate_her_start
@@ -87,16 +100,28 @@ class PeriodicEvaluation(BaseCallback):
     success reaches 50% and 90%, also ``eval/steps_to_<pct>`` and ``eval/minutes_to_<pct>``
     (wall-clock since the run started; a resumed run counts its pause)."""
 
-    def __init__(self, config: TrainConfig, run_id: str, vecnormalize=None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_id: str,
+        vecnormalize=None,
+        to_mlflow: MLflowOutputFormat | None = None,
+        keep: KeepCheckpoints = KEEP_NONE,
+        identity: RunIdentity | None = None,
+    ):
         super().__init__()
         self.config = config
         self.run_id = run_id
         self.vecnormalize = vecnormalize
+        self.to_mlflow = to_mlflow
+        self.keep = keep
+        self.identity = identity or RunIdentity.of(config)
 
     def _on_training_start(self) -> None:
         self.next_eval = next_multiple(self.num_timesteps, self.config.eval_freq)
         run = mlflow.MlflowClient().get_run(self.run_id)
         self.run_started_ms = run.info.start_time
+        self.experiment_id = run.info.experiment_id
         # A resumed run already logged the thresholds it reached before the interruption.
         self.pending = [t for t in SUCCESS_THRESHOLDS if threshold_metrics(t)[0] not in run.data.metrics]
 
@@ -117,7 +142,16 @@ class PeriodicEvaluation(BaseCallback):
             self.logger.record(steps_key, self.num_timesteps)
             self.logger.record(minutes_key, (time.time() * 1000 - self.run_started_ms) / 60_000)
             self.pending.remove(threshold)
+        logged = self.keep.rule != "none" and self.to_mlflow is not None
+        if logged:  # the checkpoint this evaluation scored, as a logged model its eval/* metrics belong to
+            meta = {"config": self.config.to_dict(), "run_id": self.run_id, "run_name": self.identity.name}
+            tags = {**self.identity.tags(), CONFIG_HASH_TAG: self.config.config_hash}
+            checkpoint = LoadedCheckpoint(self.model, meta, self.vecnormalize, "training")
+            self.to_mlflow.link_next("eval/", log_checkpoint_model(checkpoint, self.run_id, self.experiment_id, tags))
         self.logger.dump(self.num_timesteps)
+        if logged:
+            for model in self.keep.to_delete(run_checkpoint_models(self.run_id, self.experiment_id)):
+                delete_checkpoint_model(model)
 
 
 class ResumableCheckpoint(BaseCallback):
@@ -274,6 +308,9 @@ class RunOptions:
     device: str = "auto"
     """Where the networks train: ``cpu``, ``cuda``, or ``auto`` (CUDA when present); the ``harness.device``
     tag says which. Checkpoints load on any device (evaluation runs on the CPU)."""
+    keep_checkpoints: KeepCheckpoints = DEFAULT_KEEP
+    """Which evaluated checkpoints stay as MLflow logged models of the run (``models:/m-<id>``, listed in the
+    experiment's Models tab with their ``eval/*``): best 3 by eval success by default (a few MB each)."""
     system_metrics: bool = True
     """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, ...) beside the learning
     curves, so a slow run shows whether it was starved of CPU."""
@@ -286,12 +323,23 @@ class MLflowOutputFormat(KVWriter):
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.latest: dict[str, float] = {}
+        self.linked: dict[str, str] = {}  # key prefix -> logged model id, for the next write only
+
+    def link_next(self, prefix: str, model_id: str) -> None:
+        """The next write's metrics under ``prefix`` are also those of logged model ``model_id``."""
+        self.linked[prefix] = model_id
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
         metrics = {
             key: value for key, value in key_values.items() if not (key_excluded.get(key) and "mlflow" in key_excluded[key])
         }
-        tracking.log_metrics_at(self.run_id, metrics, step)
+        unlinked = dict(metrics)
+        for prefix, model_id in self.linked.items():
+            linked = {key: value for key, value in unlinked.items() if key.startswith(prefix)}
+            tracking.log_metrics_at(self.run_id, linked, step, model_id=model_id)
+            unlinked = {key: value for key, value in unlinked.items() if key not in linked}
+        tracking.log_metrics_at(self.run_id, unlinked, step)
+        self.linked.clear()
         self.latest.update({k: float(v) for k, v in metrics.items() if tracking.is_loggable(v)})
 
     def close(self) -> None:
@@ -362,7 +410,10 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
             mlflow.set_tag(RESUMED_FROM_STEP_TAG, str(model.num_timesteps))
         else:
             model = build_model(config, env, logger, device)
-        callbacks = [PeriodicEvaluation(config, run_id, vecnormalize), ResumableCheckpoint(config, run_id, vecnormalize)]
+        callbacks = [
+            PeriodicEvaluation(config, run_id, vecnormalize, to_mlflow, options.keep_checkpoints, identity),
+            ResumableCheckpoint(config, run_id, vecnormalize),
+        ]
 
         started = time.perf_counter()
         remaining = config.total_steps - model.num_timesteps
