@@ -12,7 +12,8 @@ from entry_points._common import echo_ui_link, run_command
     "--ckpt",
     required=True,
     help="Checkpoint: a .zip path (checkpoints/sac_her_FetchPush-v4_seed0.zip), an MLflow run id, "
-    "runs:/<run id>, or a registered model models:/ch04-sac-her-FetchPush-v4@champion.",
+    "runs:/<run id>, a registered model models:/ch04-sac-her-FetchPush-v4@champion, or a checkpoint a "
+    "periodic evaluation logged as a model, models:/m-<id> (the experiment's Models tab).",
 )
 @click.option("--n-episodes", type=click.IntRange(min=1), default=100, show_default=True, help="Deterministic episodes.")
 @click.option("--env", "env_id", default=None, help="Env id, only needed for a zip without its .meta.json.")
@@ -27,7 +28,9 @@ def eval_command(ckpt, n_episodes, env_id, video):
     """Evaluate a checkpoint: success rate, mean return and final distance (each with std).
 
     Writes results/ch04_<algo>[_her]_<env>_seed<k>_eval.json and logs the eval/* metrics and that
-    JSON to the training run the checkpoint came from (which makes it visible to `compare`).
+    JSON to the training run the checkpoint came from (which makes it visible to `compare`); a
+    checkpoint of a periodic evaluation (models:/m-<id>) is scored as a result of its own.
+    Nothing in a checkpoint is unpickled: the policy is rebuilt from its tensors.
     """
     from harness.evaluation import evaluate_checkpoint
 

@@ -160,7 +160,8 @@ class HerDDPG(TD3):
             with th.no_grad():
                 with layer_precision(self.precision, self.device.type):
                     next_q = self.critic_target.q1_forward(data.next_observations, self.actor_target(data.next_observations))
-                target_q = data.rewards + (1 - data.dones) * self.gamma * next_q.float()
+                discounts = data.discounts if data.discounts is not None else self.gamma  # n-step: gamma^m
+                target_q = data.rewards + (1 - data.dones) * discounts * next_q.float()
                 if self.clip_target:
                     target_q.clamp_(lowest_return, 0.0)
             with layer_precision(self.precision, self.device.type):

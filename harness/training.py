@@ -217,7 +217,15 @@ def build_model(config: TrainConfig, env, logger: Logger, device: str = "cpu"):
     if config.algo in ("sac", "ddpg"):
         kwargs["precision"] = layer_precision_for(config, device)
     if config.her:
-        kwargs.update(her_buffer(config.n_sampled_goal, config.goal_selection_strategy, config.desired_goal_share))
+        kwargs.update(
+            her_buffer(
+                config.n_sampled_goal,
+                config.goal_selection_strategy,
+                config.desired_goal_share,
+                config.n_step_returns,
+                config.gamma,
+            )
+        )
     policy = "MultiInputPolicy" if isinstance(env.observation_space, gym.spaces.Dict) else "MlpPolicy"
     model = algo_class(config.algo)(policy, env, **kwargs)
     model.set_logger(logger)

@@ -194,3 +194,41 @@ def test_mixed_goal_buffer_relabels_with_other_episodes_desired_goals(tmp_path, 
     # share 0 is SB3's own buffer
     plain, _ = ddpg_model(tmp_path, monkeypatch, algo="sac")
     assert type(plain.replay_buffer) is HerReplayBuffer
+
+
+def test_n_step_returns_sum_the_next_rewards_for_the_relabeled_goal_and_stop_at_the_episode_end(tmp_path, monkeypatch):
+    """Against a reference walked step by step: rewards recomputed for each goal, discounted, cut at the end."""
+    from harness.replay import MixedGoalHerReplayBuffer
+
+    model, _ = ddpg_model(tmp_path, monkeypatch, algo="sac", n_step_returns=3, learning_starts=400)
+    buffer = model.replay_buffer
+    assert isinstance(buffer, MixedGoalHerReplayBuffer) and (buffer.n_step, buffer.gamma) == (3, model.gamma)
+    model.learn(300)  # random actions: 3 finished episodes per env, nothing trained
+    env = buffer.env.envs[0].unwrapped
+    # every position of the first episode of env 1, its last ones included (fewer than 3 steps left there)
+    batch = np.arange(50)
+    envs = np.ones(50, dtype=int)
+    # the episode's own (mostly unreached) goal for even positions, one its object reached for odd ones
+    reached = buffer.next_observations["achieved_goal"][(batch + 7) % 50, 1]
+    goals = np.where((batch % 2 == 0)[:, None], buffer.observations["desired_goal"][batch, 1], reached)
+    samples = buffer.n_step_samples(batch, envs, goals)
+    for i, t in enumerate(batch):
+        steps = min(3, 50 - t)
+        expected = sum(
+            model.gamma**j * env.compute_reward(buffer.next_observations["achieved_goal"][t + j, 1], goals[i], {})
+            for j in range(steps)
+        )
+        assert samples.rewards[i, 0].item() == pytest.approx(expected, abs=1e-5)
+        assert samples.discounts[i, 0].item() == pytest.approx(model.gamma**steps)
+        last = buffer.next_observations["achieved_goal"][t + steps - 1, 1]
+        assert np.allclose(samples.next_observations["achieved_goal"][i].numpy(), last)
+        assert np.allclose(samples.next_observations["desired_goal"][i].numpy(), goals[i])
+        assert np.allclose(samples.observations["desired_goal"][i].numpy(), goals[i])
+    assert samples.dones.sum().item() == 0  # Fetch episodes end by time limit, which is not a termination
+    assert (samples.rewards <= 0).all() and (samples.rewards < -0.5).any() and (samples.rewards > -0.5).any()
+
+    batch_samples = buffer.sample(64)  # the sampler: relabeled and real goals, every discount gamma^1..3
+    assert tuple(batch_samples.rewards.shape) == (64, 1)
+    powers = np.array([model.gamma**m for m in (1, 2, 3)])
+    assert all(np.isclose(d, powers, atol=1e-6).any() for d in batch_samples.discounts.numpy().ravel())
+    model.train(gradient_steps=2, batch_size=32)  # the SAC step takes the n-step discounts

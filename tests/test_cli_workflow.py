@@ -201,9 +201,10 @@ def test_eval_renders_videos_and_logs_them(workflow):
     assert bad.returncode == 1 and "--video must be between 0 and --n-episodes (2), got 3" in bad.stderr
 
 
-def chromium(url: str, profile, screenshot=None) -> str:
+def chromium(url: str, profile, screenshot=None, width: int = 1600) -> str:
     """The page as headless chromium renders it after its JavaScript ran (flags: the env notes'); with
-    ``screenshot``, a 1600x1000 PNG of it instead (what a person sees)."""
+    ``screenshot``, a PNG of it instead (what a person sees). Tables render only the columns the window's
+    ``width`` shows."""
     import shutil
     import subprocess
 
@@ -218,7 +219,7 @@ def chromium(url: str, profile, screenshot=None) -> str:
         "--disable-component-update",
         "--disable-sync",
         f"--user-data-dir={profile}",
-        "--window-size=1600,1000",
+        f"--window-size={width},1000",
         "--virtual-time-budget=40000",
     ]
     args += [f"--screenshot={screenshot}", url] if screenshot else ["--dump-dom", url]
@@ -308,6 +309,11 @@ def test_mlflow_ui_lands_on_her_vs_no_her(workflow, tmp_path):
         )
         # The metric chart sections, named by prefix with their chart counts (eval/* holds 7 charts).
         assert "eval (7)" in charts and "rollout (" in charts and "train (" in charts
+        # The Models tab: every training's evaluated checkpoints as logged models, with their eval metrics.
+        models_url = f"{base}/#/experiments/{experiment}/models?workflowType=machine_learning"
+        models = visible_text(chromium(models_url, tmp_path / "p8", width=4000))
+        assert all(f"{name}-step{step}" in models for name in runs for step in (150, 300)), models
+        assert "eval/success_rate" in models and "eval/mean_return" in models
         if os.environ.get("HARNESS_UI_SCREENSHOTS"):  # refresh docs/'s screenshots: a folder to write them to
             out = Path(os.environ["HARNESS_UI_SCREENSHOTS"])
             chromium(chart_url, tmp_path / "p6", screenshot=out / "ui-her-vs-no-her.png")
