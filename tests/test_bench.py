@@ -99,7 +99,9 @@ def test_recipes_prints_each_precision_against_the_machines_limit(tmp_path):
         tmp_path,
         f"sqlite:///{tmp_path / 'unused.db'}",
     )
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    from harness.algorithms import native_bf16
+
+    native = native_bf16("cpu")
     assert f"instruction set {torch.backends.cpu.get_cpu_capability()}, native bf16 {'yes' if native else 'no'}" in lines[0]
     rows = json.loads((tmp_path / "recipes.json").read_text())["rows"]
     assert [row["precision"] for row in rows] == (["fp32", "bf16"] if native else ["fp32"])

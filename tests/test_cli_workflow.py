@@ -84,7 +84,9 @@ def test_params_are_the_resolved_config_and_tags_identify_the_run(workflow):
     # what the arithmetic ran on: the fast preset's precision 'auto' resolved for this CPU
     import torch
 
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    from harness.algorithms import native_bf16
+
+    native = native_bf16("cpu")
     assert params["precision"] == "auto"
     assert tags["harness.precision"] == ("bf16" if native else "fp32")
     assert (tags["harness.native_bf16"], tags["harness.cpu_capability"]) == (

@@ -179,14 +179,12 @@ def test_resolved_config_round_trips_through_json():
 
 @pytest.mark.parametrize("native", [False, True])
 def test_every_fast_preset_section_resolves_precision_by_the_cpus_bf16_support(native, monkeypatch):
-    """precision auto: bf16 only where the CPU runs it natively (oneDNN's check, patched here), fp32 elsewhere;
+    """precision auto: bf16 only where the CPU runs it natively (cpu_runs_bf16, patched here), fp32 elsewhere;
     the chapter's preset stays fp32 (SB3's arithmetic) and tqc always trains in fp32."""
-    import torch
-
     from harness.envs import FETCH_ENV_IDS
     from harness.training import layer_precision_for
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr("harness.algorithms.cpu_runs_bf16", lambda: native)
     expected = "bf16" if native else "fp32"
     for env_id in FETCH_ENV_IDS:
         for algo in ("sac", "ddpg"):
@@ -207,7 +205,7 @@ def test_precision_auto_on_cuda_follows_the_gpus_bf16_support(gpu_bf16, monkeypa
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: gpu_bf16)
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: not gpu_bf16)  # the CPU's is not asked
+    monkeypatch.setattr("harness.algorithms.cpu_runs_bf16", lambda: not gpu_bf16)  # the CPU's is not asked
     assert resolve_precision("auto", "cuda") == ("bf16" if gpu_bf16 else "fp32")
     assert (emulated_bf16_warning("bf16", "cuda") is None) == gpu_bf16
 
@@ -217,12 +215,33 @@ def test_explicit_bf16_without_native_support_says_how_much_slower(monkeypatch):
 
     from harness.algorithms import emulated_bf16_warning
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr("harness.algorithms.cpu_runs_bf16", lambda: False)
     warning = emulated_bf16_warning("bf16", "cpu")
     assert warning.startswith(
         f"precision bf16 on this CPU (torch: {torch.backends.cpu.get_cpu_capability()}) without native bfloat16"
     )
     assert "~17.7x slower than fp32" in warning and "use precision auto or fp32" in warning
     assert emulated_bf16_warning("fp32", "cpu") is None and emulated_bf16_warning("auto", "cpu") is None
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr("harness.algorithms.cpu_runs_bf16", lambda: True)
     assert emulated_bf16_warning("bf16", "cpu") is None
+
+
+@pytest.mark.parametrize(
+    "onednn, avx512_bf16, amx, native",
+    [
+        (True, False, False, False),  # AVX-512 without bf16 instructions (Ice Lake): oneDNN says yes, it emulates
+        (True, True, False, True),  # AVX512-BF16 (Zen 4/5, Cooper Lake)
+        (True, False, True, True),  # AMX (Sapphire Rapids and later)
+        (False, True, True, False),  # ONEDNN_MAX_CPU_ISA=AVX2 on such a CPU: oneDNN may not use them
+        (False, False, False, False),  # AVX2 only (Zen 3, most laptops)
+    ],
+)
+def test_native_bf16_needs_the_instructions_and_onednn(monkeypatch, onednn, avx512_bf16, amx, native):
+    import torch
+
+    from harness.algorithms import native_bf16
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_bf16("cpu") is native
