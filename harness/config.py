@@ -108,9 +108,9 @@ class TrainConfig:
     (mostly another episode's real goal; spitis/mrl's 'futureactual' mix is 0.5 with n_sampled_goal 4).
     0 keeps SB3's HerReplayBuffer exactly."""
     n_step_returns: int = setting(1, ABOVE_ZERO)
-    """HER: n-step returns: each sampled transition's target sums the next n rewards of its episode, recomputed
-    for its (relabeled) goal, and bootstraps n steps on (harness.replay). 1 is the one-step target; sac, tqc
-    and ddpg."""
+    """n-step returns: each sampled transition's target sums the next n rewards of its episode, recomputed for
+    its goal (with HER the relabeled one), and bootstraps n steps on (harness.replay; without HER the same
+    episode buffer, nothing relabeled, so HER vs no-HER differ in relabeling only). 1: one-step targets."""
     held_object_start: float = setting(0.0, SHARE)
     """FetchPickAndPlace only: share of the training episodes that start with the object held in the
     gripper (the HER paper's pick-and-place setting, :class:`harness.envs.HeldObjectStart`);
@@ -160,6 +160,11 @@ class TrainConfig:
     """Env steps between resumable checkpoints (model, replay buffer, normalization; 0: none)."""
     preset: str = "ch04"
     """Name of the preset this config was resolved from."""
+
+    @property
+    def episode_buffer(self) -> bool:
+        """Whether the replay buffer keeps episodes (harness.replay): for HER, and for n-step returns."""
+        return self.her or self.n_step_returns > 1
 
     @property
     def run_name(self) -> str:
@@ -320,8 +325,6 @@ def validate_config(config: TrainConfig) -> None:
             f"held_object_start needs an env whose gripper can hold the object "
             f"({', '.join(HELD_OBJECT_ENVS)}), not {config.env_id}"
         )
-    if config.n_step_returns > 1 and not config.her:
-        raise HarnessError("n_step_returns > 1 is done by the HER replay buffer; it needs her true")
     if config.clip_target_q and config.algo != "sac":
         raise HarnessError(f"clip_target_q is for sac (ddpg always clips its targets), not {config.algo}")
     if config.precision == "bf16" and config.algo == "tqc":

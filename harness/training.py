@@ -216,12 +216,12 @@ def build_model(config: TrainConfig, env, logger: Logger, device: str = "cpu"):
         kwargs["clip_target_q"] = config.clip_target_q
     if config.algo in ("sac", "ddpg"):
         kwargs["precision"] = layer_precision_for(config, device)
-    if config.her:
+    if config.episode_buffer:  # without HER: the same episode buffer for n-step returns, nothing relabeled
         kwargs.update(
             her_buffer(
-                config.n_sampled_goal,
+                config.n_sampled_goal if config.her else 0,
                 config.goal_selection_strategy,
-                config.desired_goal_share,
+                config.desired_goal_share if config.her else 0.0,
                 config.n_step_returns,
                 config.gamma,
             )
@@ -359,8 +359,9 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
     experiment, parent_run_id, resume_run_id = options.experiment, options.parent_run_id, options.resume_run_id
     torch_threads, kind = options.torch_threads, options.kind
     validate_env_id(config.env_id, her=config.her)
-    if config.her:
-        validate_her_start(config.env_id, config.n_envs, config.learning_starts)
+    if config.episode_buffer:
+        what = "--her" if config.her else "n_step_returns > 1"
+        validate_her_start(config.env_id, config.n_envs, config.learning_starts, what)
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     device = resolve_device(options.device)

@@ -192,7 +192,7 @@ def test_mixed_goal_buffer_relabels_with_other_episodes_desired_goals(tmp_path, 
     assert all(any(np.allclose(g, s) for s in stored) for g in goals)
     assert not any(any(np.allclose(g, a) for a in achieved) for g in goals[:50])
     # share 0 is SB3's own buffer
-    plain, _ = ddpg_model(tmp_path, monkeypatch, algo="sac")
+    plain, _ = ddpg_model(tmp_path, monkeypatch, algo="sac", n_step_returns=1)
     assert type(plain.replay_buffer) is HerReplayBuffer
 
 
@@ -232,3 +232,17 @@ def test_n_step_returns_sum_the_next_rewards_for_the_relabeled_goal_and_stop_at_
     powers = np.array([model.gamma**m for m in (1, 2, 3)])
     assert all(np.isclose(d, powers, atol=1e-6).any() for d in batch_samples.discounts.numpy().ravel())
     model.train(gradient_steps=2, batch_size=32)  # the SAC step takes the n-step discounts
+
+
+def test_n_step_returns_without_her_use_the_same_buffer_and_relabel_nothing(tmp_path, monkeypatch):
+    from harness.replay import MixedGoalHerReplayBuffer
+
+    model, _ = ddpg_model(tmp_path, monkeypatch, algo="sac", her=False, n_step_returns=3, learning_starts=400)
+    buffer = model.replay_buffer
+    assert isinstance(buffer, MixedGoalHerReplayBuffer) and buffer.her_ratio == 0 and buffer.n_step == 3
+    model.learn(300)
+    samples = buffer.sample(64)
+    stored = buffer.observations["desired_goal"][buffer.ep_length > 0]
+    assert all(any(np.allclose(g, s) for s in stored) for g in samples.observations["desired_goal"].numpy())
+    plain, _ = ddpg_model(tmp_path, monkeypatch, algo="sac", her=False, n_step_returns=1)  # SB3's own buffer
+    assert not isinstance(plain.replay_buffer, HerReplayBuffer)

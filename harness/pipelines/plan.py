@@ -56,8 +56,9 @@ def chapter_jobs(env_id: str, seeds: Sequence[int], preset: str, overrides: dict
     for her in (False, True):
         for seed in seeds:
             config = resolve_config(preset, env_id, {**overrides, "her": her, "seed": seed})
-            if her:
-                validate_her_start(env_id, config.n_envs, config.learning_starts)
+            if config.episode_buffer:
+                what = "--her" if her else "n_step_returns > 1"
+                validate_her_start(env_id, config.n_envs, config.learning_starts, what)
             jobs.append(Job(config, RunIdentity.of(config), n_eval_episodes))
     return jobs
 
