@@ -111,3 +111,11 @@ def echo_ui_link(run_id: str | None) -> None:
     base = views.ui_base(mlflow.get_tracking_uri())
     served_by = " (served by: harness ui)" if base == views.DEFAULT_UI else ""
     click.echo(f"MLflow UI{served_by}: {views.url(base, experiment_id)}")
+
+
+def echo_upgraded(store: str, upgraded, backup: str, rollback: str) -> None:
+    """What `harness store upgrade` and `harness server upgrade` print after an upgrade."""
+    kept = ", ".join(f"{n} {table}" for table, n in upgraded.rows.items() if n)
+    click.echo(f"upgraded {store} from schema {upgraded.old} to {upgraded.new} ({kept} kept)")
+    click.echo(f"{backup}: {upgraded.backup}")
+    click.echo(f"to roll back: {rollback}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from entry_points._common import run_command
+from entry_points._common import echo_upgraded, run_command
 
 DIR_OPTION = click.option(
     "--dir",
@@ -86,12 +86,12 @@ def upgrade_command(directory):
     if upgraded is None:
         click.echo(f"the mlflow database of {directory} already has MLflow {schema.mlflow_version()}'s schema; nothing to do")
         return
-    kept = ", ".join(f"{n} {table}" for table, n in upgraded.rows.items() if n)
-    click.echo(f"upgraded the mlflow database of {directory} from schema {upgraded.old} to {upgraded.new} ({kept} kept)")
-    click.echo(f"backup (pg_dump custom format): {upgraded.backup}")
-    click.echo(
-        "to roll back: reinstall the MLflow release you used before and restore the backup into the stopped "
-        "server's database (docs/pipelines.md, 'Upgrading a store')"
+    echo_upgraded(
+        f"the mlflow database of {directory}",
+        upgraded,
+        "backup (pg_dump custom format)",
+        "reinstall the MLflow release you used before and restore the backup into the stopped server's database "
+        "(docs/pipelines.md, 'Upgrading a store')",
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entry_points._common import run_command
+from entry_points._common import echo_upgraded, run_command
 
 
 @click.group(name="store")
@@ -42,12 +42,12 @@ def upgrade_command(store):
         current = f"MLflow {schema.mlflow_version()}'s ({schema.expected_revision()})"
         click.echo(f"{db_path} already has {current} schema; nothing to do")
         return
-    kept = ", ".join(f"{n} {table}" for table, n in upgraded.rows.items() if n)
-    click.echo(f"upgraded {db_path} from MLflow schema {upgraded.old} to {upgraded.new} ({kept} kept)")
-    click.echo(f"backup: {upgraded.backup}")
-    click.echo(
-        f"to roll back: stop every process using the store, then cp {upgraded.backup} {db_path} "
-        "and reinstall the MLflow release you used before"
+    echo_upgraded(
+        str(db_path),
+        upgraded,
+        "backup",
+        f"stop every process using the store, then cp {upgraded.backup} {db_path} and reinstall the MLflow release "
+        "you used before",
     )
 
 

@@ -74,17 +74,9 @@ def ddpg_model(tmp_path, monkeypatch, **overrides):
     return build_model(config, env, Logger(folder=None, output_formats=[])), vecnormalize
 
 
-@pytest.mark.parametrize("clip", [True, False])
-def test_sac_targets_are_clipped_to_the_return_range_when_the_config_asks(clip, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    config = resolve_config(
-        "fast", "FetchPush-v4", dict(her=True, total_steps=400, learning_starts=100, n_envs=2, clip_target_q=clip)
-    )
-    env, _ = build_env(config)
-    model = build_model(config, env, Logger(folder=None, output_formats=[]))
-    assert model.clip_target_q is clip
-    model.learn(200)
-    with torch.no_grad():  # critics that believe in large positive values...
+def td_target_of_critics_that_believe_in_large_values(model, monkeypatch):
+    """The TD target of one gradient step after the target critics' outputs were pushed to +100."""
+    with torch.no_grad():
         for q_net in model.critic_target.q_networks:
             q_net[-1].bias.fill_(100.0)
     seen = {}
@@ -96,8 +88,22 @@ def test_sac_targets_are_clipped_to_the_return_range_when_the_config_asks(clip, 
 
     monkeypatch.setattr("harness.algorithms.F.mse_loss", spy)
     model.train(gradient_steps=1, batch_size=32)
-    inside = seen["target"].max() <= 0.0 and seen["target"].min() >= -1 / (1 - model.gamma)
-    assert bool(inside) is clip  # ...get targets inside [-1/(1-gamma), 0] only with the clip
+    return seen["target"]
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_sac_targets_are_clipped_to_the_return_range_when_the_config_asks(clip, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config(
+        "fast", "FetchPush-v4", dict(her=True, total_steps=400, learning_starts=100, n_envs=2, clip_target_q=clip)
+    )
+    env, _ = build_env(config)
+    model = build_model(config, env, Logger(folder=None, output_formats=[]))
+    assert model.clip_target_q is clip
+    model.learn(200)
+    target = td_target_of_critics_that_believe_in_large_values(model, monkeypatch)
+    inside = target.max() <= 0.0 and target.min() >= -1 / (1 - model.gamma)
+    assert bool(inside) is clip  # targets inside [-1/(1-gamma), 0] only with the clip
 
 
 def test_her_ddpg_explores_with_random_actions_and_noise(tmp_path, monkeypatch):
@@ -115,19 +121,9 @@ def test_her_ddpg_explores_with_random_actions_and_noise(tmp_path, monkeypatch):
 def test_her_ddpg_targets_are_clipped_to_the_return_range(tmp_path, monkeypatch):
     model, _ = ddpg_model(tmp_path, monkeypatch)
     model.learn(200)
-    with torch.no_grad():  # a critic that believes in large positive values...
-        model.critic_target.q_networks[0][-1].bias.fill_(100.0)
-    seen = {}
-    original = torch.nn.functional.mse_loss
-
-    def spy(prediction, target):
-        seen["target"] = target.clone()
-        return original(prediction, target)
-
-    monkeypatch.setattr("harness.algorithms.F.mse_loss", spy)
-    model.train(gradient_steps=1, batch_size=32)
-    # ...still gets targets inside [-1/(1-gamma), 0], the range of returns of the -1/0 reward
-    assert seen["target"].max() <= 0.0 and seen["target"].min() >= -1 / (1 - model.gamma)
+    target = td_target_of_critics_that_believe_in_large_values(model, monkeypatch)
+    # still inside [-1/(1-gamma), 0], the range of returns of the -1/0 reward
+    assert target.max() <= 0.0 and target.min() >= -1 / (1 - model.gamma)
 
 
 def test_her_ddpg_saves_loads_and_keeps_its_settings(tmp_path, monkeypatch):

@@ -66,7 +66,7 @@ def test_an_older_store_is_named_in_one_line_then_upgrades_with_all_of_its_data(
     if before == schema.expected_revision():
         assert "nothing to do" in proc.stdout
     else:
-        assert f"upgraded {old_store} from MLflow schema {before} to {schema.expected_revision()} (" in proc.stdout
+        assert f"upgraded {old_store} from schema {before} to {schema.expected_revision()} (" in proc.stdout
         (backup,) = old_store.parent.glob("mlflow.db.backup-*")
         assert f"backup: {backup}" in proc.stdout and revision(backup) == before
         assert f"to roll back: stop every process using the store, then cp {backup} {old_store}" in proc.stdout
