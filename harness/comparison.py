@@ -64,6 +64,8 @@ class TableRow:
     fmt_mean: Callable[[float], str]
     fmt_ci: Callable[[float], str]
     fmt_delta: Callable[[float], str]
+    valid: Callable[[float], bool] = math.isfinite
+    accepted: str = "a finite number"
 
 
 ROWS = (
@@ -73,9 +75,19 @@ ROWS = (
         lambda m: f"{100 * m:.1f}%",
         lambda c: f"{100 * c:.1f}%",
         lambda d: f"{100 * d:+.1f}%",
+        lambda v: 0.0 <= v <= 1.0,  # False for NaN too
+        "a share between 0 and 1",
     ),
     TableRow("Return (mean)", "eval/mean_return", lambda m: f"{m:.2f}", lambda c: f"{c:.2f}", lambda d: f"{d:+.2f}"),
-    TableRow("Final Distance", "eval/final_distance", lambda m: f"{m:.4f}", lambda c: f"{c:.3f}", lambda d: f"{d:+.3f}"),
+    TableRow(
+        "Final Distance",
+        "eval/final_distance",
+        lambda m: f"{m:.4f}",
+        lambda c: f"{c:.3f}",
+        lambda d: f"{d:+.3f}",
+        lambda v: 0.0 <= v < math.inf,
+        "a finite distance >= 0",
+    ),
 )
 
 
@@ -116,6 +128,13 @@ def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str |
                 f"training run {run.info.run_id} ({run.info.run_name}) is marked evaluated but has no "
                 f"{', '.join(lacking)}; evaluate it again: harness eval --ckpt runs:/{run.info.run_id}/checkpoint"
             )
+        for row in ROWS:
+            value = run.data.metrics[row.metric]
+            if not row.valid(value):  # written by hand or by another tool: a table of it would mean nothing
+                raise HarnessError(
+                    f"training run {run.info.run_id} ({run.info.run_name}) has {row.metric} = {value}, which no "
+                    f"evaluation gives ({row.accepted}); evaluate it again: harness eval --ckpt runs:/{run.info.run_id}"
+                )
     if missing:
         raise HarnessError(
             f"no finished, evaluated {algo} training run for {', '.join(missing)} in {mlflow.get_tracking_uri()}; "

@@ -303,9 +303,12 @@ def parse_settings(settings: list[str] | tuple[str, ...]) -> dict[str, Any]:
                 f"{', '.join(n for n in FIELD_NAMES if n not in ('env_id', 'preset'))}"
             )
         try:
-            overrides[key] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise HarnessError(f"--set {key}: cannot read value '{raw}'") from None
+        if value is None:  # `gamma=`, `gamma=null`: YAML's nothing would silently keep the preset's value
+            raise HarnessError(f"--set {key} has no value (got '{item}'); give KEY=VALUE, e.g. --set gamma=0.98")
+        overrides[key] = value
     return overrides
 
 

@@ -263,3 +263,33 @@ def test_sigterm_during_eval_is_one_line_and_leaves_no_downloaded_checkpoint(sto
     assert not list(scratch.glob("harness-ckpt-*"))
     assert not list(tmp_path.glob("results/*.json"))  # the folder is checked for writing up front
     assert all(r.info.status == "FINISHED" for r in all_runs())
+
+
+@pytest.mark.parametrize("value", [float("nan"), 5.0, -1.0])
+def test_compare_names_a_run_whose_success_rate_no_evaluation_gives(store, tmp_path, value):
+    """An evaluated run whose eval/success_rate was written by hand (NaN, 5.0, -1.0): one line naming the
+    run and the value, no compare run, no result file."""
+    from harness import tracking
+    from harness.identity import RunIdentity
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.create_experiment(tracking.DEFAULT_EXPERIMENT)
+    run_ids = {}
+    for her in (False, True):
+        identity = RunIdentity("FetchReach-v4", "sac", her, 0)
+        run = client.create_run(
+            experiment_id, run_name=identity.name, tags={**identity.tags("train"), "harness.evaluated": "true"}
+        )
+        success = value if her else 0.1
+        for key, logged in (("eval/success_rate", success), ("eval/mean_return", -45.0), ("eval/final_distance", 0.1)):
+            client.log_metric(run.info.run_id, key, logged, step=300)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        run_ids[her] = run.info.run_id
+    proc = cli_in_process(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, store, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"harness: error: training run {run_ids[True]} (sac_her_FetchReach-v4_seed0) has eval/success_rate = {value}, "
+        f"which no evaluation gives (a share between 0 and 1); evaluate it again: harness eval --ckpt runs:/{run_ids[True]}"
+    ]
+    assert not (tmp_path / "results").exists()
+    assert sorted(r.info.run_id for r in all_runs()) == sorted(run_ids.values())

@@ -96,6 +96,14 @@ def test_set_parses_values_as_yaml():
     assert (config.gamma, config.net_arch, config.normalize_obs, config.total_steps) == (0.98, (64, 64), True, 200_000)
 
 
+@pytest.mark.parametrize("item", ["gamma=", "gamma= ", "gamma=null", "gamma=~"])
+def test_set_with_an_empty_value_is_refused_not_ignored(item):
+    from harness.config import parse_settings
+
+    with pytest.raises(HarnessError, match=r"--set gamma has no value .*; give KEY=VALUE, e.g. --set gamma=0.98"):
+        parse_settings([item])
+
+
 def test_overrides_beat_env_section_beats_defaults(tmp_path, monkeypatch):
     preset = {
         "defaults": {"gamma": 0.9, "batch_size": 64, "total_steps": 100},
