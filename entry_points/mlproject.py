@@ -98,7 +98,8 @@ FIXED = """\
       run_id: {type: string}
       steps: {type: int, default: 0}
       apply_diff: {type: string, default: "false"}
-    command: "python -m entry_points.reproduce {run_id} --steps {steps} --apply-diff {apply_diff}"
+      any_commit: {type: string, default: "false"}
+    command: "python -m entry_points.reproduce {run_id} --steps {steps} --apply-diff {apply_diff} --any-commit {any_commit}"
 """
 
 

@@ -6,7 +6,9 @@ torch threads. Reproducing a run:
 
 1. reads that record and finds the code: this checkout when its code version is the run's, else a
    temporary git worktree at the run's commit with the run's diff applied (only with ``--apply-diff``:
-   without it the diff is printed and the re-make refused, since anyone who can log a run can write it);
+   without it the diff is printed and the re-make refused, since anyone who can log a run can write it;
+   a binary patch is always refused). A commit on no branch or tag of this checkout is shown and run
+   only with ``--any-commit``: a run can name any commit object the repository holds;
 2. trains the same config with that code (its own ``harness train``, in a temporary directory, against
    this tracking store), optionally only the first ``steps`` env steps; the new run is then tagged
    ``harness.kind=reproduce`` and ``harness.reproduces=<run id>`` (so ``compare`` and ``register``,
@@ -117,18 +119,55 @@ def _git(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=120)
 
 
-class UnapprovedDiff(HarnessError):
-    """Re-making the run means running the diff it logged, and the user has not said to (``--apply-diff``)."""
+class NeedsApproval(HarnessError):
+    """Re-making the run means running code the store names but this checkout does not vouch for: its
+    logged diff (``--apply-diff``) or a commit on no branch or tag (``--any-commit``). ``shown`` is that
+    code, control characters escaped, for the user to read first."""
 
-    def __init__(self, message: str, diff: str):
+    def __init__(self, message: str, shown: str):
         super().__init__(message)
-        self.diff = diff
+        self.shown = shown
 
 
-def code_tree(record: Record, workdir: Path, apply_diff: bool = False) -> Path:
+def printable(text: str) -> str:
+    """``text`` with every control character but newline and tab written as an escape (``\\x1b``), so
+    that a terminal shows what is there: an ANSI sequence cannot move the cursor and hide a line."""
+    return "".join(ch if ch in "\n\t" or ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
+def _on_a_branch_or_tag(commit: str) -> bool:
+    """Part of this checkout's history: reachable from HEAD (a detached checkout too) or from a branch or tag."""
+    if _git("merge-base", "--is-ancestor", commit, "HEAD").returncode == 0:
+        return True
+    listed = _git("for-each-ref", "--contains", commit, "--count=1", "refs/heads", "refs/tags", "refs/remotes")
+    return listed.returncode == 0 and bool(listed.stdout.strip())
+
+
+def patched_files(record: Record, diff: str, workdir: Path) -> list[str]:
+    """Every file the logged diff touches, as git itself reads the patch (not from its ``+++`` lines, which
+    a binary or rename patch does not have); a binary patch is refused: nobody can read it first."""
+    patch = workdir / DIFF_ARTIFACT
+    patch.write_text(diff if diff.endswith("\n") else diff + "\n")  # provenance strips git's last newline
+    listed = _git("apply", "--numstat", str(patch), cwd=workdir)
+    if listed.returncode != 0:
+        reason = (listed.stderr.strip().splitlines() or ["git apply failed"])[-1]
+        raise HarnessError(f"the {DIFF_ARTIFACT} run {record.run_id} logged is not a patch git can read: {printable(reason)}")
+    rows = [line.split("\t", 2) for line in listed.stdout.splitlines() if line.count("\t") >= 2]
+    binary = [name for added, removed, name in rows if added == "-" or removed == "-"]
+    if binary or "GIT binary patch" in diff:
+        raise HarnessError(
+            f"the {DIFF_ARTIFACT} run {record.run_id} logged changes binary file(s) "
+            f"({printable(', '.join(binary[:3]) or 'a GIT binary patch')}), which nobody can read before running; "
+            "refusing to re-make it (harness train logs text diffs only)"
+        )
+    return [printable(name) for _, _, name in rows]
+
+
+def code_tree(record: Record, workdir: Path, apply_diff: bool = False, any_commit: bool = False) -> Path:
     """The code the run was made with: this checkout if it is that code, else a worktree at its commit
     (plus its logged diff, only with ``apply_diff``: anyone who can log to the store can write that
-    artifact, and the re-made training runs it)."""
+    artifact, and the re-made training runs it). A commit on no branch or tag of this checkout (one a
+    planted ``git commit-tree`` made, say) is run only with ``any_commit``."""
     if record.code_version and record.code_version == code_version():
         return PROJECT_ROOT
     if record.commit == "unknown":
@@ -140,6 +179,12 @@ def code_tree(record: Record, workdir: Path, apply_diff: bool = False) -> Path:
             f"commit {record.commit[:12]} of run {record.run_id} is not in this repository "
             f"({PROJECT_ROOT}); fetch it (git fetch --unshallow, or from the repository it came from)"
         )
+    if not any_commit and not _on_a_branch_or_tag(record.commit):
+        raise NeedsApproval(
+            f"commit {record.commit[:12]} of run {record.run_id} is on no branch or tag of this checkout "
+            "(above: what it changes); re-making the run runs it; read it, then pass --any-commit to run it",
+            printable(_git("log", "-1", "--stat", "--no-color", record.commit).stdout),
+        )
     diff = None
     if record.dirty:
         try:
@@ -150,27 +195,26 @@ def code_tree(record: Record, workdir: Path, apply_diff: bool = False) -> Path:
                 f"{DIFF_ARTIFACT} (runs from before the harness logged it): its code cannot be "
                 "re-made exactly"
             ) from None
-        if diff and not apply_diff:
-            files = sorted({line[len("+++ b/") :] for line in diff.splitlines() if line.startswith("+++ b/")})
-            raise UnapprovedDiff(
+    if diff:
+        files = patched_files(record, diff, workdir)
+        if not apply_diff:
+            raise NeedsApproval(
                 f"run {record.run_id} was made from commit {record.commit[:12]} plus uncommitted "
                 f"changes; re-making it runs its logged {DIFF_ARTIFACT} (above: {len(files)} file(s), "
                 f"{', '.join(files[:3])}{', ...' if len(files) > 3 else ''}), which anyone who "
                 "can log to this store could have written; read it, then pass --apply-diff to run it",
-                diff,
+                printable(diff),
             )
     tree = workdir / "code"
     added = _git("worktree", "add", "--detach", str(tree), record.commit)
     if added.returncode != 0:
         raise HarnessError(f"git worktree add failed: {added.stderr.strip().splitlines()[-1]}")
     if diff:
-        patch = workdir / DIFF_ARTIFACT
-        patch.write_text(diff if diff.endswith("\n") else diff + "\n")  # provenance strips git's last newline
-        applied = _git("apply", "--whitespace=nowarn", str(patch), cwd=tree)
+        applied = _git("apply", "--whitespace=nowarn", str(workdir / DIFF_ARTIFACT), cwd=tree)
         if applied.returncode != 0:
             raise HarnessError(
                 f"the diff run {record.run_id} logged does not apply to commit {record.commit[:12]}: "
-                f"{applied.stderr.strip().splitlines()[-1]}"
+                f"{printable(applied.stderr.strip().splitlines()[-1])}"
             )
     return tree
 
@@ -223,22 +267,30 @@ def train_arguments(record: Record, steps: int, experiment: str) -> list[str]:
     return args
 
 
-def reproduce(run_id: str, steps: int | None = None, apply_diff: bool = False) -> dict[str, Any]:
+def reproduce(run_id: str, steps: int | None = None, apply_diff: bool = False, any_commit: bool = False) -> dict[str, Any]:
     """Re-make ``run_id`` (the first ``steps`` env steps, or all of it) and compare; see the module docstring.
-    A run made from uncommitted changes is re-made only with ``apply_diff`` (:class:`UnapprovedDiff`)."""
+    A run made from uncommitted changes is re-made only with ``apply_diff``, one from a commit on no branch
+    or tag only with ``any_commit`` (:class:`NeedsApproval`)."""
     tracking.prepare_store()
     record = read_record(run_id)
     total = record.config.total_steps
     if steps is not None and not 0 < steps <= total:
         raise HarnessError(f"--steps must be between 1 and the run's total_steps ({total}), got {steps}")
     steps = steps or total
+    first = first_compared_step(record.run) if steps < total else None
+    if steps < total and (first is None or steps < first):
+        raise HarnessError(
+            f"nothing to compare at --steps {steps}: run {run_id} logged "
+            + ("no eval/, train/ or rollout/ metric" if first is None else f"its first metric at env step {first}")
+            + ("" if first is None else f"; give --steps {first} or more")
+        )
     client = MlflowClient()
     experiment = client.get_experiment(record.run.info.experiment_id).name
     identity = RunIdentity.of(record.config)
     workdir = Path(tempfile.mkdtemp(prefix="harness-reproduce-"))
     tree = PROJECT_ROOT
     try:
-        tree = code_tree(record, workdir, apply_diff)
+        tree = code_tree(record, workdir, apply_diff, any_commit)
         # Under `mlflow run -e reproduce` the training attaches to that run, in that run's experiment.
         tags = {KIND_TAG: "train", **identity.search_tags()}
         before = {r.info.run_id for r in tracking.search_runs(tags, tracking.experiment_ids(None))}
@@ -313,6 +365,18 @@ def compare_runs(original, new, up_to_step: int) -> dict[str, Any]:
             if was != now:
                 environment[key.removeprefix("harness.")] = {"original": was, "reproduction": now}
     return {"metrics": rows, "first_difference_step": first_difference, "environment_differences": environment}
+
+
+def first_compared_step(run) -> int | None:
+    """The first env step at which ``run`` logged a metric that a reproduction compares (None: none)."""
+    client = MlflowClient()
+    steps = [
+        metric.step
+        for key in run.data.metrics
+        if key.startswith(COMPARED_PREFIXES) and not key.startswith(WALL_CLOCK_METRICS)
+        for metric in client.get_metric_history(run.info.run_id, key)
+    ]
+    return min(steps, default=None)
 
 
 def _by_step(history, up_to_step: int) -> dict[int, list[float]]:

@@ -151,6 +151,92 @@ def test_what_cannot_be_reproduced_is_one_line(store, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_nothing_to_compare_at_a_budget_before_the_first_metric_is_said_before_training(store, tmp_path):
+    run_id = recorded_run({"harness.git_commit": "f" * 40, "harness.git_dirty": "false", "harness.code_version": "f" * 40})
+    mlflow.MlflowClient().log_metric(run_id, "eval/success_rate", 0.5, step=150)
+    proc = cli_in_process(["reproduce", run_id, "--steps", "100"], tmp_path, store, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"harness: error: nothing to compare at --steps 100: run {run_id} logged its first metric at env step 150; "
+        "give --steps 150 or more"
+    ]
+    assert len(all_runs()) == 1  # nothing was trained
+
+
+def git(*args, cwd=PROJECT_ROOT) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_commit_on_no_branch_or_tag_is_shown_and_run_only_with_any_commit(store, tmp_path):
+    """A run can name any commit object the repository holds, such as one `git commit-tree` made with no
+    ref: it is shown (escaped) and refused; --any-commit goes on to the next check."""
+    planted = subprocess.run(
+        ["git", "-C", str(PROJECT_ROOT), "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", "planted \x1b[2Kcommit"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            **clean_env(store),
+            "GIT_AUTHOR_NAME": "x",
+            "GIT_AUTHOR_EMAIL": "x@x",
+            "GIT_COMMITTER_NAME": "x",
+            "GIT_COMMITTER_EMAIL": "x@x",
+        },
+    ).stdout.strip()
+    run_id = recorded_run({"harness.git_commit": planted, "harness.git_dirty": "true", "harness.code_version": planted})
+    refused = cli_in_process(["reproduce", run_id], tmp_path, store, check=False)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        f"harness: error: commit {planted[:12]} of run {run_id} is on no branch or tag of this checkout (above: what "
+        "it changes); re-making the run runs it; read it, then pass --any-commit to run it"
+    ]
+    assert f"commit {planted}" in refused.stdout and "planted \\x1b[2Kcommit" in refused.stdout
+    assert "\x1b" not in refused.stdout
+    passed = cli_in_process(["reproduce", run_id, "--any-commit"], tmp_path, store, check=False)
+    assert passed.returncode == 1 and "uncommitted changes and logged no git.diff" in passed.stderr
+    assert len(all_runs()) == 1
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    """Diffs against HEAD, made by git in a clone: an edit hiding code behind ANSI escapes, a deletion
+    (no '+++ b/' line), and a binary file."""
+    repo = tmp_path_factory.mktemp("patches") / "repo"
+    subprocess.run(["git", "clone", "-q", str(PROJECT_ROOT), str(repo)], check=True, timeout=120)
+    with open(repo / "harness" / "seeding.py", "a") as source:
+        source.write("import os; os.system('true')  # \x1b[1G\x1b[2K+# a harmless comment\n")
+    (repo / "harness" / "labs" / "__init__.py").unlink()
+    text = git("diff", "HEAD", cwd=repo)
+    (repo / "harness" / "blob.bin").write_bytes(bytes(range(256)))
+    git("add", "-N", "harness/blob.bin", cwd=repo)
+    binary = git("diff", "HEAD", "--binary", cwd=repo)
+    return {"text": text, "binary": binary}
+
+
+def dirty_record(diff: str) -> str:
+    head = git("rev-parse", "HEAD")
+    run_id = recorded_run({"harness.git_commit": head, "harness.git_dirty": "true", "harness.code_version": head + "+dirty.1"})
+    mlflow.MlflowClient().log_text(run_id, diff, "git.diff")
+    return run_id
+
+
+def test_the_diff_shown_before_apply_diff_hides_nothing(store, tmp_path, patches):
+    run_id = dirty_record(patches["text"])
+    refused = cli_in_process(["reproduce", run_id], tmp_path, store, check=False)
+    assert refused.returncode == 1 and "\x1b" not in refused.stdout
+    assert "import os; os.system('true')  # \\x1b[1G\\x1b[2K+# a harmless comment" in refused.stdout
+    (line,) = refused.stderr.strip().splitlines()
+    assert "re-making it runs its logged git.diff (above: 2 file(s), harness/labs/__init__.py, harness/seeding.py)" in line
+
+
+def test_a_binary_patch_is_refused_even_with_apply_diff(store, tmp_path, patches):
+    run_id = dirty_record(patches["binary"])
+    refused = cli_in_process(["reproduce", run_id, "--apply-diff"], tmp_path, store, check=False)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        f"harness: error: the git.diff run {run_id} logged changes binary file(s) (harness/blob.bin), which nobody "
+        "can read before running; refusing to re-make it (harness train logs text diffs only)"
+    ]
+    assert len(all_runs()) == 1
+
+
 def test_wall_clock_metrics_are_not_compared(store):
     from harness.reproduce import compare_runs
 
