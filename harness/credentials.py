@@ -15,6 +15,7 @@ is readable by everyone who uses it, so:
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import MutableMapping
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -26,9 +27,32 @@ _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s'\"]*):[^@\s'\"]*@"
 _QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|token|secret|access_token|sig|signature)=)[^&\s'\"]*", re.IGNORECASE)
 
 
+# The URIs this process was given: their passwords are masked wherever they appear, whatever they hold.
+KNOWN_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def redact(text: str) -> str:
-    """``text`` with the password of every URI in it replaced by ``***``."""
+    """``text`` with the password of every URI in it replaced by ``***``.
+
+    A password holding a quote or a space (which a database URI may, unencoded: SQLAlchemy reads the
+    password up to the first '@') cannot be told from the text around it by a pattern; the passwords
+    of the URIs this process was given (``MLFLOW_TRACKING_URI``, ``MLFLOW_REGISTRY_URI``) are masked
+    as they are written."""
+    for userinfo in _known_userinfo():
+        user = userinfo.partition(":")[0]
+        text = text.replace(f"//{userinfo}@", f"//{user}:{MASK}@")
     return _QUERY_SECRET.sub(rf"\g<1>{MASK}", _USERINFO.sub(rf"\g<1>:{MASK}@", text))
+
+
+def _known_userinfo() -> list[str]:
+    """``user:password`` of each URI in :data:`KNOWN_URI_VARIABLES` that has a password, read as SQLAlchemy
+    reads a database URL: the user up to ':', the password up to the first '@'."""
+    found = []
+    for variable in KNOWN_URI_VARIABLES:
+        match = re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^:/@]*:[^@]+)@", os.environ.get(variable, ""))
+        if match:
+            found.append(match.group(1))
+    return found
 
 
 def without_userinfo(uri: str) -> str:

@@ -33,6 +33,24 @@ def test_redact_masks_every_uri_password(text, shown):
     assert redact(text) == shown
 
 
+@pytest.mark.parametrize("password", ["pa'ss", 'pa"ss', "pa ss", "p' w\"d :x"])
+def test_a_database_password_with_quotes_or_spaces_is_masked_in_records_and_errors(tmp_path, monkeypatch, password):
+    """SQLAlchemy reads a database URL's password up to the first '@', so it may hold what no pattern can tell
+    from the text around it: the password of the URI the harness was given is masked as written."""
+    from tests.conftest import cli_in_process
+
+    nobody = free_port()
+    uri = f"postgresql://mlflow:{password}@127.0.0.1:{nobody}/x"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert redact(f"tracking_uri: {uri}") == f"tracking_uri: postgresql://mlflow:***@127.0.0.1:{nobody}/x"
+    assert redact(f'{{"tracking_uri": "{uri}"}}') == f'{{"tracking_uri": "postgresql://mlflow:***@127.0.0.1:{nobody}/x"}}'
+    failed = cli_in_process(["compare", "--env", "FetchReach-v4"], tmp_path, uri, check=False)
+    assert failed.returncode == 1 and failed.stderr.strip() == (
+        f"harness: error: tracking database postgresql://mlflow:***@127.0.0.1:{nobody}/x does not answer (connection "
+        "failed); start it, or point MLFLOW_TRACKING_URI at a running server or at a sqlite:///path/mlflow.db file"
+    )
+
+
 def test_an_http_uris_credentials_move_to_mlflows_variables():
     environ = {"MLFLOW_TRACKING_URI": "https://alice:p%3Ass@host:5000/"}
     assert move_to_environment(environ)
