@@ -295,6 +295,7 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=env,
+            umask=0o077,  # what the server writes (its users' database and journals included) is the owner's only
         )
         stack.server_pid = server.pid
         write_json_atomically(directory / STATE_FILE, asdict(stack))
@@ -461,14 +462,18 @@ def _upgrade_database(
 
 
 def auth_environment(directory: Path) -> dict[str, str]:
-    """MLflow's basic-auth app: users in ``DIR/basic_auth.db``, an admin ``admin`` whose generated
+    """MLflow's basic-auth app: users in ``DIR/basic_auth.db`` (mode 600), an admin ``admin`` whose generated
     password is kept in ``DIR/admin-password`` (mode 600), READ for users the admin has not granted
     more, and the Flask secret its CSRF tokens need (kept too, so a restart keeps sessions valid)."""
     config = directory / "basic_auth.ini"
+    users = directory / "basic_auth.db"  # password hashes: made here, mode 600, before MLflow fills it
+    if not users.exists():
+        os.close(os.open(users, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.chmod(users, 0o600)  # also one an older harness left at the umask's mode
     config.write_text(
         "[mlflow]\n"
         "default_permission = READ\n"
-        f"database_uri = sqlite:///{directory / 'basic_auth.db'}\n"
+        f"database_uri = sqlite:///{users}\n"
         f"admin_username = {ADMIN_USER}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )

@@ -332,6 +332,8 @@ def test_with_basic_auth_the_server_refuses_a_client_without_an_account(tmp_path
 
     with tracking_server(auth=True) as (stack, base):
         admin_password = (base / "server" / "admin-password").read_text().strip()
+        for secret in ("basic_auth.db", "admin-password", "flask-secret", server.PASSWORD_FILE):  # hashes, passwords
+            assert (base / "server" / secret).stat().st_mode & 0o777 == 0o600, secret
         search = f"{stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
         assert requests.get(search, timeout=30).status_code == 401
         assert requests.get(search, auth=("admin", admin_password), timeout=30).status_code == 200
