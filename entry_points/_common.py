@@ -8,7 +8,15 @@ import sys
 import click
 
 from harness.credentials import move_to_environment, redact
-from harness.errors import HarnessError, Terminated, first_line, quiet_library_logs, raise_terminated, stop_signals
+from harness.errors import (
+    HarnessError,
+    Terminated,
+    first_line,
+    quiet_library_logs,
+    raise_terminated,
+    stop_signals,
+    warn,
+)
 
 
 def run_command(command: click.Command, args: list[str] | None = None) -> None:
@@ -24,7 +32,12 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
     name = command.name or "harness"
     # Before MLflow reads the URI: its password goes where MLflow's client takes credentials from,
     # so no link, record or message (MLflow's own included) can show it.
-    move_to_environment(os.environ)
+    if move_to_environment(os.environ) and os.environ.get("MLFLOW_RUN_ID"):
+        # Too late for `mlflow run` itself, which already printed its "View run" line with them.
+        warn(
+            "MLFLOW_TRACKING_URI carries a user name and password, which `mlflow run` prints in its own "
+            "'View run' lines; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead (docs/mlflow.md)"
+        )
     quiet_library_logs()
     # For the whole command, not only while a run is open: an evaluation stopped before it logs
     # anything still cleans up (its downloaded checkpoint) and says so in one line.

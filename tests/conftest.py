@@ -107,7 +107,9 @@ def run_cli(args: list[str], cwd: Path, store_uri: str, timeout: int = 300, chec
     return proc
 
 
-def cli_in_process(args: list[str], cwd: Path, store_uri: str, check: bool = True) -> subprocess.CompletedProcess:
+def cli_in_process(
+    args: list[str], cwd: Path, store_uri: str, check: bool = True, **extra_env: str
+) -> subprocess.CompletedProcess:
     """Run `harness <args>` inside the test process, for set-up whose subject is not the process
     (a fixture's trainings and evaluations, a refusal's one line): it saves the ~5 s of imports a new
     interpreter pays.
@@ -127,7 +129,7 @@ def cli_in_process(args: list[str], cwd: Path, store_uri: str, check: bool = Tru
     saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     stdout, stderr = io.StringIO(), io.StringIO()
     os.environ.clear()
-    os.environ.update(clean_env(store_uri))
+    os.environ.update({**clean_env(store_uri), **extra_env})
     os.chdir(cwd)
     sys.argv = ["harness", *args]
     mlflow.set_tracking_uri(store_uri)

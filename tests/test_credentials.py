@@ -51,6 +51,24 @@ def test_a_database_password_with_quotes_or_spaces_is_masked_in_records_and_erro
     )
 
 
+def test_under_mlflow_run_a_uri_with_credentials_gets_one_warning_and_the_password_stays_hidden(tmp_path):
+    """`mlflow run` prints its URI in its "View run" lines before the harness starts: the harness can only
+    say so (once) and keep the password out of everything it prints itself."""
+    from tests.conftest import cli_in_process
+
+    nobody = free_port()
+    uri = f"http://alice:{SECRET}@127.0.0.1:{nobody}"
+    proc = cli_in_process(["compare", "--env", "FetchReach-v4"], tmp_path, uri, check=False, MLFLOW_RUN_ID="0" * 32)
+    warning, error = proc.stderr.strip().splitlines()
+    assert warning == (
+        "harness: warning: MLFLOW_TRACKING_URI carries a user name and password, which `mlflow run` prints in its own "
+        "'View run' lines; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead (docs/mlflow.md)"
+    )
+    assert proc.returncode == 1 and f"127.0.0.1:{nobody} does not answer" in error
+    plain = cli_in_process(["compare", "--env", "FetchReach-v4"], tmp_path, uri, check=False)
+    assert "warning" not in plain.stderr and SECRET not in plain.stderr + proc.stderr
+
+
 def test_an_http_uris_credentials_move_to_mlflows_variables():
     environ = {"MLFLOW_TRACKING_URI": "https://alice:p%3Ass@host:5000/"}
     assert move_to_environment(environ)
