@@ -234,17 +234,35 @@ def read_zip_data(path: Path) -> dict[str, Any]:
 
 def read_policy_weights(path: Path) -> dict[str, Any]:
     """The policy's tensors from an SB3 zip, through torch's tensors-only loader."""
-    import torch
-
     try:
         with zipfile.ZipFile(path) as archive:
             raw = archive.read(POLICY_WEIGHTS)
-        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as exc:  # zipfile, torch's refusal of anything but tensors, a truncated file
-        raise _not_a_checkpoint(path, f"{POLICY_WEIGHTS}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise _not_a_checkpoint(path, f"{POLICY_WEIGHTS} holds no state dict of tensors")
+    except Exception as exc:  # zipfile's several errors, a truncated file
+        raise _not_a_checkpoint(path, f"{POLICY_WEIGHTS}: {type(exc).__name__}: {first_line(exc)}") from None
+    state, why = tensors_in(io.BytesIO(raw))
+    if state is None:
+        raise _not_a_checkpoint(path, f"{POLICY_WEIGHTS}: {why}")
     return state
+
+
+def tensors_in(file) -> tuple[dict[str, Any] | None, str]:
+    """``(state dict, "")`` from a file of plain tensors, through torch's tensors-only loader, or
+    ``(None, why)`` in a few words. torch's own message is a page that advises loading with
+    ``weights_only=False`` (running the file's code): never shown."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file that is not plain tensors
+        refused = re.search(r"Unsupported (global: GLOBAL \S+|operand \S+)", str(exc))
+        return None, f"not plain tensors: {refused.group(0)}" if refused else f"{type(exc).__name__}: {first_line(exc)}"
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None, "no state dict of tensors"
+    return state, ""
 
 
 def _module_of(entry: Any) -> str:
@@ -406,7 +424,6 @@ def export_weights(loaded: LoadedCheckpoint, directory: Path) -> dict[str, str]:
 def load_weights(directory: Path, source: str, env_id: str | None = None) -> LoadedCheckpoint:
     """The model :func:`export_weights` wrote, rebuilt from its config (on ``env_id`` if given, for
     scoring it on another env); nothing is unpickled."""
-    import torch
 
     from harness.envs import make_vec_env
 
@@ -415,10 +432,9 @@ def load_weights(directory: Path, source: str, env_id: str | None = None) -> Loa
     trained_env_id = config["env_id"]
     config["env_id"] = env_id or trained_env_id
     env = make_vec_env(config["env_id"], n_envs=1, seed=0)
-    try:
-        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not plain tensors
-        raise HarnessError(f"'{source}' holds no loadable policy weights ({type(exc).__name__}: {exc})") from None
+    state, why = tensors_in(directory / WEIGHTS_FILE)
+    if state is None:
+        raise HarnessError(f"'{source}' holds no loadable policy weights ({why})")
     model = policy_model(config["algo"], env, state, source, int(meta.get("num_timesteps", 0)))
     normalization = directory / NORMALIZATION_FILE
     vecnormalize = normalizer(normalization, env, source) if normalization.is_file() else None
@@ -532,9 +548,26 @@ def load_checkpoint(ckpt: str, env_id: str | None = None) -> LoadedCheckpoint:
         if logged_model:
             return _load_logged_model(logged_model.group(2), Path(download_dir), env_id)
         if ckpt.startswith("models:/"):
+            check_model_uri(ckpt)
             return _load_registered(ckpt, Path(download_dir), env_id)
         zip_path, meta = resolve_checkpoint_files(ckpt, Path(download_dir))
         return _load_files(ckpt, zip_path, meta, env_id)
+
+
+# models:/<name>/<version> (or /latest, a stage) and models:/<name>@<alias>, as MLflow reads them
+REGISTERED_MODEL_URI = re.compile(r"^models:/[^/@]+(/[^/@]+|@[^/@]+)$")
+
+
+def check_model_uri(uri: str) -> None:
+    """One line for a ``models:/`` URI that names neither a logged model nor a registered model's version
+    or alias (MLflow's own parser answers 'not enough values to unpack')."""
+    if uri.startswith("models:/m-") and not REGISTERED_MODEL_URI.match(uri):
+        raise HarnessError(f"'{uri}' is not a logged model's URI; accepted: models:/m-<32 hex digits> (as MLflow shows it)")
+    if not REGISTERED_MODEL_URI.match(uri):
+        raise HarnessError(
+            f"'{uri}' names no version or alias of a registered model; accepted: models:/<name>/<version>, "
+            "models:/<name>@<alias> (e.g. @champion) or a logged model's models:/m-<id>"
+        )
 
 
 def _load_logged_model(model_id: str, download_dir: Path, env_id: str | None) -> LoadedCheckpoint:

@@ -120,10 +120,41 @@ def test_register_errors(registry_store):
         (["register", "--env", "FetchPush-v4"], "no finished, evaluated HER training run for FetchPush-v4"),
         (["register", "--run-id", runs["sac_FetchReach-v4_seed0"].info.run_id], "is not a HER run"),
         (["eval", "--ckpt", "models:/nope@champion"], "registered model 'models:/nope@champion' not found"),
+        (["eval", "--ckpt", "models:/m-123"], "'models:/m-123' is not a logged model's URI; accepted: models:/m-<32 hex"),
+        (["eval", "--ckpt", f"models:/{NAME}"], f"'models:/{NAME}' names no version or alias of a registered model"),
     ):
         proc = run_cli(args, cwd, uri, check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+
+
+def test_registered_weights_that_are_not_tensors_are_one_line_without_torchs_advice(registry_store):
+    """Weights replaced in the store with a pickle that names a function, and the version's sha256 tag set to
+    match (what someone who can write the store can do): one line, no warning, nothing of torch's page that
+    advises loading with weights_only=False."""
+    import torch
+
+    from harness.checkpoints import WEIGHTS_HASH_TAG, sha256_of
+
+    cwd, uri, _ = registry_store
+    run_cli(["register", "--env", "FetchReach-v4"], cwd, uri)
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias(NAME, "champion")
+    weights = Path(client.get_model_version_download_uri(NAME, version.version).removeprefix("file://"))
+    weights = weights / "artifacts" / "weights"
+    original, tag = (weights / "policy.pt").read_bytes(), version.tags[WEIGHTS_HASH_TAG]
+    try:
+        torch.save({"actor.weight": print}, weights / "policy.pt")
+        hashes = {p.name: sha256_of(p) for p in sorted(weights.iterdir())}
+        client.set_model_version_tag(NAME, version.version, WEIGHTS_HASH_TAG, json.dumps(hashes))
+        proc = run_cli(["eval", "--ckpt", f"models:/{NAME}@champion"], cwd, uri, check=False)
+    finally:
+        (weights / "policy.pt").write_bytes(original)
+        client.set_model_version_tag(NAME, version.version, WEIGHTS_HASH_TAG, tag)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"harness: error: 'models:/{NAME}@champion' holds no loadable policy weights (not plain tensors: "
+        "Unsupported global: GLOBAL print)"
+    ]
 
 
 @pytest.mark.parametrize("algo", ["sac", "tqc", "ddpg"])
