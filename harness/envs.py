@@ -26,12 +26,46 @@ def register_fetch_envs() -> None:
     # offscreen (videos). Read by mujoco at import, so it is set before gymnasium-robotics loads it.
     if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"
+    check_renderer(os.environ["MUJOCO_GL"] if "MUJOCO_GL" in os.environ else "")
     # gymnasium-robotics prints a notice about Adroit (not Fetch) reward changes on import;
     # it is noise for every user of this harness, so it is swallowed.
-    with contextlib.redirect_stderr(io.StringIO()):
-        import gymnasium_robotics
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            import gymnasium_robotics
+    except (ImportError, OSError, RuntimeError, AttributeError) as exc:  # what MuJoCo's renderer modules raise
+        raise HarnessError(
+            f"MuJoCo cannot load its renderer MUJOCO_GL={os.environ.get('MUJOCO_GL', '')!r} ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}); {RENDERERS_ACCEPTED}"
+        ) from None
 
     gym.register_envs(gymnasium_robotics)
+
+
+# MuJoCo's names for its OpenGL back-ends on Linux (mujoco/rendering/classic/gl_context.py), and the shared
+# library each needs; an unknown name or a missing library fails inside MuJoCo's import with a traceback.
+RENDERER_LIBRARIES = {"egl": "EGL", "osmesa": "OSMesa", "glx": "GL", "glfw": None}
+RENDERERS_OFF = ("disable", "disabled", "off", "false", "0")
+RENDERERS_ACCEPTED = (
+    "accepted: MUJOCO_GL=egl (the harness's choice without a display), osmesa, glx, glfw, or disable "
+    "(no videos); unset, it is egl without a display and glfw with one"
+)
+
+
+def check_renderer(value: str) -> None:
+    """One line for a ``MUJOCO_GL`` that MuJoCo would refuse, or whose library is not installed."""
+    import ctypes.util
+
+    name = value.lower().strip()
+    if name in RENDERERS_OFF or name in ("", "enable", "enabled", "on", "true", "1"):
+        return
+    if name not in RENDERER_LIBRARIES:
+        raise HarnessError(f"MUJOCO_GL={value!r} is not a MuJoCo renderer; {RENDERERS_ACCEPTED}")
+    library = RENDERER_LIBRARIES[name]
+    if library is not None and ctypes.util.find_library(library) is None:
+        raise HarnessError(
+            f"MUJOCO_GL={value} needs the {library} library, which is not installed here; install it, or unset "
+            "MUJOCO_GL (the harness then renders with egl without a display)"
+        )
 
 
 FETCH_TASKS = ("Reach", "Push", "PickAndPlace", "Slide")

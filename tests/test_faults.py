@@ -72,6 +72,23 @@ def test_values_that_pass_the_clis_types_are_checked_before_anything_runs(overri
     assert resolve_config("fast", "FetchReach-v4", {"ent_coef": "auto_0.1"}).ent_coef == "auto_0.1"
 
 
+def test_a_renderer_mujoco_cannot_load_is_one_line_in_train_and_eval(store, tmp_path):
+    """MuJoCo reads MUJOCO_GL when it is imported, and an unknown name or a missing library fails there
+    with a traceback: the harness names the value and what is accepted, before any run starts."""
+    import ctypes.util
+
+    proc = harness(["train", *TINY], tmp_path, store, MUJOCO_GL="nonsense")
+    one_line_error(proc, "MUJOCO_GL='nonsense' is not a MuJoCo renderer; accepted: MUJOCO_GL=egl (the harness's")
+    assert all_runs() == [] and not (tmp_path / "checkpoints").exists()
+    run = train_tiny(tmp_path, store)
+    renderer = "osmesa" if ctypes.util.find_library("OSMesa") is None else "nonsense"  # this image has EGL, not OSMesa
+    proc = harness(["eval", "--ckpt", run.info.run_id, "--n-episodes", "2"], tmp_path, store, MUJOCO_GL=renderer)
+    one_line_error(proc, f"MUJOCO_GL={renderer}" if renderer == "osmesa" else "is not a MuJoCo renderer")
+    if renderer == "osmesa":
+        assert "needs the OSMesa library, which is not installed here; install it, or unset MUJOCO_GL" in proc.stderr
+    assert [r.info.status for r in all_runs()] == ["FINISHED"] and not (tmp_path / "results").exists()
+
+
 def test_a_dead_tracking_server_is_one_line_and_no_training_starts(tmp_path):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
