@@ -576,7 +576,7 @@ def _load_logged_model(model_id: str, download_dir: Path, env_id: str | None) ->
 
     from harness import tracking
 
-    tracking.prepare_store()
+    tracking.prepare_store(create=False)
     try:
         logged = mlflow.MlflowClient().get_logged_model(model_id)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location, dst_path=str(download_dir)))
@@ -601,7 +601,7 @@ def _load_registered(model_uri: str, download_dir: Path, env_id: str | None) -> 
 
     from harness import tracking
 
-    tracking.prepare_store()
+    tracking.prepare_store(create=False)
     client = mlflow.MlflowClient()
     try:
         name, version = get_model_name_and_version(client, model_uri)

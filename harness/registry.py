@@ -174,7 +174,7 @@ def register(
     it is better."""
     from harness.checkpoints import WEIGHTS_ARTIFACT, WEIGHTS_HASH_TAG, export_weights, load_checkpoint
 
-    tracking.prepare_store()
+    tracking.prepare_store(create=False)
     source_model = None
     if best_checkpoint:
         source_model, run = best_checkpoint_model(env_id, algo)

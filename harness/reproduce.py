@@ -271,7 +271,7 @@ def reproduce(run_id: str, steps: int | None = None, apply_diff: bool = False, a
     """Re-make ``run_id`` (the first ``steps`` env steps, or all of it) and compare; see the module docstring.
     A run made from uncommitted changes is re-made only with ``apply_diff``, one from a commit on no branch
     or tag only with ``any_commit`` (:class:`NeedsApproval`)."""
-    tracking.prepare_store()
+    tracking.prepare_store(create=False)
     record = read_record(run_id)
     total = record.config.total_steps
     if steps is not None and not 0 < steps <= total:

@@ -33,10 +33,17 @@ def expected_revision() -> str:
     return _get_latest_schema_revision()
 
 
+def read_only(db_path: Path) -> sqlite3.Connection:
+    """A read-only connection to the SQLite file at ``db_path``, whatever its name holds: the path goes
+    into SQLite's URI percent-encoded, since a '#' or '?' in it would end the file name there (and open,
+    or create, another file)."""
+    return sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+
+
 def sqlite_revision(db_path: Path) -> str | None:
     """The schema revision of a SQLite store (None: no MLflow schema in it yet)."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        with contextlib.closing(read_only(db_path)) as db:
             rows = db.execute("SELECT version_num FROM alembic_version").fetchall()
     except sqlite3.OperationalError:  # no such table: an empty or foreign database
         return None
@@ -145,7 +152,7 @@ def upgrade_sqlite(db_path: Path) -> Upgraded | None:
         restore_sqlite(backup, db_path)
         why = first_line(migrated.stderr.strip().splitlines()[-1] if migrated.stderr.strip() else f"schema {after}")
         raise HarnessError(f"mlflow db upgrade failed on {db_path} ({why}); the backup was put back, the store is as it was")
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+    with contextlib.closing(read_only(db_path)) as db:
         lost = {table: (count, n) for table, count in rows.items() if (n := table_rows(db)[table]) < count}
     if lost:
         restore_sqlite(backup, db_path)

@@ -74,13 +74,25 @@ def credential_variables() -> dict[str, str]:
     return {name: os.environ[name] for name in names if name in os.environ}
 
 
-def prepare_store() -> None:
+class MissingStore(HarnessError):
+    """A command that reads what was logged found no SQLite store at the path (a typo, another directory)."""
+
+
+def prepare_store(create: bool = True) -> None:
     """Check that the tracking store can be used, once per store and process, before any work starts:
     a server must answer within seconds; a SQLite store is created or migrated (see
-    :func:`prepare_sqlite`)."""
+    :func:`prepare_sqlite`). ``create=False``, for commands that read what was logged (compare,
+    register, reproduce, loading a run's checkpoint): a missing SQLite file is :class:`MissingStore`,
+    never a new empty store and its directories at a mistyped path."""
     uri = mlflow.get_tracking_uri()
     if uri in _ready_stores:
         return
+    db_path = sqlite_path(uri)
+    if not create and db_path is not None and not db_path.exists():
+        raise MissingStore(
+            f"tracking store {db_path} does not exist, so nothing is logged there; check MLFLOW_TRACKING_URI "
+            f"({uri}) or the directory, or train first"
+        )
     if in_memory(uri):
         raise HarnessError(
             f"tracking store {uri} is held in memory and vanishes when this command exits, with every run "
@@ -295,7 +307,7 @@ def check_integrity() -> None:
     if db_path is None:
         return
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        with contextlib.closing(schema.read_only(db_path)) as db:
             problems = [line.strip() for row in db.execute("PRAGMA quick_check(3)") for line in row[0].splitlines()]
     except sqlite3.DatabaseError as exc:
         problems = [str(exc)]
@@ -452,7 +464,10 @@ def get_run(run_id: str):
 def find_run(run_id: str):
     """The run with this id, None when the store has no such run, or a HarnessError when it is
     deleted (nothing can be logged to it, and its artifacts may be gone)."""
-    prepare_store()
+    try:
+        prepare_store(create=False)
+    except MissingStore:
+        return None  # no store, no run: looking it up never makes one
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException:

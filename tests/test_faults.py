@@ -124,11 +124,28 @@ def test_stores_that_cannot_be_used_are_named(tmp_path):
 
 def test_a_sqlite_uri_with_connection_options_names_the_file_before_the_query(tmp_path):
     uri = f"sqlite:///{tmp_path / 'q.db'}?timeout=30"
+    small_store(tmp_path / "q.db")
     one_line_error(harness(["compare", "--env", "FetchReach-v4"], tmp_path, uri), "no finished, evaluated training run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.db", "q.db.lock"]
     from harness.tracking import sqlite_path
 
     assert sqlite_path(uri) == tmp_path / "q.db" and sqlite_path("http://host:5000") is None
+
+
+def test_commands_that_read_what_was_logged_never_create_a_store_at_a_mistyped_path(tmp_path):
+    """compare, register, reproduce and eval of a run id on a path where no store is: one line, and neither
+    the file nor its directories are made (train and the pipelines, which log, still create a new store)."""
+    typo = tmp_path / "typo" / "dir" / "mlflow.db"
+    uri = f"sqlite:///{typo}"
+    for args in (["compare", "--env", "FetchReach-v4"], ["register", "--env", "FetchReach-v4"], ["reproduce", "0" * 32]):
+        proc = cli_in_process(args, tmp_path, uri, check=False)
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+            f"harness: error: tracking store {typo} does not exist, so nothing is logged there; check "
+            f"MLFLOW_TRACKING_URI ({uri}) or the directory, or train first"
+        ]
+    proc = cli_in_process(["eval", "--ckpt", "0" * 32], tmp_path, uri, check=False)
+    assert proc.returncode == 1 and f"no MLflow run with id '{'0' * 32}' in tracking store {uri}" in proc.stderr
+    assert not (tmp_path / "typo").exists()
 
 
 def small_store(path: Path) -> None:
@@ -154,11 +171,15 @@ def test_a_damaged_store_is_named_as_damaged_and_no_training_starts_on_it(tmp_pa
     with open(tmp_path / "bad.db", "r+b") as db:  # one page of the runs table overwritten
         db.seek((runs_page - 1) * page_size + 8)
         db.write(b"\xff" * 64)
+    (tmp_path / "a#b").mkdir()
+    (tmp_path / "a#b" / "bad.db").write_bytes((tmp_path / "bad.db").read_bytes())
     work = tmp_path / "work"
     work.mkdir()
     for name, expected in (
         ("cut.db", f"tracking store {tmp_path / 'cut.db'} is damaged: 65536 bytes of the "),
         ("bad.db", f"tracking store {tmp_path / 'bad.db'} is damaged (SQLite: On tree page {runs_page}"),
+        # a '#' in the path once ended the file name in SQLite's URI: the check opened (made) another file
+        ("a#b/bad.db", f"tracking store {tmp_path / 'a#b' / 'bad.db'} is damaged (SQLite: On tree page {runs_page}"),
     ):
         before = (tmp_path / name).read_bytes()
         line = one_line_error(harness(["train", *TINY], work, f"sqlite:///{tmp_path / name}"), expected)
@@ -204,7 +225,7 @@ def test_ctrl_c_while_a_new_store_is_created_leaves_no_half_made_schema(tmp_path
     # A shell's background job (a CI runner's, `cmd &` in a script) inherits SIGINT ignored, and Python
     # then installs no KeyboardInterrupt handler: Ctrl-C is what a terminal sends, so the test makes one.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "entry_points.cli", "compare", "--env", "FetchReach-v4"],
+        [sys.executable, "-m", "entry_points.cli", "train", *TINY],  # a command that logs: it creates the store
         cwd=tmp_path,
         env=env,
         stderr=subprocess.PIPE,
@@ -223,8 +244,8 @@ def test_ctrl_c_while_a_new_store_is_created_leaves_no_half_made_schema(tmp_path
     assert "Traceback" not in stderr and proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "harness: interrupted; no MLflow run was open"
     assert not (tmp_path / "mlflow.db").exists()  # nothing half-made where a reader looks
-    # the next command finds a usable store: a fresh one, built from scratch
-    one_line_error(harness(["compare", "--env", "FetchReach-v4"], tmp_path, store), "no finished, evaluated training run")
+    # the next command that logs finds a usable store: a fresh one, built from scratch
+    cli_in_process(["train", *TINY], tmp_path, store)
     assert not building.exists() and (tmp_path / "mlflow.db").exists()
 
 
