@@ -37,7 +37,6 @@ import json
 import math
 import re
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError, first_line
+from harness.files import scratch_directory
 from harness.identity import (
     CHECKPOINT_SHA256_TAG,
     CHECKPOINT_STEP_TAG,
@@ -94,6 +94,8 @@ class LoadedCheckpoint:
     meta: dict[str, Any]
     vecnormalize: Any | None
     source: str
+    sha256: str | None = None
+    """Of the SB3 zip it was loaded from (None for plain weights): which run's checkpoint it is."""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -173,20 +175,21 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
         from harness.tracking import get_run
 
         run_id = ckpt[len("runs:/") :].split("/")[0] if ckpt.startswith("runs:/") else ckpt
-        get_run(run_id)  # a clear error for an unknown id
+        run = get_run(run_id)  # a clear error for an unknown id
         import mlflow
 
+        # The checkpoint and its meta.json only: not the run's resumable checkpoints, videos or results.
         try:
-            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="", dst_path=str(download_dir)))
+            local = Path(
+                mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_DIR, dst_path=str(download_dir))
+            )
         except Exception as exc:  # MLflow raises several types for missing artifacts
-            raise HarnessError(f"run {run_id} has no downloadable checkpoint artifacts ({exc})") from None
-        zips = sorted((local / ARTIFACT_DIR).glob("*.zip"))
+            raise HarnessError(f"run {run_id} has no downloadable checkpoint artifacts ({first_line(exc)})") from None
+        zips = sorted(local.glob("*.zip"))
         if not zips:
             raise HarnessError(f"run {run_id} has no checkpoint: no '{ARTIFACT_DIR}/*.zip' artifact (is it a training run?)")
         verify_hashes(run_id, zips[0])
-        meta_path = local / "meta.json"
-        meta = read_meta(meta_path) if meta_path.is_file() else {"run_id": run_id}
-        return zips[0], meta
+        return zips[0], store_meta(run, download_dir)
 
     path = Path(ckpt)
     if not path.is_file():
@@ -199,6 +202,33 @@ def resolve_checkpoint_files(ckpt: str, download_dir: Path) -> tuple[Path, dict[
     if path.name.endswith(".zip") and legacy_stats_path(path).is_file() and not stats_path(path).is_file():
         convert_legacy_statistics(path)
     return path, meta
+
+
+def store_meta(run, download_dir: Path) -> dict[str, Any]:
+    """A store run's meta.json, checked against the sha256 its training recorded (runs from before the
+    tag are read unchecked); whatever it says, the run id and name are the run's own, since a meta.json
+    naming another run would send an evaluation's numbers there, and its name picks the results file."""
+    import mlflow
+
+    from harness.identity import META_SHA256_TAG, RUN_NAME_TAG
+
+    run_id = run.info.run_id
+    meta: dict[str, Any] = {}
+    try:
+        path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="meta.json", dst_path=str(download_dir)))
+    except Exception:  # an older run, or one made by hand: the zip itself says enough to load it
+        path = None
+    recorded = run.data.tags.get(META_SHA256_TAG)
+    if path is not None and recorded is not None and sha256_of(path) != recorded:
+        raise HarnessError(
+            f"the meta.json of run {run_id} differs from the sha256 recorded on the run at training "
+            f"({META_SHA256_TAG}); refusing it (changed after the training)"
+        )
+    if path is None and recorded is not None:
+        raise HarnessError(f"run {run_id} recorded {META_SHA256_TAG} at training but its meta.json artifact is gone")
+    if path is not None:
+        meta = read_meta(path)
+    return {**meta, "run_id": run_id, "run_name": run.data.tags.get(RUN_NAME_TAG) or run.info.run_name}
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -506,7 +536,7 @@ def log_checkpoint_model(loaded: LoadedCheckpoint, run_id: str, experiment_id: s
     model_tags = {**tags, KIND_TAG: CHECKPOINT_KIND, CHECKPOINT_STEP_TAG: str(step), SOURCE_RUN_ID_TAG: run_id}
     logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=model_tags)
     try:
-        with tempfile.TemporaryDirectory(prefix="harness-model-") as directory:
+        with scratch_directory("model") as directory:
             hashes = export_weights(loaded, Path(directory))
             client.log_model_artifacts(logged.model_id, directory)
         client.set_logged_model_tags(logged.model_id, {WEIGHTS_SHA256_TAG: json.dumps(hashes, sort_keys=True)})
@@ -543,7 +573,7 @@ def load_checkpoint(ckpt: str, env_id: str | None = None) -> LoadedCheckpoint:
     """Load a checkpoint for evaluation from a path, run id, ``runs:/`` or ``models:/`` URI (a registered
     model or a checkpoint's logged model, ``models:/m-<id>`` or ``m-<id>``), unpickling nothing."""
     # Downloaded files are only needed while loading: the model lives in memory afterwards.
-    with tempfile.TemporaryDirectory(prefix="harness-ckpt-") as download_dir:
+    with scratch_directory("ckpt") as download_dir:
         logged_model = LOGGED_MODEL_ID.match(ckpt)
         if logged_model:
             return _load_logged_model(logged_model.group(2), Path(download_dir), env_id)
@@ -647,4 +677,4 @@ def _load_files(ckpt: str, zip_path: Path, meta: dict[str, Any], env_id: str | N
     model = policy_model(config["algo"], env, read_policy_weights(zip_path), ckpt, steps if isinstance(steps, int) else 0)
     stats = stats_path(zip_path)
     vecnormalize = normalizer(stats, env, ckpt) if stats.is_file() else None
-    return LoadedCheckpoint(model=model, meta=meta, vecnormalize=vecnormalize, source=ckpt)
+    return LoadedCheckpoint(model=model, meta=meta, vecnormalize=vecnormalize, source=ckpt, sha256=sha256_of(zip_path))

@@ -8,6 +8,7 @@ curves) and ``harness eval`` on a finished checkpoint. Episode ``i`` always star
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,9 @@ def deterministic_policy(model, normalize=None) -> Callable[[Any], np.ndarray]:
 
 def results_path(run_name: str) -> Path:
     """The chapter's eval file name, ``ch04_<run name, lower case>_eval.json``, e.g.
-    ``results/ch04_sac_her_fetchpush-v4_seed0_eval.json``."""
-    return RESULTS_DIR / f"ch04_{run_name.lower()}_eval.json"
+    ``results/ch04_sac_her_fetchpush-v4_seed0_eval.json``. Anything but letters, digits, '.', '_'
+    and '-' in the name becomes '_': a name from a file (a meta.json) never leads outside results/."""
+    return RESULTS_DIR / f"ch04_{re.sub(r'[^a-z0-9._-]', '_', run_name.lower())}_eval.json"
 
 
 def write_videos(frames: list[list[np.ndarray]], stem: str, fps: int = 25) -> list[Path]:
@@ -158,7 +160,7 @@ def evaluate_checkpoint(
     if of_a_step:
         run_name = f"{run_name}_step{int(loaded.model.num_timesteps)}"
     # Found before the episodes run: a deleted run or an unwritable results/ fails at once, not after.
-    training_run = None if elsewhere or of_a_step else _training_run_in_store(loaded.run_id)
+    training_run = None if elsewhere or of_a_step else _training_run_in_store(loaded)
     out = results_path(run_name)
     check_writable(out.parent)
     if training_run is not None or parent_run_id or os.environ.get("MLFLOW_RUN_ID"):
@@ -232,12 +234,26 @@ def evaluate_checkpoint(
     return report
 
 
-def _training_run_in_store(run_id: str | None) -> str | None:
-    """The run id if that run is in the current tracking store (a copied checkpoint may not be);
-    a HarnessError if it is there but deleted, since its evaluation could not be logged."""
+def _training_run_in_store(loaded) -> str | None:
+    """The id of the training run the checkpoint came from if that run is in the current tracking store
+    (a copied checkpoint may not be), and the checkpoint is the file that run recorded (a meta.json
+    that names another run would send this evaluation's numbers there); a HarnessError if it is there
+    but deleted, since its evaluation could not be logged."""
+    from harness.errors import warn
+    from harness.identity import CHECKPOINT_SHA256_TAG
     from harness.tracking import find_run
 
-    return run_id if run_id and find_run(run_id) is not None else None
+    run = find_run(loaded.run_id) if loaded.run_id else None
+    if run is None:
+        return None
+    recorded = run.data.tags.get(CHECKPOINT_SHA256_TAG)
+    if loaded.sha256 is not None and recorded is not None and recorded != loaded.sha256:
+        warn(
+            f"checkpoint {loaded.source} names run {loaded.run_id}, whose recorded checkpoint is another file "
+            "(its sha256 differs); this evaluation is not logged to that run"
+        )
+        return None
+    return loaded.run_id
 
 
 def floor_run(env_id: str, n_episodes: int, experiment_id: str) -> dict[str, Any]:

@@ -62,3 +62,42 @@ def check_writable(directory: Path) -> None:
         tempfile.TemporaryFile(dir=directory).close()
     except OSError as exc:
         raise HarnessError(f"cannot write to {directory}/ ({exc.strerror}); run from a directory you can write to") from None
+
+
+# Scratch folders in the system's temporary directory carry the pid of the process that made them, so that
+# one a SIGKILL left behind (a downloaded checkpoint, every file of a run) is known as stale and removed.
+SCRATCH_PREFIX = "harness-"
+
+
+def scratch_directory(kind: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder ``harness-<kind>-<pid>-*``, removed when its ``with`` block ends; first, the
+    folders of this kind whose process is gone are removed."""
+    remove_stale_scratch(kind)
+    return tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{kind}-{os.getpid()}-")
+
+
+def make_scratch_directory(kind: str) -> Path:
+    """:func:`scratch_directory` for a folder its caller removes itself."""
+    remove_stale_scratch(kind)
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{kind}-{os.getpid()}-"))
+
+
+def remove_stale_scratch(kind: str) -> list[Path]:
+    """Remove the ``harness-<kind>-<pid>-*`` folders whose process no longer runs; returns them."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{kind}-*-*"):
+        pid = path.name.removeprefix(f"{SCRATCH_PREFIX}{kind}-").partition("-")[0]
+        if path.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

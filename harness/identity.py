@@ -45,6 +45,7 @@ RESUMED_FROM_STEP_TAG = "harness.resumed_from_step"
 DAMAGED_CHECKPOINT_TAG = "harness.damaged_checkpoint"
 RESUME_MANIFEST_SHA256_TAG = "harness.resume_sha256"  # of the artifact resume/step.json (tracking server only)
 CHECKPOINT_SHA256_TAG, NORMALIZATION_SHA256_TAG = "harness.checkpoint_sha256", "harness.normalization_sha256"
+META_SHA256_TAG = "harness.meta_sha256"  # of the run's meta.json artifact, as logged
 # On a checkpoint's MLflow logged model: its env step, and the sha256 of each of its files (JSON)
 CHECKPOINT_STEP_TAG, WEIGHTS_SHA256_TAG = "harness.step", "harness.weights_sha256"
 # Evaluation

@@ -13,7 +13,6 @@ it when it beats the current champion.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import tracking
 from harness.errors import HarnessError
+from harness.files import scratch_directory
 from harness.identity import (
     ALGO_TAG,
     ENV_TAG,
@@ -198,7 +198,7 @@ def register(
         loaded = load_checkpoint(run.info.run_id)  # its files checked against the sha256 the run recorded
     name = model_name(algo, env_id)
     meta = loaded.meta
-    with tempfile.TemporaryDirectory(prefix="harness-register-") as tmp:
+    with scratch_directory("register") as tmp:
         weights = Path(tmp) / WEIGHTS_ARTIFACT
         hashes = export_weights(loaded, weights)
         signature, obs_space = signature_for(env_id)

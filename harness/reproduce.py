@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from mlflow.tracking import MlflowClient
 from harness import tracking
 from harness.config import FIELD_NAMES, TrainConfig, config_from_dict
 from harness.errors import HarnessError
+from harness.files import make_scratch_directory
 from harness.identity import (
     ALGO_TAG,
     CODE_VERSION_TAG,
@@ -287,7 +287,7 @@ def reproduce(run_id: str, steps: int | None = None, apply_diff: bool = False, a
     client = MlflowClient()
     experiment = client.get_experiment(record.run.info.experiment_id).name
     identity = RunIdentity.of(record.config)
-    workdir = Path(tempfile.mkdtemp(prefix="harness-reproduce-"))
+    workdir = make_scratch_directory("reproduce")
     tree = PROJECT_ROOT
     try:
         tree = code_tree(record, workdir, apply_diff, any_commit)

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -48,12 +50,13 @@ from harness.config import TrainConfig
 from harness.credentials import redact
 from harness.envs import her_reward_warning, make_env, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import HarnessError, first_line, warn
-from harness.files import check_writable, write_atomically, write_json_atomically
+from harness.files import check_writable, write_atomically, write_text_atomically
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
 from harness.identity import (
     CONFIG_HASH_TAG,
     DAMAGED_CHECKPOINT_TAG,
     KIND_TAG,
+    META_SHA256_TAG,
     N_SAMPLED_GOAL_TAG,
     PARENT_RUN_ID_TAG,
     PRESET_TAG,
@@ -445,13 +448,14 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
             paths["normalization"].unlink(missing_ok=True)
         hashes = hash_tags(paths["model"])
         meta = {**training_meta(config, run_id, identity, model, wall_time, to_mlflow.latest), "sha256": hashes}
-        write_json_atomically(paths["meta"], meta)
+        meta_text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        write_text_atomically(paths["meta"], meta_text)
 
         mlflow.log_artifact(str(paths["model"]), ARTIFACT_DIR)
         if vecnormalize is not None:
             mlflow.log_artifact(str(paths["normalization"]), ARTIFACT_DIR)
-        mlflow.log_dict(meta, "meta.json")
-        mlflow.set_tags(hashes)
+        mlflow.log_text(meta_text, "meta.json")  # the bytes its sha256 below is of
+        mlflow.set_tags({**hashes, META_SHA256_TAG: hashlib.sha256(meta_text.encode()).hexdigest()})
         mlflow.log_metric("time/wall_time_s", wall_time, step=int(model.num_timesteps))
     resume.discard(run_id)  # finished: the final checkpoint supersedes the resumable ones
     resume.forget_remote(run_id)

@@ -230,39 +230,48 @@ def test_compare_names_an_evaluated_run_whose_scores_are_gone_and_writes_nothing
 
 def test_sigterm_during_eval_is_one_line_and_leaves_no_downloaded_checkpoint(store, tmp_path):
     """SIGTERM while `harness eval --ckpt runs:/...` is rolling episodes out (before anything is logged):
-    one line, exit 143, the temporary download removed, the results file not written."""
+    one line, exit 143, the temporary download removed, the results file not written. SIGKILL leaves the
+    download (nothing runs on a SIGKILL): the next command that downloads removes it."""
     cli_in_process(["train", "--her", *TINY], tmp_path, store)
     (run,) = all_runs()
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "entry_points.cli",
-            "eval",
-            "--ckpt",
-            f"runs:/{run.info.run_id}/checkpoint",
-            "--n-episodes",
-            "100000",
-        ],
-        cwd=tmp_path,
-        env={**clean_env(store), "TMPDIR": str(scratch)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(scratch.glob("harness-ckpt-*/**/*.zip")):
-        time.sleep(0.2)
-    time.sleep(3)  # the episodes are running
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "Traceback" not in stderr
+
+    def eval_stopped_by(stop, after_s: float):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "entry_points.cli", "eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint"]
+            + ["--n-episodes", "100000"],
+            cwd=tmp_path,
+            env={**clean_env(store), "TMPDIR": str(scratch)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(scratch.glob("harness-ckpt-*/**/*.zip")):
+            time.sleep(0.2)
+        time.sleep(after_s)
+        proc.send_signal(stop)
+        stderr = proc.communicate(timeout=60)[1]
+        return proc.returncode, stderr
+
+    code, stderr = eval_stopped_by(signal.SIGTERM, after_s=3)  # the episodes are running
+    assert code == 143 and "Traceback" not in stderr
     assert stderr.strip().splitlines() == ["harness: terminated; no MLflow run was open"]
     assert not list(scratch.glob("harness-ckpt-*"))
     assert not list(tmp_path.glob("results/*.json"))  # the folder is checked for writing up front
     assert all(r.info.status == "FINISHED" for r in all_runs())
+    eval_stopped_by(signal.SIGKILL, after_s=0)  # the download is there: the checkpoint is being loaded
+    (left,) = scratch.glob("harness-ckpt-*")
+    assert sorted(p.name for p in left.rglob("*") if p.is_file()) == ["meta.json", "sac_her_FetchReach-v4_seed0.zip"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "entry_points.cli", "eval", "--ckpt", run.info.run_id, "--n-episodes", "1"],
+        cwd=tmp_path,
+        env={**clean_env(store), "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and not list(scratch.glob("harness-*"))  # the stale download is gone, its own too
 
 
 @pytest.mark.parametrize("value", [float("nan"), 5.0, -1.0])

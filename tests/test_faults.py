@@ -356,6 +356,54 @@ def test_checkpoint_files_changed_in_the_store_are_refused_before_unpickling(sto
     )
 
 
+def test_a_meta_json_never_names_the_results_file_or_the_run_an_evaluation_is_logged_to(store, tmp_path):
+    """A meta.json whose run_name climbs out of results/ and whose run_id is another run: from the store it
+    is refused (its sha256 is recorded at training) or, on a run from before that tag, its names are
+    replaced by the run's own; a local copy naming another run is not logged to that run."""
+    import json
+
+    cli_in_process(["train", *TINY, "--seed", "1"], tmp_path, store)
+    other = all_runs()[0]
+    run = train_tiny_seed(tmp_path, store, 0)
+    assert (
+        run.data.tags["harness.meta_sha256"]
+        == hashlib.sha256((Path(run.info.artifact_uri.removeprefix("file://")) / "meta.json").read_bytes()).hexdigest()
+    )
+    meta = json.loads((tmp_path / "checkpoints" / "sac_FetchReach-v4_seed0.meta.json").read_text())
+    planted = {**meta, "run_name": "x/../../../../elsewhere", "run_id": other.info.run_id}
+    client = mlflow.MlflowClient()
+    client.log_text(run.info.run_id, json.dumps(planted), "meta.json")
+    args = ["eval", "--ckpt", run.info.run_id, "--n-episodes", "1"]
+    refused = cli_in_process(args, tmp_path, store, check=False)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        f"harness: error: the meta.json of run {run.info.run_id} differs from the sha256 recorded on the run at "
+        "training (harness.meta_sha256); refusing it (changed after the training)"
+    ]
+    client.delete_tag(run.info.run_id, "harness.meta_sha256")  # a run from before the tag: read, names ignored
+    cli_in_process(args, tmp_path, store)
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["ch04_sac_fetchreach-v4_seed0_eval.json"]
+    assert not list(tmp_path.parent.glob("elsewhere*")) and not list(tmp_path.glob("elsewhere*"))
+    assert client.get_run(run.info.run_id).data.tags.get("harness.evaluated") == "true"
+    assert "harness.evaluated" not in client.get_run(other.info.run_id).data.tags
+    # a local copy whose meta.json names the other run: evaluated, but never logged to that run
+    (tmp_path / "copy.zip").write_bytes((tmp_path / "checkpoints" / "sac_FetchReach-v4_seed0.zip").read_bytes())
+    (tmp_path / "copy.meta.json").write_text(json.dumps({**planted, "run_name": "../../escape"}))
+    copied = cli_in_process(["eval", "--ckpt", "copy.zip", "--n-episodes", "1"], tmp_path, store)
+    assert copied.stderr.strip().splitlines() == [
+        f"harness: warning: checkpoint copy.zip names run {other.info.run_id}, whose recorded checkpoint is another "
+        "file (its sha256 differs); this evaluation is not logged to that run"
+    ]
+    assert (tmp_path / "results" / "ch04_.._.._escape_eval.json").is_file()
+    assert "harness.evaluated" not in client.get_run(other.info.run_id).data.tags
+
+
+def train_tiny_seed(cwd, store, seed: int):
+    cli_in_process(["train", *TINY, "--seed", str(seed)], cwd, store)
+    return next(
+        r for r in all_runs() if r.data.tags.get("harness.kind") == "train" and r.data.tags["harness.seed"] == str(seed)
+    )
+
+
 class _CreatesFileWhenUnpickled:
     def __init__(self, path):
         self.path = str(path)
