@@ -239,8 +239,7 @@ def test_sigterm_during_eval_is_one_line_and_leaves_no_downloaded_checkpoint(sto
 
     def eval_stopped_by(stop, after_s: float):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "entry_points.cli", "eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint"]
-            + ["--n-episodes", "100000"],
+            [sys.executable, "-m", "entry_points.cli", "eval", "--ckpt", run.info.run_id, "--n-episodes", "100000"],
             cwd=tmp_path,
             env={**clean_env(store), "TMPDIR": str(scratch)},
             stdout=subprocess.PIPE,
