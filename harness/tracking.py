@@ -373,6 +373,10 @@ def tracked_run(
     attached = bool(os.environ.get("MLFLOW_RUN_ID")) or run_id is not None
     if not attached and not nested and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         use_experiment(experiment or DEFAULT_EXPERIMENT)
+    elif run_id is not None and not nested:
+        # A reopened run (a continued pipeline): runs started inside it (its compare run) go to its
+        # experiment, not to whichever one is active (MLflow's "Default").
+        mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
     run = mlflow.start_run(
         run_id=run_id, run_name=None if attached else run_name, nested=nested, log_system_metrics=system_metrics
     )

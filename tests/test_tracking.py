@@ -76,6 +76,18 @@ def test_sb3_logger_keys_reach_mlflow_unchanged_at_env_steps(store):
     assert writer.latest["time/fps"] == 123.0
 
 
+def test_a_run_started_inside_a_reopened_run_goes_to_its_experiment(store):
+    """A continued pipeline reopens its parent run by id; its compare run, started inside, once went to
+    MLflow's "Default" experiment."""
+    with tracking.tracked_run("pipeline", {"harness.kind": "pipeline"}, "mine") as first:
+        parent_id, experiment_id = first.info.run_id, first.info.experiment_id
+    mlflow.set_experiment("Default")  # a new process: no experiment chosen yet
+    with tracking.tracked_run("pipeline", {"harness.kind": "pipeline"}, "mine", run_id=parent_id):
+        with tracking.tracked_run("compare", {"harness.kind": "compare"}) as child:
+            pass
+    assert child.info.experiment_id == experiment_id != "0"
+
+
 def test_run_id_lookup(store):
     from harness.checkpoints import looks_like_run_id
 
