@@ -56,6 +56,9 @@ class Stack:
     db_port: int
     server_pid: int
     auth: bool = False  # MLflow's basic-auth app in front of the REST API and the UI
+    server_started: int = 0
+    """When the server process started (clock ticks since boot, /proc/<pid>/stat): a pid the system has
+    since given to another process is never signalled as the server (0: a server.json from before)."""
 
     @property
     def tracking_uri(self) -> str:
@@ -193,6 +196,29 @@ def read_state(directory: Path) -> Stack | None:
     return Stack(**json.loads(path.read_text()))
 
 
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot; None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])  # field 22; the command name before ')' may hold spaces
+
+
+def server_running(stack: Stack) -> bool:
+    """Whether the process ``server.json`` names is still the tracking server started from there: alive,
+    started when recorded, and running ``mlflow server`` (a stale pid may now be anyone's)."""
+    if not stack.server_pid or not _alive(stack.server_pid):
+        return False
+    if stack.server_started and process_start(stack.server_pid) != stack.server_started:
+        return False
+    try:
+        command = Path(f"/proc/{stack.server_pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"mlflow" in command and b"server" in command
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -212,7 +238,7 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
     ``auth``: MLflow's basic-auth app (:func:`auth_environment`)."""
     directory = directory.resolve()
     running = read_state(directory)
-    if running is not None and _alive(running.server_pid):
+    if running is not None and server_running(running):
         raise HarnessError(
             f"a tracking server from {directory} is already running at {running.tracking_uri} "
             f"(pid {running.server_pid}); `harness server stop --dir {directory}` stops it"
@@ -298,6 +324,7 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
             umask=0o077,  # what the server writes (its users' database and journals included) is the owner's only
         )
         stack.server_pid = server.pid
+        stack.server_started = process_start(server.pid) or 0
         write_json_atomically(directory / STATE_FILE, asdict(stack))
         deadline = time.time() + START_TIMEOUT_S
         while ask_health(stack.tracking_uri, timeout_s=2) != 200:
@@ -384,7 +411,7 @@ def upgrade(directory: Path) -> schema.Upgraded | None:
     and stops it after; refuses while its tracking server or PostgreSQL runs (they may have clients)."""
     directory = directory.resolve()
     running = read_state(directory)
-    if running is not None and running.server_pid and _alive(running.server_pid):
+    if running is not None and server_running(running):
         raise HarnessError(
             f"the tracking server of {directory} is running (pid {running.server_pid}) and its clients may be "
             f"writing; stop it first (harness server stop --dir {directory}), then upgrade"
@@ -546,7 +573,7 @@ def stop(directory: Path) -> bool:
     directory = directory.resolve()
     stopped = False
     stack = read_state(directory)
-    if stack is not None and stack.server_pid and _alive(stack.server_pid):
+    if stack is not None and server_running(stack):
         try:
             os.killpg(stack.server_pid, signal.SIGTERM)  # the server and its uvicorn worker
         except ProcessLookupError:

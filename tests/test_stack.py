@@ -348,6 +348,27 @@ def test_with_basic_auth_the_server_refuses_a_client_without_an_account(tmp_path
         assert admin_password not in refused.stderr + allowed.stdout + allowed.stderr
 
 
+def test_server_stop_never_signals_a_process_that_took_a_stale_pid(tmp_path):
+    """server.json outlived its server (a reboot, a kill -9) and its pid now names someone else's process
+    group: stop leaves it alone and says nothing was running."""
+    from tests.conftest import run_cli
+
+    bystander = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        directory = tmp_path / "srv"
+        directory.mkdir()
+        for started in (0, server.process_start(bystander.pid) + 1):  # a server.json from before the start time, and after
+            state = {"directory": str(directory), "host": "127.0.0.1", "port": 5999, "db_port": 5998}
+            state.update(server_pid=bystander.pid, server_started=started)
+            (directory / "server.json").write_text(json.dumps(state))
+            proc = run_cli(["server", "stop", "--dir", str(directory)], tmp_path, "sqlite:///unused.db")
+            assert proc.stdout.strip() == f"nothing was running from {directory}"
+            assert bystander.poll() is None  # not signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
 def test_server_start_on_a_taken_port_is_one_line_and_starts_nothing(tmp_path):
     import socket
 
