@@ -19,6 +19,8 @@ its next start.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import glob
 import json
 import os
@@ -114,11 +116,33 @@ def serve_ui(store_uri: str, host: str, port: int, stop_within_s: float = 15.0) 
         [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"],
         env=env,
         start_new_session=True,
+        preexec_fn=terminated_with_parent(),
     )
     try:
         return proc.wait()
     finally:
         stop_group(proc.pid, stop_within_s)
+
+
+def terminated_with_parent():
+    """A ``preexec_fn`` asking Linux to send the child SIGTERM when this process dies, even by SIGKILL
+    (``prctl(PR_SET_PDEATHSIG)``), which ``mlflow ui`` forwards to its uvicorn server: ``kill -9`` of
+    ``harness ui`` leaves nothing serving on the port. Elsewhere it does nothing."""
+    parent = os.getpid()
+
+    def arrange() -> None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before the request was made
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def stop_group(pgid: int, within_s: float) -> None:

@@ -158,10 +158,11 @@ def test_ui_on_a_taken_port_is_one_line_and_prints_no_links(store, tmp_path):
     assert "http://" not in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("stop", ["SIGHUP", "SIGTERM"])
+@pytest.mark.parametrize("stop", ["SIGHUP", "SIGTERM", "SIGKILL"])
 def test_ui_stopped_or_its_terminal_closed_leaves_no_server_on_the_port(store, tmp_path, stop):
     """A closed terminal sends SIGHUP to its foreground job: the MLflow server under `harness ui` must go
-    with it (uvicorn alone takes SIGHUP as "reload" and keeps the port)."""
+    with it (uvicorn alone takes SIGHUP as "reload" and keeps the port). SIGKILL (kill -9) leaves harness
+    ui no moment to act: the server, told by the kernel that its parent died, goes by itself."""
     import os
     import socket
 
@@ -193,6 +194,12 @@ def test_ui_stopped_or_its_terminal_closed_leaves_no_server_on_the_port(store, t
         time.sleep(0.5)
     os.killpg(proc.pid, getattr(signal, stop))
     _, stderr = proc.communicate(timeout=60)
+    if stop == "SIGKILL":
+        deadline = time.time() + 30
+        while listening() and time.time() < deadline:
+            time.sleep(0.5)
+        assert proc.returncode == -9 and not listening()
+        return
     assert proc.returncode == 143 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "harness: terminated; no MLflow run was open"
     assert not listening()  # nothing left serving on the port
