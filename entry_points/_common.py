@@ -13,8 +13,8 @@ from harness.errors import (
     Terminated,
     first_line,
     quiet_library_logs,
-    raise_terminated,
-    stop_signals,
+    install_stop_handlers,
+    reset_stopping,
     warn,
 )
 
@@ -27,7 +27,6 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
     traceback; HARNESS_TRACEBACK=1 shows it for the last two. The MLflow run, if one was
     started, has already been ended as FAILED or KILLED.
     """
-    import signal
 
     name = command.name or "harness"
     # Before MLflow reads the URI: its password goes where MLflow's client takes credentials from,
@@ -41,8 +40,8 @@ def run_command(command: click.Command, args: list[str] | None = None) -> None:
     quiet_library_logs()
     # For the whole command, not only while a run is open: an evaluation stopped before it logs
     # anything still cleans up (its downloaded checkpoint) and says so in one line.
-    for sig in stop_signals():
-        signal.signal(sig, raise_terminated)
+    reset_stopping()
+    install_stop_handlers()
     try:
         code = command.main(args=args, prog_name=name, standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help and friends

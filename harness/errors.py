@@ -20,8 +20,26 @@ class Terminated(BaseException):
     """Raised in the main thread on SIGTERM or SIGHUP (a closed terminal), so the run can be marked KILLED."""
 
 
+# Set by the first stop signal: the clean-up it starts (ending the MLflow run KILLED) must not be cut short
+# by the next one. Ctrl-C reaches a pipeline's workers and then the pipeline's own SIGTERM does, often
+# both before Python runs either handler; the second used to abort the first's clean-up, leaving RUNNING.
+_stopping = False
+
+
 def raise_terminated(signum, frame):
-    raise Terminated(f"received signal {signum}")
+    """SIGTERM or SIGHUP: :class:`Terminated`, once; later stop signals are ignored."""
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        raise Terminated(f"received signal {signum}")
+
+
+def raise_interrupted(signum, frame):
+    """Ctrl-C: KeyboardInterrupt, once; later stop signals are ignored."""
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        raise KeyboardInterrupt
 
 
 def stop_signals() -> list:
@@ -29,6 +47,23 @@ def stop_signals() -> list:
     import signal
 
     return [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
+
+
+def install_stop_handlers() -> dict:
+    """Handle every stop signal with :func:`raise_terminated` / :func:`raise_interrupted` (SIGINT
+    unless it is ignored, as in a shell's background job); returns the handlers they replace."""
+    import signal
+
+    handlers = {sig: raise_terminated for sig in stop_signals()}
+    if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
+        handlers[signal.SIGINT] = raise_interrupted
+    return {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+
+
+def reset_stopping() -> None:
+    """A new command in this process (tests run several): no stop signal seen yet."""
+    global _stopping
+    _stopping = False
 
 
 def warn(message: str) -> None:

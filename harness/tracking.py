@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import schema, views
 from harness.credentials import redact
-from harness.errors import HarnessError, Terminated, first_line, raise_terminated, stop_signals
+from harness.errors import HarnessError, Terminated, first_line, install_stop_handlers
 from harness.identity import EVALUATED_TAG, KIND_TAG, PARENT_RUN_ID_TAG, RUN_NAME_TAG
 from harness.provenance import provenance_tags
 
@@ -380,14 +380,14 @@ def tracked_run(
     run = mlflow.start_run(
         run_id=run_id, run_name=None if attached else run_name, nested=nested, log_system_metrics=system_metrics
     )
-    previous_handlers = {sig: signal.signal(sig, raise_terminated) for sig in stop_signals()}
+    previous_handlers = install_stop_handlers()
     try:
         mlflow.set_tags({RUN_NAME_TAG: run_name, **provenance_tags(), **tags})
         if tags.get(KIND_TAG) in VIEWED_KINDS:
             views.publish(run.info.experiment_id)
         yield run
     except (KeyboardInterrupt, Terminated):
-        mlflow.end_run("KILLED")
+        mlflow.end_run("KILLED")  # a second stop signal is ignored meanwhile (harness.errors.raise_terminated)
         ended_early[run.info.run_id] = "KILLED"
         raise
     except BaseException:

@@ -83,8 +83,11 @@ def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_
     assert json.loads(again.data.tags["harness.actions"]) == {name: "reuse" for name in trains}
 
 
-def test_sigterm_stops_the_pipeline_at_once_and_leaves_nothing_running(store, tmp_path):
-    """SIGTERM (or Ctrl-C) stops the running trainings and starts none of the queued ones."""
+@pytest.mark.parametrize("stop, to_group", [("SIGTERM", False), ("SIGINT", True)])
+def test_sigterm_stops_the_pipeline_at_once_and_leaves_nothing_running(store, tmp_path, stop, to_group):
+    """SIGTERM to the pipeline, or Ctrl-C in its terminal (SIGINT to its whole process group, workers
+    included, which then get the pipeline's SIGTERM on top), stops the running trainings, marks them
+    KILLED, and starts none of the queued ones."""
     args = [
         sys.executable,
         "-m",
@@ -101,16 +104,27 @@ def test_sigterm_stops_the_pipeline_at_once_and_leaves_nothing_running(store, tm
         "400",
     ]
     proc = subprocess.Popen(
-        args, cwd=tmp_path, env=clean_env(store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        args,
+        cwd=tmp_path,
+        env=clean_env(store),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a terminal's job: its own process group
+        # as from a terminal: a background job inherits SIGINT ignored, and Python then installs no handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     while time.time() < deadline and len([r for r in runs_by_kind("train") if r.data.metrics]) < 2:
         time.sleep(0.5)  # both workers are training
-    proc.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(proc.pid, getattr(signal, stop))
+    else:
+        proc.send_signal(getattr(signal, stop))
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and "Traceback" not in stderr
+    assert proc.returncode == (143 if stop == "SIGTERM" else 130) and "Traceback" not in stderr, stderr
     runs = all_runs()
-    assert sorted(r.info.status for r in runs) == ["KILLED"] * 3  # the parent and the two trainings
+    assert sorted(r.info.status for r in runs) == ["KILLED"] * 3, [(r.info.run_name, r.info.status) for r in runs]
     assert len(runs_by_kind("train")) == 2  # the queued two never started
 
 
