@@ -124,6 +124,10 @@ def set_aside(saved: Path) -> Path:
     return kept
 
 
+class DamagedCheckpoint(HarnessError):
+    """A run's resumable checkpoint whose files do not match their manifest: it cannot be continued."""
+
+
 def remote_step(run_id: str) -> int | None:
     """The step of the checkpoint in the run's artifacts (tracking server only), if any."""
     if not tracking.on_server():
@@ -138,7 +142,8 @@ def remote_step(run_id: str) -> int | None:
 
 def fetch(run_id: str) -> Path | None:
     """Download the run's checkpoint from its artifacts into this machine's resume directory (a worker
-    continuing a run another machine started); None when there is none or a file does not match."""
+    continuing a run another machine started); None when there is none. :class:`DamagedCheckpoint` when a
+    file does not match its manifest; a HarnessError when another worker checkpoints it meanwhile."""
     step = remote_step(run_id)
     if step is None:
         return None
@@ -165,14 +170,22 @@ def fetch(run_id: str) -> Path | None:
                 "(a checkpoint runs code when loaded)"
             )
         manifest = json.loads((fetched / MANIFEST).read_text())
-        if manifest["step"] != step or any(sha256_of(fetched / name) != digest for name, digest in manifest["sha256"].items()):
-            return False  # overwritten while we read it: the run is being checkpointed by a live worker
+        wrong = [name for name, digest in manifest["sha256"].items() if sha256_of(fetched / name) != digest]
+        if manifest["step"] != step or wrong:
+            if recorded_manifest() != vouched:
+                return False  # overwritten while we read it: the run is being checkpointed by a live worker
+            raise DamagedCheckpoint(
+                f"the resumable checkpoint in the artifacts of run {run_id} is damaged ({REMOTE_DIR}/"
+                f"{', '.join(wrong) or MANIFEST} does not match its manifest)"
+            )
         for name in [*manifest["sha256"], MANIFEST]:
             os.rename(fetched / name, directory / name)
         shutil.rmtree(fetched)
         return True
 
-    return final if build_directory_atomically(final, fill) else None
+    if not build_directory_atomically(final, fill):  # a live worker checkpointed it while we read it
+        raise busy(run_id)
+    return final
 
 
 def available(run_id: str) -> bool:

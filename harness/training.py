@@ -388,6 +388,9 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         check_writable(directory)
     if resume_run_id and resume.trained_elsewhere(resume_run_id):  # refused before the run is reopened
         raise resume.busy(resume_run_id)
+    saved = checkpoint_to_continue(resume_run_id) if resume_run_id else None
+    if resume_run_id and saved is None:
+        resume_run_id = None  # a new run: never a second history from step 0 inside the old one
     with (
         tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id, system_metrics=options.system_metrics) as run,
         resume.owned(run.info.run_id),
@@ -406,7 +409,6 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
             folder=str(config.tensorboard_dir),
             output_formats=[TensorBoardOutputFormat(str(config.tensorboard_dir)), to_mlflow],
         )
-        saved = resume.find(run_id) if resume_run_id else None
         if saved is not None:
             try:
                 model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device)
@@ -460,6 +462,25 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
     resume.discard(run_id)  # finished: the final checkpoint supersedes the resumable ones
     resume.forget_remote(run_id)
     return TrainResult(run_id=run_id, run_name=run_name, checkpoint=paths["model"], meta=meta)
+
+
+def checkpoint_to_continue(run_id: str) -> Path | None:
+    """The run's resumable checkpoint, here or fetched from its artifacts; None, with one warning, when it
+    has none that can be loaded: the run is then marked FAILED (its history stays as it was) and the
+    caller trains anew in a new run."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        saved = resume.find(run_id)
+        why = "none was found here or in its artifacts"
+    except resume.DamagedCheckpoint as damaged:
+        saved, why = None, str(damaged)
+    if saved is None:
+        warn(f"run {run_id} cannot be continued: {why}; it is marked FAILED and the training starts anew as a new run")
+        client = MlflowClient()
+        client.set_tag(run_id, DAMAGED_CHECKPOINT_TAG, why)
+        client.set_terminated(run_id, "FAILED")
+    return saved
 
 
 def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple[str, int] | None:

@@ -666,6 +666,55 @@ def test_a_resumable_checkpoint_planted_in_a_servers_artifacts_is_refused_unopen
         mlflow.set_tracking_uri(None)
 
 
+def test_a_damaged_checkpoint_in_a_servers_artifacts_starts_a_new_run_never_a_second_history(
+    mlflow_server, tmp_path, monkeypatch, capsys
+):
+    """A worker continuing a run from the checkpoint in its artifacts finds a file that does not match the
+    manifest (which is intact): one warning, the run marked FAILED with its history as it was, and the
+    training anew in a new run (it once restarted from step 0 inside the old run: two values per step)."""
+    from harness import resume
+    from harness.config import config_from_dict
+    from harness.training import RunOptions, train
+
+    port, _ = mlflow_server
+    uri = f"http://127.0.0.1:{port}"
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+
+        def uploaded() -> bool:
+            runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+            return bool(runs) and resume.remote_step(runs[0].info.run_id) is not None
+
+        killed = kill_after_a_checkpoint(RESUMABLE, tmp_path, uri, checkpointed=uploaded)
+        run_id = killed.info.run_id
+        before = metric_histories(run_id)
+        elsewhere = tmp_path / "another-worker"
+        (elsewhere / "damaged").mkdir(parents=True)
+        monkeypatch.chdir(elsewhere)
+        (elsewhere / "damaged" / "training_state.pkl").write_bytes(b"cut short")  # the manifest still names the old
+        mlflow.MlflowClient().log_artifact(run_id, str(elsewhere / "damaged" / "training_state.pkl"), "resume")
+        config = config_from_dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json"))
+        capsys.readouterr()
+        result = train(config, RunOptions(resume_run_id=run_id, progress_bar=False))
+        warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("harness: warning")]
+        assert warnings == [
+            f"harness: warning: run {run_id} cannot be continued: the resumable checkpoint in the artifacts of run "
+            f"{run_id} is damaged (resume/training_state.pkl does not match its manifest); it is marked FAILED and "
+            "the training starts anew as a new run"
+        ]
+        assert result.run_id != run_id
+        old = mlflow.MlflowClient().get_run(run_id)
+        assert old.info.status == "FAILED" and metric_histories(run_id) == before
+        assert "training_state.pkl does not match its manifest" in old.data.tags["harness.damaged_checkpoint"]
+        new = mlflow.MlflowClient().get_run(result.run_id)
+        assert new.info.status == "FINISHED" and "harness.resumed_from_step" not in new.data.tags
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_a_killed_run_is_not_left_running_when_the_next_command_trains_another_config(store, tmp_path):
     killed = kill_after_a_checkpoint(RESUMABLE, tmp_path, store)
     shorter = [*RESUMABLE[:-4], "--total-steps", "600", "--checkpoint-freq", "320"]
