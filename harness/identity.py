@@ -60,6 +60,7 @@ SEPARATION_TAG_PREFIX = "harness.separation_"  # + large / significant / consist
 SEPARATION_TEST_TAG = "harness.separation_test"
 # Pipelines
 PIPELINE_TAG, PIPELINE_KEY_TAG = "harness.pipeline", "harness.pipeline_key"
+LEASE_TAG = "harness.lease"  # on a pipeline run: which process runs it (harness.pipelines.lease)
 EXECUTOR_TAG, WORKERS_TAG, ACTIONS_TAG = "harness.executor", "harness.workers", "harness.actions"
 # Reproductions
 REPRODUCES_TAG, VERDICT_TAG = "harness.reproduces", "harness.verdict"

@@ -29,6 +29,7 @@ STAGES = [
     "reporting",
     "comparison",
     "pipelines.plan",
+    "pipelines.lease",
     "pipelines.overview",
     "pipelines.execute",
     "pipelines.report",

@@ -2,7 +2,9 @@
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -126,6 +128,44 @@ def test_sigterm_stops_the_pipeline_at_once_and_leaves_nothing_running(store, tm
     runs = all_runs()
     assert sorted(r.info.status for r in runs) == ["KILLED"] * 3, [(r.info.run_name, r.info.status) for r in runs]
     assert len(runs_by_kind("train")) == 2  # the queued two never started
+
+
+def test_a_second_copy_of_a_running_pipeline_on_the_same_store_is_refused_from_any_directory(store, tmp_path):
+    """The pipeline's lock once lived in its working directory: a copy started from another directory on
+    the same store took the first one's live trainings for abandoned ones and both trained everything."""
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    args = ["reach-all", "--seeds", "0", "--workers", "1", *TINY_PIPELINE, "--total-steps", "100000"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "entry_points.cli", *args],
+        cwd=first_dir,
+        env=clean_env(store),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not [r for r in runs_by_kind("train") if r.info.status == "RUNNING"]:
+        time.sleep(0.5)  # the first copy is training
+    (parent,) = runs_by_kind("pipeline")
+    second = run_cli(args, second_dir, store, check=False)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    (line,) = second.stderr.strip().splitlines()
+    assert re.fullmatch(
+        re.escape(
+            f"harness: error: this reach-all pipeline (key {parent.data.tags['harness.pipeline_key']}) is already "
+            f"running on this store: pipeline run {parent.info.run_id}, pid {first.pid} on {socket.gethostname()} in "
+            f"{first_dir} (lease renewed "
+        )
+        + r"\d+ s ago\); wait for it, or stop it",
+        line,
+    ), line
+    (training,) = runs_by_kind("train")
+    assert training.info.status == "RUNNING" and len(all_runs()) == 2  # the first copy's, untouched; nothing new
+    first.terminate()
+    first.communicate(timeout=120)
+    assert sorted(r.info.status for r in all_runs()) == ["KILLED", "KILLED"]
 
 
 def test_sigkill_at_any_moment_then_rerun_completes(store, tmp_path):
