@@ -32,10 +32,10 @@ from collections.abc import Callable, Sequence
 import mlflow
 
 from harness import tracking
-from harness.pipelines import lease
 from harness.checkpoints import CHECKPOINT_DIR
 from harness.errors import HarnessError
 from harness.identity import ACTIONS_TAG, EXECUTOR_TAG, KIND_TAG, PIPELINE_KEY_TAG, PIPELINE_TAG, WORKERS_TAG
+from harness.pipelines.lease import Lease, refuse_if_held
 from harness.pipelines.execute import EXECUTORS, check_ray_address, cpu_count, execute_local, execute_ray, job_spec
 from harness.pipelines.overview import overview
 from harness.pipelines.plan import (
@@ -103,16 +103,16 @@ def run_pipeline(
     attached = bool(os.environ.get("MLFLOW_RUN_ID"))
     previous = None if attached else unfinished_parent(key)
     # Another copy on this store (another directory or machine) holds it: its trainings are live, not abandoned.
-    lease.refuse_if_held(kind, key)
+    refuse_if_held(kind, key)
     tags = {KIND_TAG: "pipeline", PIPELINE_TAG: kind, PIPELINE_KEY_TAG: key, EXECUTOR_TAG: executor, WORKERS_TAG: str(workers)}
     started = time.perf_counter()
     with (
         tracking.tracked_run(f"{kind}_{jobs[0].config.env_id}", tags, experiment, run_id=previous) as parent,
-        lease.Lease(parent.info.run_id),
+        Lease(parent.info.run_id),
     ):
         parent_id = parent.info.run_id
         experiment_ids = [parent.info.experiment_id]
-        lease.refuse_if_held(kind, key, ours=parent)  # two copies started at the same moment: the first goes on
+        refuse_if_held(kind, key, ours=parent)  # two copies started at the same moment: the first goes on
         if previous:
             killed = mark_abandoned_runs_killed(parent_id, experiment_ids)
             echo(f"continuing pipeline run {parent_id} (an earlier attempt stopped; {killed} abandoned runs marked KILLED)")
