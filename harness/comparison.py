@@ -27,15 +27,22 @@ from harness.evaluation import RESULTS_DIR, floor_run, threshold_metrics
 from harness.identity import (
     ALGO_TAG,
     CLEAR_SEPARATION_TAG,
+    CODE_VERSION_TAG,
+    CPU_CAPABILITY_TAG,
+    CPU_TAG,
     ENV_TAG,
     EVALUATED_TAG,
     EVAL_EPISODES_TAG,
     KIND_TAG,
     PARENT_RUN_ID_TAG,
+    PRECISION_TAG,
+    PRESET_TAG,
     RunIdentity,
+    SEED_TAG,
     SEEDS_TAG,
     SEPARATION_TAG_PREFIX,
     SEPARATION_TEST_TAG,
+    TOTAL_STEPS_TAG,
     VARIANT_TAG,
     WARNINGS_TAG,
 )
@@ -482,6 +489,7 @@ def report_comparison(
         "conditions": {
             condition_key(her): {
                 "run_ids": [r.info.run_id for r in found[her]],
+                "runs": [run_provenance(r) for r in found[her]],
                 "per_seed": {row.metric: [r.data.metrics[row.metric] for r in found[her]] for row in ROWS},
                 "summary": {row.metric: summaries[row.metric][her].to_dict() for row in ROWS},
             }
@@ -523,6 +531,25 @@ def report_comparison(
     report["markdown_table"] = table.markdown()
     report["markdown"] = markdown
     return report
+
+
+def run_provenance(run) -> dict[str, Any]:
+    """How one compared training was made and what it cost: what a reader of the results needs to say which
+    code, budget and CPU a figure is for (``bench/results.py`` renders BENCHMARKS.md from it)."""
+    tags, metrics = run.data.tags, run.data.metrics
+    wall = metrics.get("time/wall_time_s")
+    return {
+        "run_id": run.info.run_id,
+        "seed": int(tags[SEED_TAG]) if tags.get(SEED_TAG, "").isdigit() else None,
+        "preset": tags.get(PRESET_TAG),
+        "total_steps": int(tags[TOTAL_STEPS_TAG]) if tags.get(TOTAL_STEPS_TAG, "").isdigit() else None,
+        "minutes": round(wall / 60, 1) if wall is not None else None,
+        "code_version": tags.get(CODE_VERSION_TAG),
+        "cpu": tags.get(CPU_TAG),
+        "cpu_capability": tags.get(CPU_CAPABILITY_TAG),
+        "precision": tags.get(PRECISION_TAG),
+        "parent_run_id": tags.get(PARENT_RUN_ID_TAG),
+    }
 
 
 def compare_metrics(report: dict[str, Any], verdict: Separation) -> dict[str, float]:

@@ -160,6 +160,22 @@ def test_compare_prints_the_chapter_table_from_mlflow(workflow):
     values = [runs[f"sac_her_{ENV}_seed{s}"].data.metrics["eval/success_rate"] for s in SEEDS]
     assert report["conditions"]["her"]["summary"]["eval/success_rate"]["mean"] == pytest.approx(sum(values) / 2)
     assert report["conditions"]["her"]["summary"]["eval/success_rate"]["n"] == 2
+    # what a reader needs to say which code, budget and CPU each figure is for, and BENCHMARKS.md's row of it
+    made = report["conditions"]["her"]["runs"][0]
+    tags = runs[f"sac_her_{ENV}_seed{SEEDS[0]}"].data.tags
+    assert (
+        made["run_id"] == her_ids[0] and made["seed"] == SEEDS[0] and made["total_steps"] == int(tags["harness.total_steps"])
+    )
+    assert (made["cpu"], made["precision"], made["code_version"]) == (
+        tags["harness.cpu"],
+        tags["harness.precision"],
+        tags["harness.code_version"],
+    )
+    assert made["minutes"] is not None and made["preset"] == "fast"
+    from bench.results import row
+
+    rendered = row(report).split(" | ")
+    assert rendered[0] == f"| {ENV}" and rendered[2] == ", ".join(f"{100 * v:.0f}%" for v in values)
     (compare_run,) = [r for r in workflow["runs"] if r.data.tags.get("harness.kind") == "compare"]
     artifacts = {a.path for a in workflow["client"].list_artifacts(compare_run.info.run_id)}
     assert artifacts == {f"ch04_fetchreach-v4_comparison.{suffix}" for suffix in ("md", "json", "png")}

@@ -84,13 +84,24 @@ def test_the_readme_is_short_and_every_link_of_the_docs_resolves():
 
     readme = PROJECT_ROOT / "README.md"
     assert len(readme.read_text()) <= 15_000, "the README grew past 15k characters: move detail to docs/"
-    pages = [readme, PROJECT_ROOT / "BENCHMARKS.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+    pages = [readme, PROJECT_ROOT / "BENCHMARKS.md", *sorted((PROJECT_ROOT / "docs").rglob("*.md"))]
     assert len(pages) >= 8
     for page in pages:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             if "://" in target:
                 continue
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+
+
+def test_benchmarks_is_short_and_its_results_table_is_what_the_committed_compare_outputs_give():
+    """BENCHMARKS.md is a reference, not a notebook (that is docs/benchmarks/history.md), and its Results
+    table is rendered by bench/results.py from docs/benchmarks/data/, never typed."""
+    text = (PROJECT_ROOT / "BENCHMARKS.md").read_text()
+    assert len(text) <= 12_000, f"BENCHMARKS.md has {len(text)} characters: move detail to docs/benchmarks/"
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "results.py"), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
