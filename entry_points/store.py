@@ -27,12 +27,12 @@ def upgrade_command(store):
     """
     import os
 
-    from harness import schema, tracking
+    from harness import schema, stores
     from harness.errors import HarnessError
 
     uri = store or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    db_path = tracking.sqlite_path(uri)
-    if db_path is None or tracking.in_memory(uri):
+    db_path = stores.sqlite_path(uri)
+    if db_path is None or stores.in_memory(uri):
         raise HarnessError(
             f"--store {uri} is not a SQLite file; accepted: sqlite:///path/mlflow.db "
             "(the PostgreSQL of harness server: harness server upgrade --dir DIR)"

@@ -22,7 +22,7 @@ def ui_command(port, host):
     is also in the runs page's view picker; add &compareRunsMode=CHART or not for charts or table).
     """
     from harness.server import check_port_free, serve_ui
-    from harness.tracking import prepare_store
+    from harness.stores import prepare_store
 
     check_port_free(host, port)  # before any link is printed: they would point at whatever holds the port
     prepare_store()

@@ -604,9 +604,9 @@ def _load_logged_model(model_id: str, download_dir: Path, env_id: str | None) ->
     """A checkpoint's logged model: plain weights, checked against the sha256 logged with them."""
     import mlflow
 
-    from harness import tracking
+    from harness import stores
 
-    tracking.prepare_store(create=False)
+    stores.prepare_store(create=False)
     try:
         logged = mlflow.MlflowClient().get_logged_model(model_id)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location, dst_path=str(download_dir)))
@@ -629,9 +629,9 @@ def _load_registered(model_uri: str, download_dir: Path, env_id: str | None) -> 
     import mlflow
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-    from harness import tracking
+    from harness import stores
 
-    tracking.prepare_store(create=False)
+    stores.prepare_store(create=False)
     client = mlflow.MlflowClient()
     try:
         name, version = get_model_name_and_version(client, model_uri)

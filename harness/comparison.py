@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from harness import tracking
+from harness import stores, tracking
 from harness.credentials import redact
 from harness.errors import HarnessError
 from harness.evaluation import RESULTS_DIR, floor_run, threshold_metrics
@@ -451,7 +451,7 @@ def compare(env_id: str, seeds: Sequence[int], algo: str | None = None, experime
     trains Push with ddpg, the chapter with sac)."""
     if not seeds:
         raise HarnessError("--seeds is empty; give a comma-separated list such as 0,1,2")
-    tracking.prepare_store(create=False)
+    stores.prepare_store(create=False)
     if algo is None:
         algo = newest_evaluated_algo(env_id, tracking.experiment_ids(experiment))
         if algo is None:

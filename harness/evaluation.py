@@ -164,7 +164,7 @@ def evaluate_checkpoint(
     out = results_path(run_name)
     check_writable(out.parent)
     if training_run is not None or parent_run_id or os.environ.get("MLFLOW_RUN_ID"):
-        from harness.tracking import check_store_writable, prepare_store
+        from harness.stores import check_store_writable, prepare_store
 
         prepare_store()  # a leftover MLFLOW_RUN_ID is refused here, before the episodes and the file
         check_store_writable()

@@ -21,7 +21,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from harness import tracking
+from harness import stores, tracking
 from harness.errors import HarnessError
 from harness.files import scratch_directory
 from harness.identity import (
@@ -174,7 +174,7 @@ def register(
     it is better."""
     from harness.checkpoints import WEIGHTS_ARTIFACT, WEIGHTS_HASH_TAG, export_weights, load_checkpoint
 
-    tracking.prepare_store(create=False)
+    stores.prepare_store(create=False)
     source_model = None
     if best_checkpoint:
         source_model, run = best_checkpoint_model(env_id, algo)

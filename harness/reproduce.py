@@ -36,7 +36,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from harness import tracking
+from harness import stores, tracking
 from harness.config import FIELD_NAMES, TrainConfig, config_from_dict
 from harness.errors import HarnessError
 from harness.files import make_scratch_directory
@@ -229,7 +229,7 @@ def remove_workdir(workdir: Path) -> None:
 
 def _cli(tree: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """That code's own ``harness`` CLI, against this tracking store (attached to ``mlflow run``'s run if any)."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri()}
+    env = {**os.environ, "PYTHONPATH": str(tree), "MLFLOW_TRACKING_URI": stores.absolute_tracking_uri()}
     proc = subprocess.run([sys.executable, "-m", "entry_points.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -271,7 +271,7 @@ def reproduce(run_id: str, steps: int | None = None, apply_diff: bool = False, a
     """Re-make ``run_id`` (the first ``steps`` env steps, or all of it) and compare; see the module docstring.
     A run made from uncommitted changes is re-made only with ``apply_diff``, one from a commit on no branch
     or tag only with ``any_commit`` (:class:`NeedsApproval`)."""
-    tracking.prepare_store(create=False)
+    stores.prepare_store(create=False)
     record = read_record(run_id)
     total = record.config.total_steps
     if steps is not None and not 0 < steps <= total:

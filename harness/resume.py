@@ -34,7 +34,7 @@ from pathlib import Path
 from collections.abc import Iterator
 
 from harness.algorithms import algo_class
-from harness import tracking
+from harness import stores
 from harness.checkpoints import CHECKPOINT_DIR, sha256_of
 from harness.envs import env_state, restore_env_state
 from harness.errors import HarnessError
@@ -70,7 +70,7 @@ def save(run_id: str, model, vecnormalize=None) -> Path:
     for older in checkpoints(run_id):
         if older != final:
             shutil.rmtree(older, ignore_errors=True)
-    if tracking.on_server():
+    if stores.on_server():
         upload(run_id, final, step)
     return final
 
@@ -130,7 +130,7 @@ class DamagedCheckpoint(HarnessError):
 
 def remote_step(run_id: str) -> int | None:
     """The step of the checkpoint in the run's artifacts (tracking server only), if any."""
-    if not tracking.on_server():
+    if not stores.on_server():
         return None
     import mlflow
 

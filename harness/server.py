@@ -38,7 +38,7 @@ from pathlib import Path
 from harness import schema
 from harness.errors import HarnessError, first_line
 from harness.files import write_json_atomically
-from harness.tracking import ask_health
+from harness.stores import ask_health
 
 STATE_FILE = "server.json"
 PASSWORD_FILE = "db-password"

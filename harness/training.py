@@ -30,7 +30,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
-from harness import resume, tracking
+from harness import resume, stores, tracking
 from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, resolve_device, resolve_precision
 from harness.checkpoints import (
     ARTIFACT_DIR,
@@ -381,9 +381,9 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         tags[WARNINGS_TAG] = "; ".join(warnings)
     if parent_run_id:
         tags[PARENT_RUN_ID_TAG] = parent_run_id
-    tracking.prepare_store()
-    tracking.check_integrity()  # not minutes of training into a store that cannot keep them
-    tracking.check_store_writable()
+    stores.prepare_store()
+    stores.check_integrity()  # not minutes of training into a store that cannot keep them
+    stores.check_store_writable()
     for directory in (CHECKPOINT_DIR, config.tensorboard_dir):  # before a run exists that could not finish
         check_writable(directory)
     if resume_run_id and resume.trained_elsewhere(resume_run_id):  # refused before the run is reopened
@@ -490,7 +490,7 @@ def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple
     RUNNING with their process gone and no checkpoint to continue from are marked KILLED."""
     from mlflow.tracking import MlflowClient
 
-    tracking.prepare_store()
+    stores.prepare_store()
     client = MlflowClient()
     if os.environ.get("MLFLOW_EXPERIMENT_ID"):
         experiment_ids = [os.environ["MLFLOW_EXPERIMENT_ID"]]

@@ -173,7 +173,7 @@ def store(tmp_path, monkeypatch):
 
 
 def all_runs(client=None):
-    from harness.tracking import prepare_store
+    from harness.stores import prepare_store
 
     prepare_store()  # under the same lock as the CLIs: never race a subprocess creating the schema
     client = client or mlflow.MlflowClient()

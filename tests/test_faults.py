@@ -127,7 +127,7 @@ def test_a_sqlite_uri_with_connection_options_names_the_file_before_the_query(tm
     small_store(tmp_path / "q.db")
     one_line_error(harness(["compare", "--env", "FetchReach-v4"], tmp_path, uri), "no finished, evaluated training run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.db", "q.db.lock"]
-    from harness.tracking import sqlite_path
+    from harness.stores import sqlite_path
 
     assert sqlite_path(uri) == tmp_path / "q.db" and sqlite_path("http://host:5000") is None
 
@@ -193,21 +193,21 @@ def test_a_damaged_store_is_named_as_damaged_and_no_training_starts_on_it(tmp_pa
 def test_a_store_a_plain_mlflow_client_creates_meanwhile_is_never_replaced(tmp_path, monkeypatch):
     """`mlflow ui` on the same path takes no lock of ours: it can create mlflow.db while the harness
     builds its own under a temporary name. The harness must then use theirs, not rename over it."""
-    import harness.tracking as tracking
+    import harness.stores as stores
 
     db = tmp_path / "mlflow.db"
-    real = tracking.put_in_place
+    real = stores.put_in_place
 
     def client_wins_the_race(building, db_path):
         small_store(db_path)  # the other client, between our build and our rename
         real(building, db_path)
 
-    monkeypatch.setattr(tracking, "put_in_place", client_wins_the_race)
+    monkeypatch.setattr(stores, "put_in_place", client_wins_the_race)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     try:
-        tracking.prepare_store()
-        tracking.check_integrity()  # theirs is whole, and it is the one in place
+        stores.prepare_store()
+        stores.check_integrity()  # theirs is whole, and it is the one in place
         client = mlflow.MlflowClient()
         (theirs,) = [e for e in client.search_experiments() if e.name == "x"]
         assert len(client.search_runs([theirs.experiment_id])) == 30

@@ -19,6 +19,7 @@ STAGES = [
     "replay",
     "views",
     "schema",
+    "stores",
     "tracking",
     "server",
     "checkpoints",

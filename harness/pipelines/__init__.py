@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 import mlflow
 
-from harness import tracking
+from harness import stores, tracking
 from harness.checkpoints import CHECKPOINT_DIR
 from harness.errors import HarnessError
 from harness.identity import ACTIONS_TAG, EXECUTOR_TAG, KIND_TAG, PIPELINE_KEY_TAG, PIPELINE_TAG, WORKERS_TAG
@@ -99,7 +99,7 @@ def run_pipeline(
     except BlockingIOError:
         raise HarnessError(f"this {kind} pipeline (key {key}) is already running in another process") from None
 
-    tracking.prepare_store()
+    stores.prepare_store()
     attached = bool(os.environ.get("MLFLOW_RUN_ID"))
     previous = None if attached else unfinished_parent(key)
     # Another copy on this store (another directory or machine) holds it: its trainings are live, not abandoned.
@@ -127,9 +127,9 @@ def run_pipeline(
 
         specs = [job_spec(p, parent_id, Path.cwd()) for p in planned if p.action != "reuse"]
         env = {
-            "MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri(),
+            "MLFLOW_TRACKING_URI": stores.absolute_tracking_uri(),
             "MLFLOW_EXPERIMENT_ID": parent.info.experiment_id,
-            **tracking.credential_variables(),
+            **stores.credential_variables(),
         }
         last_shown = [""]
 
