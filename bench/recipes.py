@@ -25,31 +25,17 @@ AVX-512 on a newer one, limit the libraries' instruction sets and check the firs
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._measure import json_option, machine_line, threads_option, use_threads, write_figures
+
 RECIPE_ENVS = ("FetchPush-v4", "FetchPickAndPlace-v4", "FetchSlide-v4")
-
-
-def machine_line() -> str:
-    import torch
-
-    from harness.algorithms import cpu_capability, native_bf16
-    from harness.provenance import cpu_model
-
-    return (
-        f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, instruction set "
-        f"{cpu_capability()}, native bf16 {'yes' if native_bf16('cpu') else 'no'}, "
-        f"{torch.get_num_threads()} thread(s); {date.today().isoformat()}"
-    )
 
 
 def matmul_gflops(batch: int, width: int, precision: str, seconds: float = 1.0) -> float:
@@ -157,13 +143,7 @@ def measure(config, warmup: int, steps: int) -> dict:
     show_default=True,
     help="Env steps measured per recipe and precision, after the first training round.",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=1,
-    show_default=True,
-    help="Torch threads; 0 keeps torch's default. One per training is how the recipes run side by side.",
-)
+@threads_option()
 @click.option(
     "--set",
     "settings",
@@ -171,16 +151,9 @@ def measure(config, warmup: int, steps: int) -> dict:
     metavar="KEY=VALUE",
     help="Measure a variant of the recipes, e.g. --set batch_size=2048 (repeatable).",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write the figures to this JSON file.",
-)
+@json_option
 def main(envs, steps, threads, settings, json_path):
     """Print each fast recipe's env steps/s here, in fp32 and (where native) bf16, against the machine's limit."""
-    import torch
 
     from harness.algorithms import native_bf16
     from harness.config import parse_settings
@@ -191,8 +164,7 @@ def main(envs, steps, threads, settings, json_path):
         overrides = parse_settings(settings)
     except HarnessError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from None
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     click.echo(machine_line())
     precisions = ["fp32"] + (["bf16"] if native_bf16("cpu") else [])
     rows = []
@@ -212,8 +184,7 @@ def main(envs, steps, threads, settings, json_path):
                 f"{row['gflop_per_env_step']:.3f} GFLOP/env step, matmul {row['matmul_gflops']:.0f} GFLOP/s | per env "
                 f"step: env {row['env_ms']:.2f} ms, gradients {row['grad_ms_per_env_step']:.2f} ms, other {other:.2f} ms"
             )
-    if json_path:
-        json_path.write_text(json.dumps({"machine": machine_line(), "rows": rows}, indent=2) + "\n")
+    write_figures(json_path, {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -24,9 +24,6 @@ of the paired ratios (b) / (a).
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -37,15 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._measure import json_option, machine_line, threads_option, use_threads, write_figures
+
 ENV_ID = "FetchPush-v4"
 EXPERIMENT = "bench-throughput"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def chapter_overrides(warmup: int, steps: int) -> dict:
@@ -113,28 +105,13 @@ def harness_path(preset: str, overrides: dict, name: str) -> tuple[float, dict]:
     show_default=True,
     help="Random-action env steps before learning starts (HER needs whole episodes stored).",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Torch threads for all three; 0 keeps torch's default.",
-)
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write the figures to this JSON file.",
-)
+@threads_option(default=0)
+@json_option
 def main(steps, rounds, warmup, threads, json_path):
     """Print env steps/s of (a) plain SB3, (b) the harness at the same config, (c) the fast preset."""
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     click.echo(
-        f"machine: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-        f"torch {torch.__version__}; FetchPush-v4 + HER, {warmup} warm-up + {steps} training steps each, "
-        f"{rounds} interleaved round(s)"
+        f"{machine_line()}; FetchPush-v4 + HER, {warmup} warm-up + {steps} training steps each, {rounds} interleaved round(s)"
     )
     a_rates, b_rates, b_run_ids = [], [], []
     for round_index in range(rounds):
@@ -161,26 +138,22 @@ def main(steps, rounds, warmup, threads, json_path):
         f"{c_config['gradient_steps']} grad steps / {c_config['train_freq'] * c_config['n_envs']} env steps): "
         f"{c:7.1f} env steps/s  (run {c_config['run_id']})"
     )
-    if json_path:
-        json_path.write_text(
-            json.dumps(
-                {
-                    "steps": steps,
-                    "warmup": warmup,
-                    "rounds": rounds,
-                    "torch_threads": torch.get_num_threads(),
-                    "a_plain_sb3": a_rates,
-                    "b_harness_same_config": b_rates,
-                    "c_fast_preset": c,
-                    "b_run_ids": b_run_ids,
-                    "c_run_id": c_config["run_id"],
-                    "paired_speedups": speedups,
-                    "equal_config_speedup": speedup,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_figures(
+        json_path,
+        {
+            "steps": steps,
+            "warmup": warmup,
+            "rounds": rounds,
+            "torch_threads": torch.get_num_threads(),
+            "a_plain_sb3": a_rates,
+            "b_harness_same_config": b_rates,
+            "c_fast_preset": c,
+            "b_run_ids": b_run_ids,
+            "c_run_id": c_config["run_id"],
+            "paired_speedups": speedups,
+            "equal_config_speedup": speedup,
+        },
+    )
     click.echo(f"equal-config speedup: {speedup:.2f}")
 
 

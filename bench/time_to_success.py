@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import tracking
+from harness.comparison import first_reached
 from harness.errors import HarnessError
 from harness.identity import ALGO_TAG, ENV_TAG, HER_TAG, KIND_TAG, PRESET_TAG, SEED_TAG
 
@@ -38,14 +39,6 @@ def success_curve(run_id: str) -> list[tuple[int, float, float]]:
     if run.info.end_time:  # `harness eval` scores logged to a run after it ended are not on its learning curve
         history = [m for m in history if m.timestamp <= run.info.end_time]
     return [(m.step, (m.timestamp - run.info.start_time) / 60_000, m.value) for m in history]
-
-
-def first_reaching(curve, threshold: float):
-    """The first (step, minutes) at which success >= threshold, or None."""
-    for step, minutes, value in curve:
-        if value >= threshold:
-            return step, minutes
-    return None
 
 
 def find_runs(env_id: str, algo: str, preset: str | None, her: bool, experiment: str | None) -> list:
@@ -70,10 +63,10 @@ def report(runs, thresholds: list[float]) -> list[dict]:
             "best_success": max((v for _, _, v in curve), default=None),
         }
         for threshold in thresholds:
-            hit = first_reaching(curve, threshold)
+            hit = first_reached(run, threshold)  # the rule compare uses: evaluations during training
             key = f"{round(100 * threshold)}%"
             row[f"steps_to_{key}"] = hit[0] if hit else None
-            row[f"minutes_to_{key}"] = round(hit[1], 1) if hit else None
+            row[f"minutes_to_{key}"] = round(hit[1], 1) if hit and hit[1] is not None else None
         rows.append(row)
     return rows
 

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._measure import machine_line, threads_option, use_threads
 from harness.config import resolve_config
 from harness.seeding import seed_everything
 from harness.training import RunOptions, build_env, build_model, train
@@ -57,19 +57,16 @@ def tracked(config) -> tuple[float, str]:
 @click.option("--preset", default="fast", show_default=True)
 @click.option("--steps", type=click.IntRange(min=200), default=4000, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option(
-    "--threads", type=click.IntRange(min=0), default=1, show_default=True, help="Torch threads (0: torch's default)."
-)
+@threads_option()
 def main(env_id, preset, steps, repeats, threads):
     """Print the wall-clock of a tracked and an untracked training, and their ratio."""
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     config = resolve_config(
         preset,
         env_id,
         dict(her=True, total_steps=steps, learning_starts=min(1000, steps // 2), eval_freq=0, checkpoint_freq=0),
     )
-    click.echo(f"{env_id}, preset {preset} ({config.algo}), {steps} env steps, torch threads {torch.get_num_threads()}")
+    click.echo(f"{machine_line()}; {env_id}, preset {preset} ({config.algo}), {steps} env steps")
     plain, logged, run_ids = [], [], []
     for repeat in range(repeats):
         plain.append(untracked(config))
