@@ -89,7 +89,7 @@ def train_command(
     and to the run's artifacts. The run is named like the checkpoint: sac_her_FetchPush-v4_seed0.
     """
     # Cheapest checks first: a bad value is reported before torch and SB3 are even imported.
-    from harness.checkpoints import KeepCheckpoints
+    from harness.models import KeepCheckpoints
     from harness.config import parse_settings, resolve_config
 
     keep = KeepCheckpoints.parse(keep_checkpoints)

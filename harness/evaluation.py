@@ -136,7 +136,7 @@ def evaluate_checkpoint(
     An eval run of its own (``harness.kind=eval``) gets them too under ``mlflow run -e eval``
     (the run ``mlflow run`` created) and in a pipeline (a child of ``parent_run_id``).
     """
-    from harness.checkpoints import load_checkpoint
+    from harness.models import load_checkpoint
     from harness.files import check_writable, write_json_atomically
     from harness.errors import HarnessError
 

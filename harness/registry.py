@@ -88,7 +88,7 @@ def as_observation_batch(model_input, shapes: dict[str, tuple[int, ...]]) -> tup
 
 def load_policy(uri: str):
     """The SB3 model behind a checkpoint path, run id, ``runs:/`` or ``models:/`` URI."""
-    from harness.checkpoints import load_checkpoint
+    from harness.models import load_checkpoint
 
     return load_checkpoint(uri).model
 
@@ -141,7 +141,7 @@ def _is_better(candidate: dict[str, float], current: dict[str, float]) -> bool:
 
 def best_checkpoint_model(env_id: str, algo: str | None = None):
     """The checkpoint logged model (of a finished HER training) with the best eval success (ties: return)."""
-    from harness.checkpoints import CHECKPOINT_KIND
+    from harness.models import CHECKPOINT_KIND
 
     tags = {KIND_TAG: CHECKPOINT_KIND, ENV_TAG: env_id, HER_TAG: "true", **({ALGO_TAG: algo} if algo else {})}
     models = mlflow.search_logged_models(
@@ -172,7 +172,8 @@ def register(
     """Register the best (or the given) evaluated HER run, of ``algo`` or (None) of any algo, or with
     ``best_checkpoint`` the best checkpoint logged model across runs and steps; move ``champion`` only if
     it is better."""
-    from harness.checkpoints import WEIGHTS_ARTIFACT, WEIGHTS_HASH_TAG, export_weights, load_checkpoint
+    from harness.checkpoints import WEIGHTS_ARTIFACT, WEIGHTS_HASH_TAG, export_weights
+    from harness.models import load_checkpoint
 
     stores.prepare_store(create=False)
     source_model = None

@@ -32,26 +32,21 @@ from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputF
 
 from harness import resume, stores, tracking
 from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, resolve_device, resolve_precision
-from harness.checkpoints import (
-    ARTIFACT_DIR,
-    CHECKPOINT_DIR,
-    DEFAULT_KEEP,
-    KEEP_NONE,
-    KeepCheckpoints,
-    LoadedCheckpoint,
-    delete_checkpoint_model,
-    hash_tags,
-    local_paths,
-    log_checkpoint_model,
-    run_checkpoint_models,
-    write_normalization,
-)
+from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, LoadedCheckpoint, hash_tags, local_paths, write_normalization
 from harness.config import TrainConfig
 from harness.credentials import redact
 from harness.envs import her_reward_warning, make_env, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import HarnessError, first_line, warn
 from harness.files import check_writable, write_atomically, write_text_atomically
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
+from harness.models import (
+    DEFAULT_KEEP,
+    KEEP_NONE,
+    KeepCheckpoints,
+    delete_checkpoint_model,
+    log_checkpoint_model,
+    run_checkpoint_models,
+)
 from harness.identity import (
     CONFIG_HASH_TAG,
     DAMAGED_CHECKPOINT_TAG,

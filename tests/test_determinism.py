@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.checkpoints import load_checkpoint
+from harness.models import load_checkpoint
 from harness.config import resolve_config
 from harness.evaluation import evaluate_checkpoint
 from harness.training import RunOptions, train

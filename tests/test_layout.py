@@ -23,6 +23,7 @@ STAGES = [
     "tracking",
     "server",
     "checkpoints",
+    "models",
     "resume",
     "evaluation",
     "training",

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 
-from harness.checkpoints import KeepCheckpoints
+from harness.models import KeepCheckpoints
 from harness.errors import HarnessError
 from tests.conftest import TINY, cli_in_process, run_cli
 
