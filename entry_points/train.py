@@ -106,7 +106,8 @@ def train_command(
     from harness.algorithms import resolve_device
 
     resolve_device(device)  # --device cuda without a GPU: said before any store or run is touched
-    from harness.training import RunOptions, interrupted_run, train
+    from harness.resume import interrupted_run
+    from harness.training import RunOptions, train
 
     show_progress = sys.stderr.isatty() if progress is None else progress
     interrupted = interrupted_run(config, experiment) if resume and not os.environ.get("MLFLOW_RUN_ID") else None

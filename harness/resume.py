@@ -4,7 +4,7 @@ Layout: ``checkpoints/resume/<run id>/step_<N>/`` with ``model.zip``, ``replay_b
 ``training_state.pkl`` and, with observation normalization, ``vecnormalize.pkl``.
 
 A resumed training ends exactly where an uninterrupted one would: the checkpoint is taken between
-two rollouts (after the gradient steps of the last one, see ``training.ResumableCheckpoint``) and
+two rollouts (after the gradient steps of the last one, see :class:`ResumableCheckpoint`) and
 ``training_state.pkl`` holds every other thing the continuation draws from: the Python, numpy and
 torch generators, the action space's generator (SB3 reseeds it when loading a model), each env's
 state mid-episode (:func:`harness.envs.env_state`) and the metrics the SB3 logger has recorded but
@@ -33,13 +33,23 @@ import shutil
 from pathlib import Path
 from collections.abc import Iterator
 
+from stable_baselines3.common.callbacks import BaseCallback
+
+from harness import stores, tracking
 from harness.algorithms import algo_class
-from harness import stores
 from harness.checkpoints import CHECKPOINT_DIR, sha256_of
+from harness.config import TrainConfig
 from harness.envs import env_state, restore_env_state
-from harness.errors import HarnessError
+from harness.errors import HarnessError, warn
 from harness.files import build_directory_atomically
-from harness.identity import RESUME_MANIFEST_SHA256_TAG
+from harness.identity import (
+    CONFIG_HASH_TAG,
+    DAMAGED_CHECKPOINT_TAG,
+    KIND_TAG,
+    PARENT_RUN_ID_TAG,
+    RESUME_MANIFEST_SHA256_TAG,
+    RUN_NAME_TAG,
+)
 from harness.seeding import random_state, restore_random_state
 
 RESUME_DIR = CHECKPOINT_DIR / "resume"
@@ -340,3 +350,100 @@ def discard(run_id: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+
+class ResumableCheckpoint(BaseCallback):
+    """Every ``checkpoint_freq`` env steps, write what a resume needs (see :mod:`harness.resume`).
+
+    Written when the next rollout starts, not at the step itself: SB3 trains on a rollout after
+    collecting it, and a checkpoint taken before those gradient steps would make a resumed run
+    skip them."""
+
+    def __init__(self, config: TrainConfig, run_id: str, vecnormalize=None):
+        super().__init__()
+        self.config = config
+        self.run_id = run_id
+        self.vecnormalize = vecnormalize
+
+    def _on_training_start(self) -> None:
+        self.next_save = next_multiple(self.num_timesteps, self.config.checkpoint_freq)
+
+    def _on_rollout_start(self) -> None:
+        if self.config.checkpoint_freq and self.num_timesteps >= self.next_save:
+            self.next_save = next_multiple(self.num_timesteps, self.config.checkpoint_freq)
+            save(self.run_id, self.model, self.vecnormalize)
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def checkpoint_to_continue(run_id: str) -> Path | None:
+    """The run's resumable checkpoint, here or fetched from its artifacts; None, with one warning, when it
+    has none that can be loaded: the run is then marked FAILED (its history stays as it was) and the
+    caller trains anew in a new run."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        saved = find(run_id)
+        why = "none was found here or in its artifacts"
+    except DamagedCheckpoint as damaged:
+        saved, why = None, str(damaged)
+    if saved is None:
+        warn(f"run {run_id} cannot be continued: {why}; it is marked FAILED and the training starts anew as a new run")
+        client = MlflowClient()
+        client.set_tag(run_id, DAMAGED_CHECKPOINT_TAG, why)
+        client.set_terminated(run_id, "FAILED")
+    return saved
+
+
+def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple[str, int] | None:
+    """(run id, env steps) of the newest run of this config that a crash, a kill or a closed
+    terminal cut short and that can continue from this directory: same run name and config hash,
+    not FINISHED, not a pipeline's, no process training it, a resumable checkpoint here. Runs found
+    RUNNING with their process gone and no checkpoint to continue from are marked KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    stores.prepare_store()
+    client = MlflowClient()
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        experiment_ids = [os.environ["MLFLOW_EXPERIMENT_ID"]]
+    else:
+        found = client.get_experiment_by_name(experiment or tracking.DEFAULT_EXPERIMENT)
+        experiment_ids = [found.experiment_id] if found is not None and found.lifecycle_stage == "active" else []
+    if not experiment_ids:
+        return None
+    tags = {KIND_TAG: "train", CONFIG_HASH_TAG: config.config_hash, RUN_NAME_TAG: config.run_name}
+    same_name = {key: value for key, value in tags.items() if key != CONFIG_HASH_TAG}
+    for run in tracking.search_runs(same_name, experiment_ids):
+        run_id = run.info.run_id
+        if run.info.status == "FINISHED" or PARENT_RUN_ID_TAG in run.data.tags or not abandoned(run_id):
+            continue
+        if run.data.tags.get(CONFIG_HASH_TAG) != config.config_hash:
+            # Another config of this name whose process died: not ours to resume (its own command can,
+            # from its checkpoint), but no longer RUNNING either.
+            if run.info.status == "RUNNING":
+                client.set_terminated(run_id, "KILLED")
+            continue
+        saved = latest(run_id)
+        problem = damage(saved) if saved is not None else None
+        if saved is not None and problem is None:
+            return run_id, int(saved.name.removeprefix("step_"))
+        if saved is not None:
+            kept = set_aside(saved)
+            warn(
+                f"the resumable checkpoint of run {run_id} at {saved.name} is damaged ({problem}); set aside as "
+                f"{kept}; the run is marked FAILED and the training starts anew"
+            )
+            client.set_tag(run_id, DAMAGED_CHECKPOINT_TAG, str(kept))
+            client.set_terminated(run_id, "FAILED")
+            continue
+        if run.info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+        discard(run_id)  # only its owner lock is left (and any checkpoint set aside)
+    return None
+
+
+def next_multiple(steps: int, freq: int) -> int:
+    """The first multiple of ``freq`` after ``steps`` (0 when ``freq`` is 0: never); after a resume,
+    periodic work continues on the same grid of env steps as before the interruption."""
+    return (steps // freq + 1) * freq if freq else 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, UTC
@@ -31,6 +30,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
 from harness import resume, stores, tracking
+from harness.resume import next_multiple
 from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, resolve_device, resolve_precision
 from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, LoadedCheckpoint, hash_tags, local_paths, write_normalization
 from harness.config import TrainConfig
@@ -49,14 +49,11 @@ from harness.models import (
 )
 from harness.identity import (
     CONFIG_HASH_TAG,
-    DAMAGED_CHECKPOINT_TAG,
-    KIND_TAG,
     META_SHA256_TAG,
     N_SAMPLED_GOAL_TAG,
     PARENT_RUN_ID_TAG,
     PRESET_TAG,
     RESUMED_FROM_STEP_TAG,
-    RUN_NAME_TAG,
     RunIdentity,
     TOTAL_STEPS_TAG,
     WARNINGS_TAG,
@@ -84,12 +81,6 @@ def run_tags(config: TrainConfig, identity: RunIdentity, kind: str = "train") ->
         CONFIG_HASH_TAG: config.config_hash,
         TOTAL_STEPS_TAG: str(config.total_steps),
     }
-
-
-def next_multiple(steps: int, freq: int) -> int:
-    """The first multiple of ``freq`` after ``steps`` (0 when ``freq`` is 0: never); after a resume,
-    periodic work continues on the same grid of env steps as before the interruption."""
-    return (steps // freq + 1) * freq if freq else 0
 
 
 class PeriodicEvaluation(BaseCallback):
@@ -150,31 +141,6 @@ class PeriodicEvaluation(BaseCallback):
         if logged:
             for model in self.keep.to_delete(run_checkpoint_models(self.run_id, self.experiment_id)):
                 delete_checkpoint_model(model)
-
-
-class ResumableCheckpoint(BaseCallback):
-    """Every ``checkpoint_freq`` env steps, write what a resume needs (see :mod:`harness.resume`).
-
-    Written when the next rollout starts, not at the step itself: SB3 trains on a rollout after
-    collecting it, and a checkpoint taken before those gradient steps would make a resumed run
-    skip them."""
-
-    def __init__(self, config: TrainConfig, run_id: str, vecnormalize=None):
-        super().__init__()
-        self.config = config
-        self.run_id = run_id
-        self.vecnormalize = vecnormalize
-
-    def _on_training_start(self) -> None:
-        self.next_save = next_multiple(self.num_timesteps, self.config.checkpoint_freq)
-
-    def _on_rollout_start(self) -> None:
-        if self.config.checkpoint_freq and self.num_timesteps >= self.next_save:
-            self.next_save = next_multiple(self.num_timesteps, self.config.checkpoint_freq)
-            resume.save(self.run_id, self.model, self.vecnormalize)
-
-    def _on_step(self) -> bool:
-        return True
 
 
 def effective_buffer_size(config: TrainConfig) -> int:
@@ -352,42 +318,25 @@ class MLflowOutputFormat(KVWriter):
         pass
 
 
-def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:  # noqa: C901 - the stages in order
+def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:
     """Train one model as one MLflow run; see the module docstring for the stages."""
-    experiment, parent_run_id, resume_run_id = options.experiment, options.parent_run_id, options.resume_run_id
-    torch_threads, kind = options.torch_threads, options.kind
-    validate_env_id(config.env_id, her=config.her)
-    if config.episode_buffer:
-        what = "--her" if config.her else "n_step_returns > 1"
-        validate_her_start(config.env_id, config.n_envs, config.learning_starts, what)
-    if torch_threads > 0:
-        torch.set_num_threads(torch_threads)
+    resume_run_id = options.resume_run_id
+    if options.torch_threads > 0:
+        torch.set_num_threads(options.torch_threads)
     device = resolve_device(options.device)
-    check_networks_fit(config, device)
     precision = layer_precision_for(config, device)
-    seed_everything(config.seed)
     identity = RunIdentity.of(config, options.variant)
-    run_name = identity.name
-    tags = {**run_tags(config, identity, kind), **compute_tags(device, precision)}
-    warnings = [w for w in (her_reward_warning(config.env_id, config.her), emulated_bf16_warning(precision, device)) if w]
-    for warning in warnings:
-        warn(warning)
-    if warnings:
-        tags[WARNINGS_TAG] = "; ".join(warnings)
-    if parent_run_id:
-        tags[PARENT_RUN_ID_TAG] = parent_run_id
-    stores.prepare_store()
-    stores.check_integrity()  # not minutes of training into a store that cannot keep them
-    stores.check_store_writable()
-    for directory in (CHECKPOINT_DIR, config.tensorboard_dir):  # before a run exists that could not finish
-        check_writable(directory)
+    tags = checked_run_tags(config, options, identity, device, precision)
+    seed_everything(config.seed)
     if resume_run_id and resume.trained_elsewhere(resume_run_id):  # refused before the run is reopened
         raise resume.busy(resume_run_id)
-    saved = checkpoint_to_continue(resume_run_id) if resume_run_id else None
+    saved = resume.checkpoint_to_continue(resume_run_id) if resume_run_id else None
     if resume_run_id and saved is None:
         resume_run_id = None  # a new run: never a second history from step 0 inside the old one
     with (
-        tracking.tracked_run(run_name, tags, experiment, run_id=resume_run_id, system_metrics=options.system_metrics) as run,
+        tracking.tracked_run(
+            identity.name, tags, options.experiment, run_id=resume_run_id, system_metrics=options.system_metrics
+        ) as run,
         resume.owned(run.info.run_id),
     ):
         run_id = run.info.run_id
@@ -405,23 +354,12 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
             output_formats=[TensorBoardOutputFormat(str(config.tensorboard_dir)), to_mlflow],
         )
         if saved is not None:
-            try:
-                model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device)
-            except Exception as exc:
-                kept = resume.set_aside(saved)
-                raise HarnessError(
-                    f"the resumable checkpoint of run {run_id} at {saved.name} cannot be loaded "
-                    f"({type(exc).__name__}: {first_line(exc)}); set aside as {kept}; the same "
-                    "command again starts the training anew"
-                ) from None
-            if hasattr(model, "precision"):  # 'auto' resolves for the machine the run continues on
-                model.precision = precision
-            mlflow.set_tag(RESUMED_FROM_STEP_TAG, str(model.num_timesteps))
+            model, env, vecnormalize = continued_model(saved, config, env, logger, vecnormalize, device, precision, run_id)
         else:
             model = build_model(config, env, logger, device)
         callbacks = [
             PeriodicEvaluation(config, run_id, vecnormalize, to_mlflow, options.keep_checkpoints, identity),
-            ResumableCheckpoint(config, run_id, vecnormalize),
+            resume.ResumableCheckpoint(config, run_id, vecnormalize),
         ]
 
         started = time.perf_counter()
@@ -436,93 +374,75 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
         wall_time = time.perf_counter() - started
         logger.close()
         env.close()
-
-        paths = local_paths(run_name, CHECKPOINT_DIR)
-        write_atomically(paths["model"], lambda tmp: model.save(tmp))
-        if vecnormalize is not None:
-            write_normalization(vecnormalize, paths["normalization"])
-        else:  # an earlier training of this name may have left statistics that do not belong to this model
-            paths["normalization"].unlink(missing_ok=True)
-        hashes = hash_tags(paths["model"])
-        meta = {**training_meta(config, run_id, identity, model, wall_time, to_mlflow.latest), "sha256": hashes}
-        meta_text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        write_text_atomically(paths["meta"], meta_text)
-
-        mlflow.log_artifact(str(paths["model"]), ARTIFACT_DIR)
-        if vecnormalize is not None:
-            mlflow.log_artifact(str(paths["normalization"]), ARTIFACT_DIR)
-        mlflow.log_text(meta_text, "meta.json")  # the bytes its sha256 below is of
-        mlflow.set_tags({**hashes, META_SHA256_TAG: hashlib.sha256(meta_text.encode()).hexdigest()})
+        meta = training_meta(config, run_id, identity, model, wall_time, to_mlflow.latest)
+        checkpoint, meta = save_final_checkpoint(model, vecnormalize, identity.name, meta)
         mlflow.log_metric("time/wall_time_s", wall_time, step=int(model.num_timesteps))
     resume.discard(run_id)  # finished: the final checkpoint supersedes the resumable ones
     resume.forget_remote(run_id)
-    return TrainResult(run_id=run_id, run_name=run_name, checkpoint=paths["model"], meta=meta)
+    return TrainResult(run_id=run_id, run_name=identity.name, checkpoint=checkpoint, meta=meta)
 
 
-def checkpoint_to_continue(run_id: str) -> Path | None:
-    """The run's resumable checkpoint, here or fetched from its artifacts; None, with one warning, when it
-    has none that can be loaded: the run is then marked FAILED (its history stays as it was) and the
-    caller trains anew in a new run."""
-    from mlflow.tracking import MlflowClient
-
-    try:
-        saved = resume.find(run_id)
-        why = "none was found here or in its artifacts"
-    except resume.DamagedCheckpoint as damaged:
-        saved, why = None, str(damaged)
-    if saved is None:
-        warn(f"run {run_id} cannot be continued: {why}; it is marked FAILED and the training starts anew as a new run")
-        client = MlflowClient()
-        client.set_tag(run_id, DAMAGED_CHECKPOINT_TAG, why)
-        client.set_terminated(run_id, "FAILED")
-    return saved
-
-
-def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple[str, int] | None:
-    """(run id, env steps) of the newest run of this config that a crash, a kill or a closed
-    terminal cut short and that can continue from this directory: same run name and config hash,
-    not FINISHED, not a pipeline's, no process training it, a resumable checkpoint here. Runs found
-    RUNNING with their process gone and no checkpoint to continue from are marked KILLED."""
-    from mlflow.tracking import MlflowClient
-
+def checked_run_tags(config: TrainConfig, options: RunOptions, identity: RunIdentity, device: str, precision: str) -> dict:
+    """Everything that can be refused before a run exists (env, HER start, network size, the store, the
+    directories), the warnings said once, and the tags the run starts with."""
+    validate_env_id(config.env_id, her=config.her)
+    if config.episode_buffer:
+        what = "--her" if config.her else "n_step_returns > 1"
+        validate_her_start(config.env_id, config.n_envs, config.learning_starts, what)
+    check_networks_fit(config, device)
+    tags = {**run_tags(config, identity, options.kind), **compute_tags(device, precision)}
+    warnings = [w for w in (her_reward_warning(config.env_id, config.her), emulated_bf16_warning(precision, device)) if w]
+    for warning in warnings:
+        warn(warning)
+    if warnings:
+        tags[WARNINGS_TAG] = "; ".join(warnings)
+    if options.parent_run_id:
+        tags[PARENT_RUN_ID_TAG] = options.parent_run_id
     stores.prepare_store()
-    client = MlflowClient()
-    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        experiment_ids = [os.environ["MLFLOW_EXPERIMENT_ID"]]
-    else:
-        found = client.get_experiment_by_name(experiment or tracking.DEFAULT_EXPERIMENT)
-        experiment_ids = [found.experiment_id] if found is not None and found.lifecycle_stage == "active" else []
-    if not experiment_ids:
-        return None
-    tags = {KIND_TAG: "train", CONFIG_HASH_TAG: config.config_hash, RUN_NAME_TAG: config.run_name}
-    same_name = {key: value for key, value in tags.items() if key != CONFIG_HASH_TAG}
-    for run in tracking.search_runs(same_name, experiment_ids):
-        run_id = run.info.run_id
-        if run.info.status == "FINISHED" or PARENT_RUN_ID_TAG in run.data.tags or not resume.abandoned(run_id):
-            continue
-        if run.data.tags.get(CONFIG_HASH_TAG) != config.config_hash:
-            # Another config of this name whose process died: not ours to resume (its own command can,
-            # from its checkpoint), but no longer RUNNING either.
-            if run.info.status == "RUNNING":
-                client.set_terminated(run_id, "KILLED")
-            continue
-        saved = resume.latest(run_id)
-        problem = resume.damage(saved) if saved is not None else None
-        if saved is not None and problem is None:
-            return run_id, int(saved.name.removeprefix("step_"))
-        if saved is not None:
-            kept = resume.set_aside(saved)
-            warn(
-                f"the resumable checkpoint of run {run_id} at {saved.name} is damaged ({problem}); set aside as "
-                f"{kept}; the run is marked FAILED and the training starts anew"
-            )
-            client.set_tag(run_id, DAMAGED_CHECKPOINT_TAG, str(kept))
-            client.set_terminated(run_id, "FAILED")
-            continue
-        if run.info.status == "RUNNING":
-            client.set_terminated(run_id, "KILLED")
-        resume.discard(run_id)  # only its owner lock is left (and any checkpoint set aside)
-    return None
+    stores.check_integrity()  # not minutes of training into a store that cannot keep them
+    stores.check_store_writable()
+    for directory in (CHECKPOINT_DIR, config.tensorboard_dir):  # before a run exists that could not finish
+        check_writable(directory)
+    return tags
+
+
+def continued_model(saved: Path, config: TrainConfig, env, logger, vecnormalize, device: str, precision: str, run_id: str):
+    """The model, env and statistics of a resumable checkpoint, tagged with the step it resumes from; one
+    that cannot be loaded is set aside and named in one line."""
+    try:
+        model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device)
+    except Exception as exc:
+        kept = resume.set_aside(saved)
+        raise HarnessError(
+            f"the resumable checkpoint of run {run_id} at {saved.name} cannot be loaded "
+            f"({type(exc).__name__}: {first_line(exc)}); set aside as {kept}; the same "
+            "command again starts the training anew"
+        ) from None
+    if hasattr(model, "precision"):  # 'auto' resolves for the machine the run continues on
+        model.precision = precision
+    mlflow.set_tag(RESUMED_FROM_STEP_TAG, str(model.num_timesteps))
+    return model, env, vecnormalize
+
+
+def save_final_checkpoint(model, vecnormalize, run_name: str, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The chapter's checkpoint files (zip, statistics, meta.json), each written whole, then logged to the
+    active run with their sha256 as tags; returns the zip's path and the meta written."""
+    paths = local_paths(run_name, CHECKPOINT_DIR)
+    write_atomically(paths["model"], lambda tmp: model.save(tmp))
+    if vecnormalize is not None:
+        write_normalization(vecnormalize, paths["normalization"])
+    else:  # an earlier training of this name may have left statistics that do not belong to this model
+        paths["normalization"].unlink(missing_ok=True)
+    hashes = hash_tags(paths["model"])
+    meta = {**meta, "sha256": hashes}
+    meta_text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    write_text_atomically(paths["meta"], meta_text)
+    mlflow.log_artifact(str(paths["model"]), ARTIFACT_DIR)
+    if vecnormalize is not None:
+        mlflow.log_artifact(str(paths["normalization"]), ARTIFACT_DIR)
+    mlflow.log_text(meta_text, "meta.json")  # the bytes its sha256 below is of
+    mlflow.set_tags({**hashes, META_SHA256_TAG: hashlib.sha256(meta_text.encode()).hexdigest()})
+    return paths["model"], meta
 
 
 def training_meta(
