@@ -30,7 +30,7 @@ def compare_command(env_id, seeds, algo, experiment):
     results/ch04_<env>_comparison.json (+ .png) and logs a compare run with all of it.
     """
     seed_list = parse_seeds(seeds)
-    from harness.comparison import compare
+    from harness.comparison_report import compare
 
     report = compare(env_id, seed_list, algo=None if algo == "auto" else algo, experiment=experiment)
     click.echo(report["table"])

@@ -30,6 +30,7 @@ STAGES = [
     "statistics",
     "reporting",
     "comparison",
+    "comparison_report",
     "pipelines.plan",
     "pipelines.lease",
     "pipelines.overview",

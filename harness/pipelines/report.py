@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from harness.comparison import ROWS, SUCCESS, condition_statistics, episodes_of, format_cell, learning_curve, report_comparison
+from harness.comparison import ROWS, SUCCESS, condition_statistics, episodes_of, learning_curve
+from harness.comparison_report import format_cell, report_comparison
 from harness.evaluation import RESULTS_DIR, floor_run
 from harness.identity import RunIdentity
 from harness.reporting import Table, new_figure, publish_report, save_figure
@@ -132,7 +133,7 @@ def _percent_with_interval(value: float, interval) -> str:
 
 
 def _plot_ablation(env_id, nsg_values, rows, curves, floor, path: Path) -> None:
-    from harness.comparison import plot_floor, plot_success_curve
+    from harness.comparison_report import plot_floor, plot_success_curve
 
     fig, (left, right) = new_figure(2, 11)
     for x, nsg in enumerate(nsg_values):
