@@ -78,16 +78,16 @@ def prepare_store(create: bool = True) -> None:
     uri = mlflow.get_tracking_uri()
     if uri in _ready_stores:
         return
+    if in_memory(uri):
+        raise HarnessError(
+            f"tracking store {uri} is held in memory and vanishes when this command exits, with every run "
+            "logged to it; point MLFLOW_TRACKING_URI at a sqlite:///path/mlflow.db file or a tracking server"
+        )
     db_path = sqlite_path(uri)
     if not create and db_path is not None and not db_path.exists():
         raise MissingStore(
             f"tracking store {db_path} does not exist, so nothing is logged there; check MLFLOW_TRACKING_URI "
             f"({uri}) or the directory, or train first"
-        )
-    if in_memory(uri):
-        raise HarnessError(
-            f"tracking store {uri} is held in memory and vanishes when this command exits, with every run "
-            "logged to it; point MLFLOW_TRACKING_URI at a sqlite:///path/mlflow.db file or a tracking server"
         )
     if uri.startswith(("http://", "https://")):
         check_server(uri)
