@@ -106,13 +106,14 @@ def test_a_dead_tracking_server_is_one_line_and_no_training_starts(tmp_path):
 def test_stores_that_cannot_be_used_are_named(tmp_path):
     (tmp_path / "dir.db").mkdir()
     (tmp_path / "garbage.db").write_text("not a database")
+    compare = ["compare", "--env", "FetchReach-v4"]
     cases = [
-        ("dir.db", "is a directory, not an SQLite file"),
-        ("garbage.db", "is not an SQLite database; move it away"),
-        ("garbage.db/sub/mlflow.db", "cannot create tracking store"),
+        (compare, "dir.db", "is a directory, not an SQLite file"),
+        (compare, "garbage.db", "is not an SQLite database; move it away"),
+        (["train", *TINY], "garbage.db/sub/mlflow.db", "cannot create tracking store"),  # a command that logs
     ]
-    for path, expected in cases:
-        proc = harness(["compare", "--env", "FetchReach-v4"], tmp_path, f"sqlite:///{tmp_path / path}")
+    for args, path, expected in cases:
+        proc = harness(args, tmp_path, f"sqlite:///{tmp_path / path}")
         one_line_error(proc, expected)
     assert (tmp_path / "garbage.db").read_text() == "not a database"
     for uri, expected in (
