@@ -238,33 +238,34 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _not_a_checkpoint(path: Path, why: str) -> HarnessError:
+def _not_a_checkpoint(path: Path | str, why: str) -> HarnessError:
     return HarnessError(f"checkpoint '{path}' is not a readable SB3 checkpoint ({why})")
 
 
-def read_zip_data(path: Path) -> dict[str, Any]:
+def read_zip_data(path: Path, name: str | None = None) -> dict[str, Any]:
     """SB3's saved attributes as plain JSON. Entries SB3 pickled (``:serialized:``) stay undecoded: only
     the text SB3 wrote beside them (such as a class's ``__module__``) is read."""
     try:
         with zipfile.ZipFile(path) as archive:
             data = json.loads(archive.read("data"))
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:  # ValueError: JSON and text decoding
-        raise _not_a_checkpoint(path, f"{type(exc).__name__}: {exc}") from None
+        raise _not_a_checkpoint(name or path, f"{type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("policy_class"), dict):
-        raise _not_a_checkpoint(path, "no saved model data")
+        raise _not_a_checkpoint(name or path, "no saved model data")
     return data
 
 
-def read_policy_weights(path: Path) -> dict[str, Any]:
-    """The policy's tensors from an SB3 zip, through torch's tensors-only loader."""
+def read_policy_weights(path: Path, name: str | None = None) -> dict[str, Any]:
+    """The policy's tensors from an SB3 zip, through torch's tensors-only loader. ``name``: what the user
+    called the checkpoint (a run id, not the temporary folder it was downloaded to), for the error line."""
     try:
         with zipfile.ZipFile(path) as archive:
             raw = archive.read(POLICY_WEIGHTS)
     except Exception as exc:  # zipfile's several errors, a truncated file
-        raise _not_a_checkpoint(path, f"{POLICY_WEIGHTS}: {type(exc).__name__}: {first_line(exc)}") from None
+        raise _not_a_checkpoint(name or path, f"{POLICY_WEIGHTS}: {type(exc).__name__}: {first_line(exc)}") from None
     state, why = tensors_in(io.BytesIO(raw))
     if state is None:
-        raise _not_a_checkpoint(path, f"{POLICY_WEIGHTS}: {why}")
+        raise _not_a_checkpoint(name or path, f"{POLICY_WEIGHTS}: {why}")
     return state
 
 
@@ -472,7 +473,7 @@ def load_weights(directory: Path, source: str, env_id: str | None = None) -> Loa
 def load_zip_checkpoint(ckpt: str, zip_path: Path, meta: dict[str, Any], env_id: str | None) -> LoadedCheckpoint:
     from harness.envs import make_vec_env, validate_env_id
 
-    data = read_zip_data(zip_path)
+    data = read_zip_data(zip_path, ckpt)
     described = describe_zip(data)
     config = dict(meta.get("config", {}))
     for key, value in described.items():
@@ -490,7 +491,9 @@ def load_zip_checkpoint(ckpt: str, zip_path: Path, meta: dict[str, Any], env_id:
 
     env = make_vec_env(env_id, n_envs=1, seed=0)
     steps = data.get("num_timesteps")
-    model = policy_model(config["algo"], env, read_policy_weights(zip_path), ckpt, steps if isinstance(steps, int) else 0)
+    model = policy_model(
+        config["algo"], env, read_policy_weights(zip_path, ckpt), ckpt, steps if isinstance(steps, int) else 0
+    )
     stats = stats_path(zip_path)
     vecnormalize = normalizer(stats, env, ckpt) if stats.is_file() else None
     return LoadedCheckpoint(model=model, meta=meta, vecnormalize=vecnormalize, source=ckpt, sha256=sha256_of(zip_path))
