@@ -2,7 +2,9 @@
 
 A checkpoint, a result file, a report or a resumable checkpoint's folder is written under a temporary
 name beside its final one and renamed into place only when complete. A crash, a kill or a full disk
-leaves the old file (or nothing) where a reader looks, and no partial temporary file behind.
+leaves the old file (or nothing) where a reader looks, and no partial temporary file behind. Scratch
+folders in the system's temporary directory carry their process's pid, so that one a SIGKILL left is
+known as stale (:func:`process_alive`) and removed by the next command.
 """
 
 from __future__ import annotations
@@ -87,17 +89,21 @@ def remove_stale_scratch(kind: str) -> list[Path]:
     removed = []
     for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}{kind}-*-*"):
         pid = path.name.removeprefix(f"{SCRATCH_PREFIX}{kind}-").partition("-")[0]
-        if path.is_dir() and pid.isdigit() and not _running(int(pid)):
+        if path.is_dir() and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
 
-def _running(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's counts; a zombie, our own child not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:  # no /proc (not Linux): kill's answer stands
+        return True

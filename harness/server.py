@@ -37,7 +37,7 @@ from pathlib import Path
 
 from harness import schema
 from harness.errors import HarnessError, first_line
-from harness.files import write_json_atomically
+from harness.files import process_alive, write_json_atomically
 from harness.stores import ask_health
 
 STATE_FILE = "server.json"
@@ -232,7 +232,7 @@ def process_start(pid: int) -> int | None:
 def server_running(stack: Stack) -> bool:
     """Whether the process ``server.json`` names is still the tracking server started from there: alive,
     started when recorded, and running ``mlflow server`` (a stale pid may now be anyone's)."""
-    if not stack.server_pid or not _alive(stack.server_pid):
+    if not stack.server_pid or not process_alive(stack.server_pid):
         return False
     if stack.server_started and process_start(stack.server_pid) != stack.server_started:
         return False
@@ -241,20 +241,6 @@ def server_running(stack: Stack) -> bool:
     except OSError:
         return False
     return b"mlflow" in command and b"server" in command
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (our own child not yet reaped) counts as gone
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: int | None = None, auth: bool = False) -> Stack:
@@ -603,9 +589,9 @@ def stop(directory: Path) -> bool:
         except ProcessLookupError:
             pass
         deadline = time.time() + 20
-        while _alive(stack.server_pid) and time.time() < deadline:
+        while process_alive(stack.server_pid) and time.time() < deadline:
             time.sleep(0.2)
-        if _alive(stack.server_pid):
+        if process_alive(stack.server_pid):
             os.killpg(stack.server_pid, signal.SIGKILL)
         stopped = True
     (directory / STATE_FILE).unlink(missing_ok=True)

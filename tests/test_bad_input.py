@@ -205,25 +205,33 @@ def test_ui_stopped_or_its_terminal_closed_leaves_no_server_on_the_port(store, t
     assert not listening()  # nothing left serving on the port
 
 
-def test_compare_names_an_evaluated_run_whose_scores_are_gone_and_writes_nothing(store, tmp_path):
-    """A run tagged evaluated without its eval metrics (deleted, or a crash between tag and metrics):
-    one line naming the run and how to score it again, before any result file is written."""
+def evaluated_pair(her_scores: dict[str, float] | None) -> dict[bool, str]:
+    """A finished, evaluated no-HER and HER training run of FetchReach-v4, seed 0, made by hand: the no-HER
+    run with plain scores, the HER run with ``her_scores`` (None: its scores are gone)."""
     from harness import tracking
     from harness.identity import RunIdentity
 
     client = mlflow.MlflowClient()
     experiment_id = client.create_experiment(tracking.DEFAULT_EXPERIMENT)
+    plain = {"eval/success_rate": 0.1, "eval/mean_return": -45.0, "eval/final_distance": 0.1}
     run_ids = {}
     for her in (False, True):
         identity = RunIdentity("FetchReach-v4", "sac", her, 0)
         run = client.create_run(
             experiment_id, run_name=identity.name, tags={**identity.tags("train"), "harness.evaluated": "true"}
         )
-        if not her:  # the no-HER run keeps its scores; the HER run lost them
-            for key, value in (("eval/success_rate", 0.1), ("eval/mean_return", -45.0), ("eval/final_distance", 0.1)):
-                client.log_metric(run.info.run_id, key, value, step=300)
+        scores = plain if not her else {} if her_scores is None else {**plain, **her_scores}
+        for key, value in scores.items():
+            client.log_metric(run.info.run_id, key, value, step=300)
         client.set_terminated(run.info.run_id, "FINISHED")
         run_ids[her] = run.info.run_id
+    return run_ids
+
+
+def test_compare_names_an_evaluated_run_whose_scores_are_gone_and_writes_nothing(store, tmp_path):
+    """A run tagged evaluated without its eval metrics (deleted, or a crash between tag and metrics):
+    one line naming the run and how to score it again, before any result file is written."""
+    run_ids = evaluated_pair(None)  # the no-HER run keeps its scores; the HER run lost them
     proc = run_cli(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, store, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
@@ -284,22 +292,7 @@ def test_sigterm_during_eval_is_one_line_and_leaves_no_downloaded_checkpoint(sto
 def test_compare_names_a_run_whose_success_rate_no_evaluation_gives(store, tmp_path, value):
     """An evaluated run whose eval/success_rate was written by hand (NaN, 5.0, -1.0): one line naming the
     run and the value, no compare run, no result file."""
-    from harness import tracking
-    from harness.identity import RunIdentity
-
-    client = mlflow.MlflowClient()
-    experiment_id = client.create_experiment(tracking.DEFAULT_EXPERIMENT)
-    run_ids = {}
-    for her in (False, True):
-        identity = RunIdentity("FetchReach-v4", "sac", her, 0)
-        run = client.create_run(
-            experiment_id, run_name=identity.name, tags={**identity.tags("train"), "harness.evaluated": "true"}
-        )
-        success = value if her else 0.1
-        for key, logged in (("eval/success_rate", success), ("eval/mean_return", -45.0), ("eval/final_distance", 0.1)):
-            client.log_metric(run.info.run_id, key, logged, step=300)
-        client.set_terminated(run.info.run_id, "FINISHED")
-        run_ids[her] = run.info.run_id
+    run_ids = evaluated_pair({"eval/success_rate": value})
     proc = cli_in_process(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, store, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [

@@ -622,6 +622,32 @@ def test_a_damaged_resumable_checkpoint_is_set_aside_and_the_training_starts_ane
     assert kept.is_dir() and (kept / damaged_file).is_file()  # kept for inspection
 
 
+@contextlib.contextmanager
+def on_the_server(mlflow_server, monkeypatch):
+    """This process and the commands it starts log to the test's plain MLflow server; yields its URI."""
+    port, _ = mlflow_server
+    uri = f"http://127.0.0.1:{port}"
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def killed_after_an_upload(cwd, uri) -> mlflow.entities.Run:
+    """A training SIGKILLed once its resumable checkpoint reached the server's artifacts (resume/)."""
+    from harness import resume
+
+    def uploaded() -> bool:  # the worker's checkpoint is on the server, not only on its disk
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        return bool(runs) and resume.remote_step(runs[0].info.run_id) is not None
+
+    return kill_after_a_checkpoint(RESUMABLE, cwd, uri, checkpointed=uploaded)
+
+
 def test_a_resumable_checkpoint_planted_in_a_servers_artifacts_is_refused_unopened(mlflow_server, tmp_path, monkeypatch):
     """On a tracking server a worker may continue a run from the checkpoint in its artifacts (resume/):
     whoever can write artifacts could put a pickle there, with a manifest that names it."""
@@ -630,19 +656,8 @@ def test_a_resumable_checkpoint_planted_in_a_servers_artifacts_is_refused_unopen
 
     from harness import resume
 
-    port, _ = mlflow_server
-    uri = f"http://127.0.0.1:{port}"
-    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    try:
-
-        def uploaded() -> bool:  # the worker's checkpoint is on the server, not only on its disk
-            runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-            return bool(runs) and resume.remote_step(runs[0].info.run_id) is not None
-
-        run_id = kill_after_a_checkpoint(RESUMABLE, tmp_path, uri, checkpointed=uploaded).info.run_id
+    with on_the_server(mlflow_server, monkeypatch) as uri:
+        run_id = killed_after_an_upload(tmp_path, uri).info.run_id
         assert resume.remote_step(run_id) is not None, "no resumable checkpoint reached the server"
         elsewhere = tmp_path / "another-worker"
         elsewhere.mkdir()
@@ -666,8 +681,6 @@ def test_a_resumable_checkpoint_planted_in_a_servers_artifacts_is_refused_unopen
         ):
             resume.fetch(run_id)
         assert not marker.exists() and resume.latest(run_id) is None
-    finally:
-        mlflow.set_tracking_uri(None)
 
 
 def test_a_damaged_checkpoint_in_a_servers_artifacts_starts_a_new_run_never_a_second_history(
@@ -676,23 +689,11 @@ def test_a_damaged_checkpoint_in_a_servers_artifacts_starts_a_new_run_never_a_se
     """A worker continuing a run from the checkpoint in its artifacts finds a file that does not match the
     manifest (which is intact): one warning, the run marked FAILED with its history as it was, and the
     training anew in a new run (it once restarted from step 0 inside the old run: two values per step)."""
-    from harness import resume
     from harness.config import config_from_dict
     from harness.training import RunOptions, train
 
-    port, _ = mlflow_server
-    uri = f"http://127.0.0.1:{port}"
-    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    try:
-
-        def uploaded() -> bool:
-            runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-            return bool(runs) and resume.remote_step(runs[0].info.run_id) is not None
-
-        killed = kill_after_a_checkpoint(RESUMABLE, tmp_path, uri, checkpointed=uploaded)
+    with on_the_server(mlflow_server, monkeypatch) as uri:
+        killed = killed_after_an_upload(tmp_path, uri)
         run_id = killed.info.run_id
         before = metric_histories(run_id)
         elsewhere = tmp_path / "another-worker"
@@ -715,8 +716,6 @@ def test_a_damaged_checkpoint_in_a_servers_artifacts_starts_a_new_run_never_a_se
         assert "training_state.pkl does not match its manifest" in old.data.tags["harness.damaged_checkpoint"]
         new = mlflow.MlflowClient().get_run(result.run_id)
         assert new.info.status == "FINISHED" and "harness.resumed_from_step" not in new.data.tags
-    finally:
-        mlflow.set_tracking_uri(None)
 
 
 def test_a_killed_run_is_not_left_running_when_the_next_command_trains_another_config(store, tmp_path):

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import tracking
 from harness.errors import HarnessError
+from harness.files import process_alive
 from harness.identity import LEASE_TAG, PIPELINE_KEY_TAG
 
 RENEW_S = 15.0
@@ -40,18 +41,8 @@ def live_holder(run) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError):
         return None
     if host == socket.gethostname():
-        return lease if pid != os.getpid() and _running(pid) else None
+        return lease if pid != os.getpid() and process_alive(pid) else None
     return lease if time.time() - renewed < EXPIRES_S else None
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def refuse_if_held(kind: str, key: str, ours=None) -> None:
