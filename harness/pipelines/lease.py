@@ -34,7 +34,10 @@ def holder() -> dict[str, Any]:
 
 
 def live_holder(run) -> dict[str, Any] | None:
-    """Who holds the lease on a pipeline run, if it is another process that still lives (None: free)."""
+    """Who holds the lease on a pipeline run, if it is another process that still lives (None: free). A run
+    that ended (FINISHED, FAILED, KILLED) holds none: its process let go of it."""
+    if run.info.status != "RUNNING":
+        return None
     try:
         lease = json.loads(run.data.tags.get(LEASE_TAG, ""))
         host, pid, renewed = lease["host"], int(lease["pid"]), float(lease["renewed"])
