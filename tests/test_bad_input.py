@@ -277,7 +277,8 @@ def test_sigterm_during_eval_is_one_line_and_leaves_no_downloaded_checkpoint(sto
     assert all(r.info.status == "FINISHED" for r in all_runs())
     eval_stopped_by(signal.SIGKILL, after_s=0)  # the download is there: the checkpoint is being loaded
     (left,) = scratch.glob("harness-ckpt-*")
-    assert sorted(p.name for p in left.rglob("*") if p.is_file()) == ["meta.json", "sac_her_FetchReach-v4_seed0.zip"]
+    downloaded = {p.name for p in left.rglob("*") if p.is_file()}  # meta.json comes second: killed before it, or not
+    assert "sac_her_FetchReach-v4_seed0.zip" in downloaded and downloaded <= {"meta.json", "sac_her_FetchReach-v4_seed0.zip"}
     proc = subprocess.run(
         [sys.executable, "-m", "entry_points.cli", "eval", "--ckpt", run.info.run_id, "--n-episodes", "1"],
         cwd=tmp_path,
