@@ -131,3 +131,16 @@ def echo_upgraded(store: str, upgraded, backup: str, rollback: str) -> None:
     click.echo(f"upgraded {store} from schema {upgraded.old} to {upgraded.new} ({kept} kept)")
     click.echo(f"{backup}: {upgraded.backup}")
     click.echo(f"to roll back: {rollback}")
+
+
+def accept_runs_from_option(command):
+    """``--accept-runs-from``: on a tracking server with accounts, whose runs besides one's own to use."""
+    return click.option(
+        "--accept-runs-from",
+        "accept_runs_from",
+        default="",
+        metavar="ACCOUNTS",
+        help="On a tracking server with accounts (harness server start --auth): also use runs made by these "
+        "accounts (comma-separated; '*': any account, and runs the server did not stamp). Without it only your "
+        "own runs are used, since another account's numbers and checkpoints could be planted.",
+    )(command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entry_points._common import echo_ui_link, parse_seeds, run_command
+from entry_points._common import accept_runs_from_option, echo_ui_link, parse_seeds, run_command
 from harness.config import ALGOS
 
 
@@ -19,7 +19,8 @@ from harness.config import ALGOS
     help="sac, tqc or ddpg, or auto: the algo of the newest evaluated training run for --env.",
 )
 @click.option("--experiment", default=None, help="Only runs in this MLflow experiment [default: all].")
-def compare_command(env_id, seeds, algo, experiment):
+@accept_runs_from_option
+def compare_command(env_id, seeds, algo, experiment, accept_runs_from):
     """Compare HER and no-HER: the chapter's table (mean +/- 95% CI over seeds, Student's t), then
     per-seed values, IQM with bootstrap CIs, Wilson CIs of pooled episodes, one-sided tests of
     HER > no-HER, the probability of improvement, env steps and minutes to 50%/90%, the env's
@@ -30,9 +31,16 @@ def compare_command(env_id, seeds, algo, experiment):
     results/ch04_<env>_comparison.json (+ .png) and logs a compare run with all of it.
     """
     seed_list = parse_seeds(seeds)
+    from harness.accounts import AcceptedAccounts
     from harness.comparison_report import compare
 
-    report = compare(env_id, seed_list, algo=None if algo == "auto" else algo, experiment=experiment)
+    report = compare(
+        env_id,
+        seed_list,
+        algo=None if algo == "auto" else algo,
+        experiment=experiment,
+        accepted=AcceptedAccounts.parse(accept_runs_from),
+    )
     click.echo(report["table"])
     click.echo("")
     click.echo(report["details"])

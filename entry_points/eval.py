@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entry_points._common import echo_ui_link, run_command
+from entry_points._common import accept_runs_from_option, echo_ui_link, run_command
 
 
 @click.command(name="eval")
@@ -24,7 +24,8 @@ from entry_points._common import echo_ui_link, run_command
     show_default=True,
     help="Render the first N evaluation episodes to MP4 (results/videos/, and run artifacts videos/).",
 )
-def eval_command(ckpt, n_episodes, env_id, video):
+@accept_runs_from_option
+def eval_command(ckpt, n_episodes, env_id, video, accept_runs_from):
     """Evaluate a checkpoint: success rate, mean return and final distance (each with std).
 
     Writes results/ch04_<algo>[_her]_<env>_seed<k>_eval.json and logs the eval/* metrics and that
@@ -32,9 +33,12 @@ def eval_command(ckpt, n_episodes, env_id, video):
     checkpoint of a periodic evaluation (models:/m-<id>) is scored as a result of its own.
     Nothing in a checkpoint is unpickled: the policy is rebuilt from its tensors.
     """
+    from harness.accounts import AcceptedAccounts
     from harness.evaluation import evaluate_checkpoint
 
-    report = evaluate_checkpoint(ckpt, n_episodes=n_episodes, env_id=env_id, video=video)
+    report = evaluate_checkpoint(
+        ckpt, n_episodes=n_episodes, env_id=env_id, video=video, accepted=AcceptedAccounts.parse(accept_runs_from)
+    )
     click.echo(
         f"{report['env_id']} {report['algo']}{' + HER' if report['her'] else ''} seed {report['seed']}, "
         f"{n_episodes} episodes: success {100 * report['success_rate']:.1f}% "

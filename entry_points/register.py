@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from entry_points._common import run_command
+from entry_points._common import accept_runs_from_option, run_command
 from harness.config import ALGOS
 
 
@@ -24,7 +24,8 @@ from harness.config import ALGOS
     help="With --env: register the best checkpoint logged model (eval/success_rate of the periodic evaluations, "
     "ties: eval/mean_return) across the finished HER runs and their steps, not the final model of the best run.",
 )
-def register_command(env_id, algo, run_id, best_checkpoint):
+@accept_runs_from_option
+def register_command(env_id, algo, run_id, best_checkpoint, accept_runs_from):
     """Register a HER policy as ch04-<algo>-her-<env> and move the alias 'champion' if it is better.
 
     The best run is the finished, evaluated HER training run with the highest eval/success_rate
@@ -35,11 +36,20 @@ def register_command(env_id, algo, run_id, best_checkpoint):
         raise click.UsageError("give --env (register its best HER run) or --run-id (register that run)")
     if best_checkpoint and env_id is None:
         raise click.UsageError("--best-checkpoint picks across the runs of one env: give --env, not --run-id")
+    from harness.accounts import AcceptedAccounts
     from harness.registry import register
 
-    result = register(env_id=env_id, algo=None if algo == "auto" else algo, run_id=run_id, best_checkpoint=best_checkpoint)
+    result = register(
+        env_id=env_id,
+        algo=None if algo == "auto" else algo,
+        run_id=run_id,
+        best_checkpoint=best_checkpoint,
+        accepted=AcceptedAccounts.parse(accept_runs_from),
+    )
     metrics = result["metrics"]
     source = f"run {result['source_run_id']}"
+    if result["source_created_by"]:
+        source += f" (made by {result['source_created_by']})"
     if result["source_model_id"]:
         source = f"checkpoint {result['source_model_id']} (step {result['source_step']}) of {source}"
     click.echo(

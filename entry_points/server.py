@@ -41,7 +41,8 @@ def server_command():
     default=False,
     show_default=True,
     help="MLflow's basic-auth app: every request needs a user and password; the admin's is "
-    "generated into DIR/admin-password (mode 600); other users get READ until granted more.",
+    "generated into DIR/admin-password (mode 600); other users get READ until granted more. The server stamps "
+    "each run with the account that made it (harness.created_by), which register, compare and eval check.",
 )
 def start_command(directory, port, host, auth):
     """Start PostgreSQL (made on first use, password-protected) and `mlflow server` on it; print the URI to export."""

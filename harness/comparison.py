@@ -21,8 +21,9 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from harness import tracking
-from harness.errors import HarnessError
+from harness import accounts, tracking
+from harness.accounts import OWN_RUNS_ONLY, AcceptedAccounts
+from harness.errors import HarnessError, warn
 from harness.evaluation import RESULTS_DIR, threshold_metrics
 from harness.identity import (
     ALGO_TAG,
@@ -90,36 +91,46 @@ ROWS = (
 )
 
 
-def newest_evaluated_algo(env_id: str, experiment_ids: Sequence[str]) -> str | None:
-    """The algo of the newest finished, evaluated training run for ``env_id`` (None: there is none)."""
-    run = tracking.newest_evaluated_run({ENV_TAG: env_id}, experiment_ids)
-    return run.data.tags.get(ALGO_TAG) if run else None
+def newest_evaluated_algo(
+    env_id: str, experiment_ids: Sequence[str], accepted: AcceptedAccounts = OWN_RUNS_ONLY
+) -> str | None:
+    """The algo of the newest finished, evaluated training run for ``env_id`` that this account may use
+    (None: there is none)."""
+    tags = {KIND_TAG: "train", EVALUATED_TAG: "true", ENV_TAG: env_id}
+    runs = tracking.search_runs(tags, experiment_ids, status="FINISHED", max_results=tracking.SEARCH_PAGE)
+    usable = accounts.usable_runs(runs, accepted)[0]
+    return usable[0].data.tags.get(ALGO_TAG) if usable else None
 
 
-def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str | None) -> dict[bool, list]:
-    """One run per (condition, seed), or one error line naming every missing (env, her, seed)."""
+def collect_runs(
+    env_id: str, seeds: Sequence[int], algo: str, experiment: str | None, accepted: AcceptedAccounts = OWN_RUNS_ONLY
+) -> dict[bool, list]:
+    """One run per (condition, seed), or one error line naming every missing (env, her, seed). On a server
+    with accounts, the newest run this account made (or one ``accepted`` made): harness.accounts."""
     ids = tracking.experiment_ids(experiment)
     found: dict[bool, list] = {False: [], True: []}
-    missing = []
+    missing, left_out = [], {}
     for _, her in CONDITIONS:
         for seed in seeds:
             # The chapter's runs only: an ablation variant of the same (env, algo, her, seed) is not one.
-            run = next(
-                (
-                    r
-                    for r in tracking.search_runs(
-                        {KIND_TAG: "train", EVALUATED_TAG: "true", **RunIdentity(env_id, algo, her, seed).search_tags()},
-                        ids,
-                        status="FINISHED",
-                    )
-                    if not r.data.tags.get(VARIANT_TAG)
-                ),
-                None,
-            )
-            if run is not None:
-                found[her].append(run)
+            candidates = [
+                r
+                for r in tracking.search_runs(
+                    {KIND_TAG: "train", EVALUATED_TAG: "true", **RunIdentity(env_id, algo, her, seed).search_tags()},
+                    ids,
+                    status="FINISHED",
+                )
+                if not r.data.tags.get(VARIANT_TAG)
+            ]
+            usable, others = accounts.usable_runs(candidates, accepted)
+            for maker, count in others.items():
+                left_out[maker] = left_out.get(maker, 0) + count
+            if usable:
+                found[her].append(usable[0])
             else:
                 missing.append(f"(env={env_id}, her={str(her).lower()}, seed={seed})")
+    if left_out:
+        warn(accounts.left_out_line(left_out))
     for run in found[False] + found[True]:
         lacking = [row.metric for row in ROWS if row.metric not in run.data.metrics]
         if lacking:  # tagged evaluated, its scores gone (deleted or never written): the table cannot be made
@@ -136,7 +147,8 @@ def collect_runs(env_id: str, seeds: Sequence[int], algo: str, experiment: str |
                 )
     if missing:
         raise HarnessError(
-            f"no finished, evaluated {algo} training run for {', '.join(missing)} in {mlflow.get_tracking_uri()}; "
+            f"no finished, evaluated {algo} training run{' made by this account' if left_out else ''} for "
+            f"{', '.join(missing)} in {mlflow.get_tracking_uri()}; "
             "train it (harness train) and evaluate it (harness eval) first"
         )
     return found
@@ -300,6 +312,7 @@ def run_provenance(run) -> dict[str, Any]:
         "cpu_capability": tags.get(CPU_CAPABILITY_TAG),
         "precision": tags.get(PRECISION_TAG),
         "parent_run_id": tags.get(PARENT_RUN_ID_TAG),
+        **accounts.makers(run),  # the server's stamp (harness.created_by) and the user the client claimed
     }
 
 

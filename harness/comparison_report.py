@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 
 from harness import stores, tracking
+from harness.accounts import OWN_RUNS_ONLY, AcceptedAccounts
 from harness.comparison import (
     CONDITIONS,
     ROWS,
@@ -201,21 +202,28 @@ def statistics_markdown(stats_report: dict[str, Any], separation_result: Separat
     return "\n".join(lines)
 
 
-def compare(env_id: str, seeds: Sequence[int], algo: str | None = None, experiment: str | None = None) -> dict[str, Any]:
+def compare(
+    env_id: str,
+    seeds: Sequence[int],
+    algo: str | None = None,
+    experiment: str | None = None,
+    accepted: AcceptedAccounts = OWN_RUNS_ONLY,
+) -> dict[str, Any]:
     """``harness compare``: the table, ``results/ch04_<env>_comparison.json`` and a compare run.
     ``algo`` None: the algo of the newest evaluated training run for the env (the ``fast`` preset
-    trains Push with ddpg, the chapter with sac)."""
+    trains Push with ddpg, the chapter with sac). On a server with accounts, of this account's runs and
+    those ``accepted`` only (harness.accounts); the JSON names who made each run used."""
     if not seeds:
         raise HarnessError("--seeds is empty; give a comma-separated list such as 0,1,2")
     stores.prepare_store(create=False)
     if algo is None:
-        algo = newest_evaluated_algo(env_id, tracking.experiment_ids(experiment))
+        algo = newest_evaluated_algo(env_id, tracking.experiment_ids(experiment), accepted)
         if algo is None:
             raise HarnessError(
                 f"no finished, evaluated training run for {env_id} in {mlflow.get_tracking_uri()}; "
                 "train it (harness train) and evaluate it (harness eval) first"
             )
-    found = collect_runs(env_id, seeds, algo, experiment)
+    found = collect_runs(env_id, seeds, algo, experiment, accepted)
     return report_comparison(env_id, seeds, found, algo, experiment)
 
 

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +27,9 @@ from harness.identity import (
     RunIdentity,
     SOURCE_RUN_ID_TAG,
 )
+
+if TYPE_CHECKING:
+    from harness.accounts import AcceptedAccounts
 
 
 EVAL_RESET_SEED = 10_000
@@ -127,7 +130,12 @@ def write_videos(frames: list[list[np.ndarray]], stem: str, fps: int = 25) -> li
 
 
 def evaluate_checkpoint(
-    ckpt: str, n_episodes: int = 100, env_id: str | None = None, parent_run_id: str | None = None, video: int = 0
+    ckpt: str,
+    n_episodes: int = 100,
+    env_id: str | None = None,
+    parent_run_id: str | None = None,
+    video: int = 0,
+    accepted: AcceptedAccounts | None = None,
 ) -> dict[str, Any]:
     """``harness eval``: score a checkpoint, write its results JSON and log it to MLflow.
 
@@ -135,6 +143,7 @@ def evaluate_checkpoint(
     is in this tracking store), tagged ``harness.evaluated=true`` so ``compare`` finds it.
     An eval run of its own (``harness.kind=eval``) gets them too under ``mlflow run -e eval``
     (the run ``mlflow run`` created) and in a pipeline (a child of ``parent_run_id``).
+    On a server with accounts, a run's checkpoint made by another account only if ``accepted``.
     """
     from harness.models import load_checkpoint
     from harness.files import check_writable, write_json_atomically
@@ -144,6 +153,7 @@ def evaluate_checkpoint(
         raise HarnessError(f"--n-episodes must be > 0, got {n_episodes}")
     if not 0 <= video <= n_episodes:
         raise HarnessError(f"--video must be between 0 and --n-episodes ({n_episodes}), got {video}")
+    check_source_account(ckpt, accepted)
     loaded = load_checkpoint(ckpt, env_id=env_id)
     config = loaded.config
     trained_on = loaded.meta.get("trained_env_id")
@@ -234,6 +244,34 @@ def evaluate_checkpoint(
     return report
 
 
+def check_source_account(ckpt: str, accepted: AcceptedAccounts | None) -> None:
+    """A checkpoint named by its run (a run id, ``runs:/``) or by a logged model (``models:/m-<id>``) that
+    another account made is refused in one line unless ``accepted`` (harness.accounts); an unknown run or
+    model is left to the loader, which says so."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from harness import accounts
+    from harness.checkpoints import looks_like_run_id
+    from harness.models import LOGGED_MODEL_ID
+
+    if accounts.current_account() is None:
+        return
+    client = MlflowClient()
+    try:
+        if ckpt.startswith("runs:/") or looks_like_run_id(ckpt):
+            run_id = ckpt.removeprefix("runs:/").split("/")[0]
+        elif logged_model := LOGGED_MODEL_ID.match(ckpt):
+            run_id = client.get_logged_model(logged_model.group(2)).source_run_id
+        else:
+            return
+        run = client.get_run(run_id) if run_id else None
+    except MlflowException:
+        return
+    if run is not None:
+        accounts.check_usable(run, accepted or accounts.OWN_RUNS_ONLY)
+
+
 def _training_run_in_store(loaded) -> str | None:
     """The id of the training run the checkpoint came from if that run is in the current tracking store
     (a copied checkpoint may not be), and the checkpoint is the file that run recorded (a meta.json
@@ -269,8 +307,14 @@ def floor_run(env_id: str, n_episodes: int, experiment_id: str) -> dict[str, Any
     from harness import tracking
 
     tags = {KIND_TAG: "floor", ENV_TAG: env_id, EVAL_EPISODES_TAG: str(n_episodes), EVAL_RESET_SEED_TAG: str(EVAL_RESET_SEED)}
+    from harness import accounts
+
     client = MlflowClient()
-    found = tracking.search_runs(tags, tracking.all_experiment_ids(), status="FINISHED", max_results=1)
+    # Another account's floor run could carry any number: on a server with accounts, only one's own is read.
+    found = accounts.usable_runs(
+        tracking.search_runs(tags, tracking.all_experiment_ids(), status="FINISHED", max_results=tracking.SEARCH_PAGE),
+        accounts.OWN_RUNS_ONLY,
+    )[0]
     if found:
         run = found[0]
         return {

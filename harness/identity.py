@@ -53,6 +53,10 @@ EVALUATED_TAG = "harness.evaluated"  # "true" once `harness eval` logged eval/* 
 EVAL_EPISODES_TAG = "harness.eval_episodes"
 EVAL_RESET_SEED_TAG = "harness.eval_reset_seed"
 SOURCE_RUN_ID_TAG = "harness.source_run_id"  # an eval run's (or a registered model's) training run
+# The account that created a run, written by the tracking server of `harness server start --auth`
+# (harness.server_auth) and refused from clients: the one tag on a shared server a writer cannot forge.
+CREATED_BY_TAG = "harness.created_by"
+SOURCE_CREATED_BY_TAG = "harness.source_created_by"  # on a register run: the account that made its source run
 # Comparison and its verdict
 SEEDS_TAG = "harness.seeds"
 CLEAR_SEPARATION_TAG = "harness.clear_separation"
@@ -68,6 +72,7 @@ FIRST_DIFFERENCE_STEP_TAG = "harness.first_difference_step"
 # MLflow's own (``mlflow.utils.mlflow_tags``; spelled here so that importing this module costs nothing)
 RUN_NAME_TAG = "mlflow.runName"
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+USER_TAG = "mlflow.user"  # the user the client says it is (anyone can write it: harness.accounts)
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + view id: an experiment's saved runs-page view
 

@@ -21,8 +21,9 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from harness import stores, tracking
-from harness.errors import HarnessError
+from harness import accounts, stores, tracking
+from harness.accounts import OWN_RUNS_ONLY, AcceptedAccounts
+from harness.errors import HarnessError, warn
 from harness.files import scratch_directory
 from harness.identity import (
     ALGO_TAG,
@@ -33,6 +34,7 @@ from harness.identity import (
     HER_TAG,
     KIND_TAG,
     RunIdentity,
+    SOURCE_CREATED_BY_TAG,
     SOURCE_RUN_ID_TAG,
 )
 
@@ -113,22 +115,28 @@ def signature_for(env_id: str):
     return ModelSignature(inputs=inputs, outputs=outputs), obs_space
 
 
-def best_her_run(env_id: str, algo: str | None = None):
-    """The finished, evaluated HER training run with the best eval success (ties: return); of any algo if None."""
+def best_her_run(env_id: str, algo: str | None = None, accepted: AcceptedAccounts = OWN_RUNS_ONLY):
+    """The finished, evaluated HER training run with the best eval success (ties: return); of any algo if None.
+    Of this account's runs (and those ``accepted``) only, on a server with accounts (harness.accounts)."""
     tags = {KIND_TAG: "train", ENV_TAG: env_id, HER_TAG: "true", EVALUATED_TAG: "true"}
     if algo is not None:
         tags[ALGO_TAG] = algo
-    runs = tracking.search_runs(
-        tags,
-        tracking.experiment_ids(None),
-        status="FINISHED",
-        max_results=1,
-        order_by=("metrics.`eval/success_rate` DESC", "metrics.`eval/mean_return` DESC"),
+    runs, left_out = accounts.usable_runs(
+        tracking.search_runs(
+            tags,
+            tracking.experiment_ids(None),
+            status="FINISHED",
+            max_results=tracking.SEARCH_PAGE,
+            order_by=("metrics.`eval/success_rate` DESC", "metrics.`eval/mean_return` DESC"),
+        ),
+        accepted,
     )
+    if left_out:
+        warn(accounts.left_out_line(left_out))
     if not runs:
         raise HarnessError(
             f"no finished, evaluated {algo + ' ' if algo else ''}HER training run for {env_id} in "
-            f"{mlflow.get_tracking_uri()}; "
+            f"{mlflow.get_tracking_uri()}{' made by this account' if left_out else ''}; "
             "train and evaluate one first (harness train --her, harness eval)"
         )
     return runs[0]
@@ -139,8 +147,9 @@ def _is_better(candidate: dict[str, float], current: dict[str, float]) -> bool:
     return tuple(candidate[k] for k in key) > tuple(current[k] for k in key)
 
 
-def best_checkpoint_model(env_id: str, algo: str | None = None):
-    """The checkpoint logged model (of a finished HER training) with the best eval success (ties: return)."""
+def best_checkpoint_model(env_id: str, algo: str | None = None, accepted: AcceptedAccounts = OWN_RUNS_ONLY):
+    """The checkpoint logged model (of a finished HER training) with the best eval success (ties: return), of
+    a run this account may use (harness.accounts)."""
     from harness.models import CHECKPOINT_KIND
 
     tags = {KIND_TAG: CHECKPOINT_KIND, ENV_TAG: env_id, HER_TAG: "true", **({ALGO_TAG: algo} if algo else {})}
@@ -153,10 +162,19 @@ def best_checkpoint_model(env_id: str, algo: str | None = None):
         ],
         output_format="list",
     )
+    left_out: dict[str, int] = {}
     for model in models:
         run = tracking.find_run(model.source_run_id)
         if run is not None and run.info.status == "FINISHED" and {m.key for m in model.metrics or []} >= set(EVAL_KEYS):
+            if not accounts.usable_runs([run], accepted)[0]:
+                maker = accounts.made_by(run) or "?"
+                left_out[maker] = left_out.get(maker, 0) + 1
+                continue
+            if left_out:
+                warn(accounts.left_out_line(left_out))
             return model, run
+    if left_out:
+        warn(accounts.left_out_line(left_out))
     raise HarnessError(
         f"no checkpoint logged model of a finished {algo + ' ' if algo else ''}HER training for {env_id} in "
         f"{mlflow.get_tracking_uri()}; train one with periodic evaluations (harness train --her; --keep-checkpoints)"
@@ -167,20 +185,27 @@ EVAL_KEYS = ("eval/success_rate", "eval/mean_return", "eval/final_distance")
 
 
 def register(
-    env_id: str | None = None, algo: str | None = None, run_id: str | None = None, best_checkpoint: bool = False
+    env_id: str | None = None,
+    algo: str | None = None,
+    run_id: str | None = None,
+    best_checkpoint: bool = False,
+    accepted: AcceptedAccounts = OWN_RUNS_ONLY,
 ) -> dict[str, Any]:
     """Register the best (or the given) evaluated HER run, of ``algo`` or (None) of any algo, or with
     ``best_checkpoint`` the best checkpoint logged model across runs and steps; move ``champion`` only if
-    it is better."""
+    it is better. On a server with accounts, only this account's runs (and those ``accepted``) are used."""
     from harness.checkpoints import WEIGHTS_ARTIFACT, WEIGHTS_HASH_TAG, export_weights
     from harness.models import load_checkpoint
 
     stores.prepare_store(create=False)
     source_model = None
     if best_checkpoint:
-        source_model, run = best_checkpoint_model(env_id, algo)
+        source_model, run = best_checkpoint_model(env_id, algo, accepted)
+    elif run_id:
+        run = tracking.get_run(run_id)
+        accounts.check_usable(run, accepted)
     else:
-        run = tracking.get_run(run_id) if run_id else best_her_run(env_id, algo)
+        run = best_her_run(env_id, algo, accepted)
     tags = run.data.tags
     if tags.get(KIND_TAG) != "train" or (source_model is None and tags.get(EVALUATED_TAG) != "true"):
         raise HarnessError(
@@ -199,13 +224,20 @@ def register(
         loaded = load_checkpoint(run.info.run_id)  # its files checked against the sha256 the run recorded
     name = model_name(algo, env_id)
     meta = loaded.meta
+    made = accounts.made_by(run)  # the server's stamp of the account that made the source run (None: no stamp)
     with scratch_directory("register") as tmp:
         weights = Path(tmp) / WEIGHTS_ARTIFACT
         hashes = export_weights(loaded, weights)
         signature, obs_space = signature_for(env_id)
         example = {key: np.zeros((1, *space.shape)) for key, space in obs_space.spaces.items()}
         with tracking.tracked_run(
-            f"register_{name}", {KIND_TAG: "register", ENV_TAG: env_id, SOURCE_RUN_ID_TAG: run.info.run_id}
+            f"register_{name}",
+            {
+                KIND_TAG: "register",
+                ENV_TAG: env_id,
+                SOURCE_RUN_ID_TAG: run.info.run_id,
+                **({SOURCE_CREATED_BY_TAG: made} if made else {}),
+            },
         ):
             info = mlflow.pyfunc.log_model(
                 name=POLICY_ARTIFACT,
@@ -221,6 +253,7 @@ def register(
     version = mlflow.register_model(info.model_uri, name)
     version_tags = {
         "source_run_id": run.info.run_id,
+        **({"source_created_by": made} if made else {}),
         "config": json.dumps(meta.get("config", {}), sort_keys=True),
         WEIGHTS_HASH_TAG: json.dumps(hashes, sort_keys=True),
         **{k.replace("/", "_"): str(v) for k, v in metrics.items()},
@@ -247,6 +280,7 @@ def register(
         "name": name,
         "version": version.version,
         "source_run_id": run.info.run_id,
+        "source_created_by": made,
         "source_model_id": source_model.model_id if source_model is not None else None,
         "source_step": int(loaded.model.num_timesteps),
         "metrics": metrics,

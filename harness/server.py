@@ -57,7 +57,7 @@ class Stack:
     port: int
     db_port: int
     server_pid: int
-    auth: bool = False  # MLflow's basic-auth app in front of the REST API and the UI
+    auth: bool = False  # MLflow's basic-auth app in front of the REST API and the UI, + run stamps (server_auth)
     server_started: int = 0
     """When the server process started (clock ticks since boot, /proc/<pid>/stat): a pid the system has
     since given to another process is never signalled as the server (0: a server.json from before)."""
@@ -245,7 +245,8 @@ def server_running(stack: Stack) -> bool:
 
 def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: int | None = None, auth: bool = False) -> Stack:
     """Start PostgreSQL and the tracking server in ``directory`` (made on first use); returns what runs.
-    ``auth``: MLflow's basic-auth app (:func:`auth_environment`)."""
+    ``auth``: MLflow's basic-auth app (:func:`auth_environment`) with the stamp of who made each run
+    (:mod:`harness.server_auth`)."""
     directory = directory.resolve()
     running = read_state(directory)
     if running is not None and server_running(running):
@@ -317,7 +318,7 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
                 "-m",
                 "mlflow",
                 "server",
-                *(["--app-name", "basic-auth"] if auth else []),
+                *(["--app-name", "harness-auth"] if auth else []),  # harness.server_auth
                 "--artifacts-destination",
                 str(directory / "artifacts"),
                 "--host",

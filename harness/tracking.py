@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import stores, views
 from harness.errors import HarnessError, Terminated, install_stop_handlers
-from harness.identity import EVALUATED_TAG, KIND_TAG, PARENT_RUN_ID_TAG, RUN_NAME_TAG
+from harness.identity import KIND_TAG, PARENT_RUN_ID_TAG, RUN_NAME_TAG
 from harness.provenance import provenance_tags
 
 DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
@@ -243,12 +243,6 @@ def search_runs(
         token = page.token
         if not token:
             return runs
-
-
-def newest_evaluated_run(tags: Mapping[str, str], experiment_ids: Sequence[str]):
-    """The newest FINISHED training run that ``harness eval`` scored and that has ``tags`` (None: none)."""
-    runs = search_runs({KIND_TAG: "train", EVALUATED_TAG: "true", **tags}, experiment_ids, status="FINISHED", max_results=1)
-    return runs[0] if runs else None
 
 
 def child_runs(parent_run_id: str, experiment_ids: Sequence[str], kind: str | None = None, status: str | None = None) -> list:

@@ -20,7 +20,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from harness import tracking
+from harness import accounts, tracking
 from harness.errors import HarnessError
 from harness.files import process_alive
 from harness.identity import LEASE_TAG, PIPELINE_KEY_TAG
@@ -53,7 +53,8 @@ def refuse_if_held(kind: str, key: str, ours=None) -> None:
     this pipeline. With ``ours`` (this attempt's run, its lease taken): only runs started before it count,
     so that of two copies started at the same moment the first goes on and the second stops."""
     runs = tracking.search_runs({PIPELINE_KEY_TAG: key}, tracking.experiment_ids(None), unfinished=True)
-    for run in runs:
+    # Another account's attempt holds no lease over this one: their runs are never taken up here (plan.own).
+    for run in accounts.usable_runs(runs, accounts.OWN_RUNS_ONLY)[0]:
         if ours is not None and (run.info.start_time, run.info.run_id) >= (ours.info.start_time, ours.info.run_id):
             continue
         lease = live_holder(run)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from mlflow.tracking import MlflowClient
 
-from harness import resume, tracking
+from harness import accounts, resume, tracking
 from harness.config import TrainConfig, resolve_config
 from harness.envs import validate_her_start
 from harness.identity import (
@@ -83,6 +83,12 @@ def pipeline_key(kind: str, jobs: Sequence[Job]) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 
+def own(runs: Sequence) -> list:
+    """The runs this account made: on a server with accounts a pipeline never takes up (reuses, evaluates,
+    continues or marks) another account's runs, whatever their tags say (harness.accounts)."""
+    return accounts.usable_runs(runs, accounts.OWN_RUNS_ONLY)[0]
+
+
 def plan(jobs: Sequence[Job], experiment_ids: Sequence[str]) -> list[Planned]:
     """Decide per job: reuse, evaluate, resume or train (see the module docstring)."""
     version = code_version()
@@ -94,7 +100,7 @@ def plan(jobs: Sequence[Job], experiment_ids: Sequence[str]) -> list[Planned]:
             CODE_VERSION_TAG: version,
             RUN_NAME_TAG: job.run_name,
         }
-        runs = tracking.search_runs(tags, experiment_ids)
+        runs = own(tracking.search_runs(tags, experiment_ids))
         finished = [r for r in runs if r.info.status == "FINISHED"]
         evaluated = [r for r in finished if r.data.tags.get(EVAL_EPISODES_TAG) == str(job.n_eval_episodes)]
         resumable = [r for r in runs if r.info.status != "FINISHED" and resume.available(r.info.run_id)]
@@ -112,7 +118,7 @@ def plan(jobs: Sequence[Job], experiment_ids: Sequence[str]) -> list[Planned]:
 def mark_abandoned_runs_killed(parent_run_id: str, experiment_ids: Sequence[str]) -> int:
     """Children a killed attempt left RUNNING (nothing is running them now: we hold the pipeline lock)."""
     client = MlflowClient()
-    stale = tracking.child_runs(parent_run_id, experiment_ids, status="RUNNING")
+    stale = own(tracking.child_runs(parent_run_id, experiment_ids, status="RUNNING"))
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")
     return len(stale)
@@ -123,7 +129,7 @@ def lost_attempt(parent_run_id: str, run_name: str, experiment_ids: Sequence[str
     job whose worker was lost (Ray runs a task again when its node dies; the pipeline, holding its
     lock, started nothing else under that name). Returns that run when it has a checkpoint to continue
     from (here or in its artifacts); without one the run is marked KILLED and the job trains anew."""
-    for run in tracking.child_runs(parent_run_id, experiment_ids, kind="train", status="RUNNING"):
+    for run in own(tracking.child_runs(parent_run_id, experiment_ids, kind="train", status="RUNNING")):
         if run.data.tags.get(RUN_NAME_TAG) != run_name:
             continue
         if resume.available(run.info.run_id):
@@ -134,5 +140,5 @@ def lost_attempt(parent_run_id: str, run_name: str, experiment_ids: Sequence[str
 
 def unfinished_parent(key: str) -> str | None:
     """The parent run of an earlier attempt at this pipeline that did not finish (None: there is none)."""
-    runs = tracking.search_runs({PIPELINE_KEY_TAG: key}, tracking.experiment_ids(None), unfinished=True, max_results=1)
+    runs = own(tracking.search_runs({PIPELINE_KEY_TAG: key}, tracking.experiment_ids(None), unfinished=True))
     return runs[0].info.run_id if runs else None
