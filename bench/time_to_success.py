@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import tracking
 from harness.comparison import first_reached
 from harness.errors import HarnessError
-from harness.identity import ALGO_TAG, ENV_TAG, HER_TAG, KIND_TAG, PRESET_TAG, SEED_TAG
+from harness.run_schema import ALGO_TAG, ENV_TAG, HER_TAG, KIND_TAG, PRESET_TAG, SEED_TAG
 
 METRIC = "eval/success_rate"
 

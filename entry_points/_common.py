@@ -8,15 +8,9 @@ import sys
 import click
 
 from harness.credentials import move_to_environment, redact
-from harness.errors import (
-    HarnessError,
-    Terminated,
-    first_line,
-    quiet_library_logs,
-    install_stop_handlers,
-    reset_stopping,
-    warn,
-)
+from harness.errors import HarnessError, Terminated, first_line, warn
+from harness.library_logs import quiet_library_logs
+from harness.stop_signals import install_stop_handlers, reset_stopping
 
 
 def run_command(command: click.Command, args: list[str] | None = None) -> None:
@@ -117,7 +111,7 @@ def echo_ui_link(run_id: str | None) -> None:
         return
     import mlflow
 
-    from harness import views
+    from harness import ui_views as views
 
     experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
     base = views.ui_base(mlflow.get_tracking_uri())

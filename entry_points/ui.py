@@ -7,7 +7,7 @@ import sys
 import click
 
 from entry_points._common import run_command
-from harness.identity import KIND_TAG
+from harness.run_schema import KIND_TAG
 
 
 @click.command(name="ui")

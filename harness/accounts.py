@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import mlflow
 
 from harness.errors import HarnessError
-from harness.identity import CREATED_BY_TAG, USER_TAG
+from harness.run_schema import CREATED_BY_TAG, USER_TAG
 from harness.stores import on_server
 
 ANY_ACCOUNT = "*"

@@ -32,7 +32,7 @@ from stable_baselines3.common.utils import polyak_update
 
 from harness.config import ALGOS
 from harness.errors import HarnessError
-from harness.identity import CPU_CAPABILITY_TAG, DEVICE_TAG, NATIVE_BF16_TAG, PRECISION_TAG, TORCH_THREADS_TAG
+from harness.run_schema import CPU_CAPABILITY_TAG, DEVICE_TAG, NATIVE_BF16_TAG, PRECISION_TAG, TORCH_THREADS_TAG
 
 
 def layer_precision(precision: str, device_type: str = "cpu"):

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError, first_line
-from harness.identity import (
+from harness.run_schema import (
     CHECKPOINT_SHA256_TAG,
     NORMALIZATION_SHA256_TAG,
 )
@@ -203,7 +203,7 @@ def store_meta(run, download_dir: Path) -> dict[str, Any]:
     naming another run would send an evaluation's numbers there, and its name picks the results file."""
     import mlflow
 
-    from harness.identity import META_SHA256_TAG, RUN_NAME_TAG
+    from harness.run_schema import META_SHA256_TAG, RUN_NAME_TAG
 
     run_id = run.info.run_id
     meta: dict[str, Any] = {}
@@ -303,7 +303,7 @@ def describe_zip(data: dict[str, Any]) -> dict[str, Any]:
     seed = data.get("seed")
     return {
         "algo": algo,
-        "her": buffer_module in ("stable_baselines3.her.her_replay_buffer", "harness.replay"),
+        "her": buffer_module in ("stable_baselines3.her.her_replay_buffer", "harness.her_replay"),
         "seed": seed if isinstance(seed, int) else None,
     }
 
@@ -373,7 +373,7 @@ def normalization_stats(vecnormalize) -> dict[str, Any]:
 
 
 def write_normalization(vecnormalize, path: Path) -> None:
-    from harness.files import write_text_atomically
+    from harness.atomic_files import write_text_atomically
 
     write_text_atomically(path, json.dumps(normalization_stats(vecnormalize)))
 
@@ -419,7 +419,7 @@ def convert_legacy_statistics(zip_path: Path) -> Path:
         stats = normalization_stats(vecnormalize)
     except Exception as exc:  # a pickle can fail in any way
         raise HarnessError(f"'{legacy}' is not a readable VecNormalize file ({type(exc).__name__}: {exc})") from None
-    from harness.files import write_text_atomically
+    from harness.atomic_files import write_text_atomically
 
     write_text_atomically(converted, json.dumps(stats))
     print(f"converted {legacy.name} (a pickle) to {converted.name} beside it; later loads read the JSON", file=sys.stderr)

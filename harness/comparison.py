@@ -25,7 +25,7 @@ from harness import accounts, tracking
 from harness.accounts import OWN_RUNS_ONLY, AcceptedAccounts
 from harness.errors import HarnessError, warn
 from harness.evaluation import RESULTS_DIR, threshold_metrics
-from harness.identity import (
+from harness.run_schema import (
     ALGO_TAG,
     CODE_VERSION_TAG,
     CPU_CAPABILITY_TAG,

@@ -34,7 +34,7 @@ from harness.comparison import (
 from harness.credentials import redact
 from harness.errors import HarnessError
 from harness.evaluation import floor_run
-from harness.identity import (
+from harness.run_schema import (
     ALGO_TAG,
     CLEAR_SEPARATION_TAG,
     ENV_TAG,

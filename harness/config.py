@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from harness.errors import HarnessError
-from harness.identity import RunIdentity
+from harness.run_schema import RunIdentity
 
 PRESET_DIR = Path(__file__).parent / "presets"
 GOAL_SELECTION_STRATEGIES = ("future", "final", "episode")
@@ -109,7 +109,7 @@ class TrainConfig:
     0 keeps SB3's HerReplayBuffer exactly."""
     n_step_returns: int = setting(1, ABOVE_ZERO)
     """n-step returns: each sampled transition's target sums the next n rewards of its episode, recomputed for
-    its goal (with HER the relabeled one), and bootstraps n steps on (harness.replay; without HER the same
+    its goal (with HER the relabeled one), and bootstraps n steps on (harness.her_replay; without HER the same
     episode buffer, nothing relabeled, so HER vs no-HER differ in relabeling only). 1: one-step targets."""
     held_object_start: float = setting(0.0, SHARE)
     """FetchPickAndPlace only: share of the training episodes that start with the object held in the
@@ -163,7 +163,7 @@ class TrainConfig:
 
     @property
     def episode_buffer(self) -> bool:
-        """Whether the replay buffer keeps episodes (harness.replay): for HER, and for n-step returns."""
+        """Whether the replay buffer keeps episodes (harness.her_replay): for HER, and for n-step returns."""
         return self.her or self.n_step_returns > 1
 
     @property

@@ -109,7 +109,7 @@ def episode_steps(env_id: str) -> int | None:
 def validate_her_start(env_id: str, n_envs: int, learning_starts: int, what: str = "--her") -> None:
     """SB3's HerReplayBuffer samples only from finished episodes: the first gradient step must come after
     every env has ended one (all the envs of a DummyVecEnv end their fixed-length episodes together).
-    ``what`` names what asked for that buffer: HER, or n-step returns (harness.replay)."""
+    ``what`` names what asked for that buffer: HER, or n-step returns (harness.her_replay)."""
     steps = episode_steps(env_id)
     if steps and learning_starts < steps * n_envs:
         sampler = "HER" if what == "--her" else "the episode buffer"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from harness.identity import (
+from harness.run_schema import (
     ENV_TAG,
     EVALUATED_TAG,
     EVAL_EPISODES_TAG,
@@ -146,7 +146,7 @@ def evaluate_checkpoint(
     On a server with accounts, a run's checkpoint made by another account only if ``accepted``.
     """
     from harness.models import load_checkpoint
-    from harness.files import check_writable, write_json_atomically
+    from harness.atomic_files import check_writable, write_json_atomically
     from harness.errors import HarnessError
 
     if n_episodes <= 0:
@@ -278,7 +278,7 @@ def _training_run_in_store(loaded) -> str | None:
     that names another run would send this evaluation's numbers there); a HarnessError if it is there
     but deleted, since its evaluation could not be logged."""
     from harness.errors import warn
-    from harness.identity import CHECKPOINT_SHA256_TAG
+    from harness.run_schema import CHECKPOINT_SHA256_TAG
     from harness.tracking import find_run
 
     run = find_run(loaded.run_id) if loaded.run_id else None

@@ -30,8 +30,8 @@ from harness.checkpoints import (
     load_zip_checkpoint,
 )
 from harness.errors import HarnessError, first_line
-from harness.files import scratch_directory
-from harness.identity import CHECKPOINT_STEP_TAG, KIND_TAG, SOURCE_RUN_ID_TAG, WEIGHTS_SHA256_TAG
+from harness.atomic_files import scratch_directory
+from harness.run_schema import CHECKPOINT_STEP_TAG, KIND_TAG, SOURCE_RUN_ID_TAG, WEIGHTS_SHA256_TAG
 
 
 CHECKPOINT_KIND = "checkpoint"  # the harness.kind tag of a checkpoint's logged model

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from harness.credentials import redact
-from harness.identity import (
+from harness.run_schema import (
     CODE_VERSION_TAG,
     COMMAND_TAG,
     CPU_TAG,

@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 from harness import accounts, stores, tracking
 from harness.accounts import OWN_RUNS_ONLY, AcceptedAccounts
 from harness.errors import HarnessError, warn
-from harness.files import scratch_directory
-from harness.identity import (
+from harness.atomic_files import scratch_directory
+from harness.run_schema import (
     ALGO_TAG,
     ENV_TAG,
     EVALUATED_TAG,
@@ -292,7 +292,7 @@ def register(
 
 def version_description(run, metrics: dict[str, float], meta: dict[str, Any]) -> str:
     """Markdown for a model version's page: its source run, how it scored, and the config that made it."""
-    from harness import views
+    from harness import ui_views as views
 
     config = meta.get("config", {})
     identity = RunIdentity.from_tags(run.data.tags)

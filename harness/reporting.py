@@ -15,8 +15,8 @@ from typing import Any
 
 import mlflow
 
-from harness.files import write_atomically, write_json_atomically, write_text_atomically
-from harness.identity import NOTE_TAG
+from harness.atomic_files import write_atomically, write_json_atomically, write_text_atomically
+from harness.run_schema import NOTE_TAG
 
 
 @dataclass(frozen=True)

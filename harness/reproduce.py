@@ -39,8 +39,8 @@ from mlflow.tracking import MlflowClient
 from harness import stores, tracking
 from harness.config import FIELD_NAMES, TrainConfig, config_from_dict
 from harness.errors import HarnessError
-from harness.files import make_scratch_directory
-from harness.identity import (
+from harness.atomic_files import make_scratch_directory
+from harness.run_schema import (
     ALGO_TAG,
     CODE_VERSION_TAG,
     CPU_CAPABILITY_TAG,

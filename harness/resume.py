@@ -10,7 +10,7 @@ torch generators, the action space's generator (SB3 reseeds it when loading a mo
 state mid-episode (:func:`harness.envs.env_state`) and the metrics the SB3 logger has recorded but
 not yet written. Checkpoints written before it existed resume as before: envs reset, the cut
 episode dropped from the replay buffer, so the run continues correctly but not bit for bit. A checkpoint is written into
-``step_<N>.tmp`` and renamed into place only when complete (:mod:`harness.files`), so a kill at any moment never leaves
+``step_<N>.tmp`` and renamed into place only when complete (:mod:`harness.atomic_files`), so a kill at any moment never leaves
 a half-written directory that :func:`latest` would pick.
 
 On a tracking server (workers on several machines), each checkpoint is also sent to the run's
@@ -35,14 +35,14 @@ from collections.abc import Iterator
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-from harness import stores, tracking
+from harness import accounts, stores, tracking
 from harness.algorithms import algo_class
 from harness.checkpoints import CHECKPOINT_DIR, sha256_of
 from harness.config import TrainConfig
 from harness.envs import env_state, restore_env_state
 from harness.errors import HarnessError, warn
-from harness.files import build_directory_atomically
-from harness.identity import (
+from harness.atomic_files import build_directory_atomically
+from harness.run_schema import (
     CONFIG_HASH_TAG,
     DAMAGED_CHECKPOINT_TAG,
     KIND_TAG,
@@ -414,7 +414,8 @@ def interrupted_run(config: TrainConfig, experiment: str | None = None) -> tuple
         return None
     tags = {KIND_TAG: "train", CONFIG_HASH_TAG: config.config_hash, RUN_NAME_TAG: config.run_name}
     same_name = {key: value for key, value in tags.items() if key != CONFIG_HASH_TAG}
-    for run in tracking.search_runs(same_name, experiment_ids):
+    # On a server with accounts, another account's run of this name is never continued nor marked (harness.accounts).
+    for run in accounts.usable_runs(tracking.search_runs(same_name, experiment_ids), accounts.OWN_RUNS_ONLY)[0]:
         run_id = run.info.run_id
         if run.info.status == "FINISHED" or PARENT_RUN_ID_TAG in run.data.tags or not abandoned(run_id):
             continue

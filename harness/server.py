@@ -37,7 +37,7 @@ from pathlib import Path
 
 from harness import schema
 from harness.errors import HarnessError, first_line
-from harness.files import process_alive, write_json_atomically
+from harness.atomic_files import process_alive, write_json_atomically
 from harness.stores import ask_health
 
 STATE_FILE = "server.json"

@@ -19,7 +19,7 @@ import logging
 
 from flask import Response, jsonify, request
 
-from harness.identity import CREATED_BY_TAG
+from harness.run_schema import CREATED_BY_TAG
 
 _logger = logging.getLogger(__name__)
 

@@ -19,13 +19,14 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from harness import stores, views
-from harness.errors import HarnessError, Terminated, install_stop_handlers
-from harness.identity import KIND_TAG, PARENT_RUN_ID_TAG, RUN_NAME_TAG
+from harness import stores, ui_views
+from harness.errors import HarnessError, Terminated
+from harness.stop_signals import install_stop_handlers
+from harness.run_schema import KIND_TAG, PARENT_RUN_ID_TAG, RUN_NAME_TAG
 from harness.provenance import provenance_tags
 
 DEFAULT_EXPERIMENT = "ch04-her-sparse-reach-push"
-# Runs whose experiment gets the MLflow UI's "HER vs no-HER" view (harness.views), where the printed links lead.
+# Runs whose experiment gets the MLflow UI's "HER vs no-HER" view (harness.ui_views), where the printed links lead.
 VIEWED_KINDS = ("train", "compare", "pipeline")
 
 
@@ -82,10 +83,10 @@ def tracked_run(
     try:
         mlflow.set_tags({RUN_NAME_TAG: run_name, **provenance_tags(), **tags})
         if tags.get(KIND_TAG) in VIEWED_KINDS:
-            views.publish(run.info.experiment_id)
+            ui_views.publish(run.info.experiment_id)
         yield run
     except (KeyboardInterrupt, Terminated):
-        mlflow.end_run("KILLED")  # a second stop signal is ignored meanwhile (harness.errors.raise_terminated)
+        mlflow.end_run("KILLED")  # a second stop signal is ignored meanwhile (harness.stop_signals.raise_terminated)
         ended_early[run.info.run_id] = "KILLED"
         raise
     except BaseException:

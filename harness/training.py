@@ -37,7 +37,7 @@ from harness.config import TrainConfig
 from harness.credentials import redact
 from harness.envs import her_reward_warning, make_env, make_vec_env, validate_env_id, validate_her_start
 from harness.errors import HarnessError, first_line, warn
-from harness.files import check_writable, write_atomically, write_text_atomically
+from harness.atomic_files import check_writable, write_atomically, write_text_atomically
 from harness.evaluation import SUCCESS_THRESHOLDS, deterministic_policy, run_episodes, threshold_metrics
 from harness.models import (
     DEFAULT_KEEP,
@@ -47,7 +47,7 @@ from harness.models import (
     log_checkpoint_model,
     run_checkpoint_models,
 )
-from harness.identity import (
+from harness.run_schema import (
     CONFIG_HASH_TAG,
     META_SHA256_TAG,
     N_SAMPLED_GOAL_TAG,
@@ -59,7 +59,7 @@ from harness.identity import (
     WARNINGS_TAG,
 )
 from harness.provenance import DIFF_ARTIFACT, code_version, git_diff, git_state, package_versions
-from harness.replay import her_buffer
+from harness.her_replay import her_buffer
 from harness.seeding import seed_everything
 
 

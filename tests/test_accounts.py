@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from harness.accounts import AcceptedAccounts, left_out_line
-from harness.identity import CREATED_BY_TAG
+from harness.run_schema import CREATED_BY_TAG
 from tests.conftest import TINY, run_cli
 
 

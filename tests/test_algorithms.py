@@ -173,7 +173,7 @@ def test_bf16_precision_trains_close_to_fp32_and_is_kept_on_save(algo, tmp_path,
 
 
 def test_mixed_goal_buffer_relabels_with_other_episodes_desired_goals(tmp_path, monkeypatch):
-    from harness.replay import MixedGoalHerReplayBuffer
+    from harness.her_replay import MixedGoalHerReplayBuffer
 
     model, _ = ddpg_model(tmp_path, monkeypatch, algo="sac", desired_goal_share=1.0)
     assert isinstance(model.replay_buffer, MixedGoalHerReplayBuffer)
@@ -194,7 +194,7 @@ def test_mixed_goal_buffer_relabels_with_other_episodes_desired_goals(tmp_path, 
 
 def test_n_step_returns_sum_the_next_rewards_for_the_relabeled_goal_and_stop_at_the_episode_end(tmp_path, monkeypatch):
     """Against a reference walked step by step: rewards recomputed for each goal, discounted, cut at the end."""
-    from harness.replay import MixedGoalHerReplayBuffer
+    from harness.her_replay import MixedGoalHerReplayBuffer
 
     model, _ = ddpg_model(tmp_path, monkeypatch, algo="sac", n_step_returns=3, learning_starts=400)
     buffer = model.replay_buffer
@@ -231,7 +231,7 @@ def test_n_step_returns_sum_the_next_rewards_for_the_relabeled_goal_and_stop_at_
 
 
 def test_n_step_returns_without_her_use_the_same_buffer_and_relabel_nothing(tmp_path, monkeypatch):
-    from harness.replay import MixedGoalHerReplayBuffer
+    from harness.her_replay import MixedGoalHerReplayBuffer
 
     model, _ = ddpg_model(tmp_path, monkeypatch, algo="sac", her=False, n_step_returns=3, learning_starts=400)
     buffer = model.replay_buffer

@@ -209,7 +209,7 @@ def evaluated_pair(her_scores: dict[str, float] | None) -> dict[bool, str]:
     """A finished, evaluated no-HER and HER training run of FetchReach-v4, seed 0, made by hand: the no-HER
     run with plain scores, the HER run with ``her_scores`` (None: its scores are gone)."""
     from harness import tracking
-    from harness.identity import RunIdentity
+    from harness.run_schema import RunIdentity
 
     client = mlflow.MlflowClient()
     experiment_id = client.create_experiment(tracking.DEFAULT_EXPERIMENT)

@@ -8,16 +8,18 @@ import harness
 # The stages in the order a run goes through them (docs/architecture.md lists the same order).
 STAGES = [
     "errors",
-    "files",
+    "stop_signals",
+    "library_logs",
+    "atomic_files",
     "credentials",
-    "identity",
+    "run_schema",
     "provenance",
     "config",
     "envs",
     "seeding",
     "algorithms",
-    "replay",
-    "views",
+    "her_replay",
+    "ui_views",
     "schema",
     "stores",
     "accounts",
@@ -81,8 +83,8 @@ def test_each_stage_imports_only_the_stages_before_it_and_never_the_cli():
     assert not upward, upward
 
 
-def test_tag_keys_are_spelled_only_in_identity():
-    """The run schema lives in harness/identity.py: a "harness." or "mlflow." tag key written anywhere
+def test_tag_keys_are_spelled_only_in_the_run_schema():
+    """The run schema lives in harness/run_schema.py: a "harness." or "mlflow." tag key written anywhere
     else (outside docstrings; module names such as "harness.tracking" are not tags) is an error."""
     import importlib.util
 
@@ -95,7 +97,7 @@ def test_tag_keys_are_spelled_only_in_identity():
     root = PACKAGE.parent
     offenders = []
     for path in sorted([*PACKAGE.rglob("*.py"), *(root / "entry_points").glob("*.py"), *(root / "bench").glob("*.py")]):
-        if path == PACKAGE / "identity.py":
+        if path == PACKAGE / "run_schema.py":
             continue
         tree = ast.parse(path.read_text())
         docstrings = {
@@ -116,17 +118,17 @@ def test_tag_keys_are_spelled_only_in_identity():
                 and not is_module(node.value)
             ):
                 offenders.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
-    assert offenders == [], "tag keys belong in harness/identity.py: " + "; ".join(offenders)
+    assert offenders == [], "tag keys belong in harness/run_schema.py: " + "; ".join(offenders)
 
 
 def test_mlflows_own_tag_keys_are_spelled_as_mlflow_spells_them():
     from mlflow.utils import mlflow_tags
 
-    from harness import identity
+    from harness import run_schema
 
-    assert identity.RUN_NAME_TAG == mlflow_tags.MLFLOW_RUN_NAME
-    assert identity.PARENT_RUN_ID_TAG == mlflow_tags.MLFLOW_PARENT_RUN_ID
-    assert identity.NOTE_TAG == mlflow_tags.MLFLOW_RUN_NOTE
+    assert run_schema.RUN_NAME_TAG == mlflow_tags.MLFLOW_RUN_NAME
+    assert run_schema.PARENT_RUN_ID_TAG == mlflow_tags.MLFLOW_PARENT_RUN_ID
+    assert run_schema.NOTE_TAG == mlflow_tags.MLFLOW_RUN_NOTE
 
 
 def test_importing_the_harness_changes_no_process_state():

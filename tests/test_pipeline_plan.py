@@ -2,7 +2,7 @@
 
 import mlflow
 
-from harness.identity import RunIdentity
+from harness.run_schema import RunIdentity
 from harness.pipelines import ablation_jobs, chapter_jobs
 from harness.pipelines.plan import plan, unfinished_parent
 from harness.provenance import code_version

@@ -128,7 +128,7 @@ def test_searches_and_compare_see_past_mlflows_first_page_of_1000_runs(store, tm
     `compare` still finds a chapter run that 1,000 newer ablation-variant runs of the same
     (env, algo, HER, seed) push off the first page."""
     from harness import tracking
-    from harness.identity import RunIdentity
+    from harness.run_schema import RunIdentity
     from tests.conftest import run_cli
 
     client = mlflow.MlflowClient()

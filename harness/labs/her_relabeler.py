@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from harness.identity import KIND_TAG
+from harness.run_schema import KIND_TAG
 
 STRATEGIES = ("future", "final", "episode")
 ComputeReward = Callable[[np.ndarray, np.ndarray, Any], Any]

@@ -34,7 +34,7 @@ import mlflow
 from harness import stores, tracking
 from harness.checkpoints import CHECKPOINT_DIR
 from harness.errors import HarnessError
-from harness.identity import ACTIONS_TAG, EXECUTOR_TAG, KIND_TAG, PIPELINE_KEY_TAG, PIPELINE_TAG, WORKERS_TAG
+from harness.run_schema import ACTIONS_TAG, EXECUTOR_TAG, KIND_TAG, PIPELINE_KEY_TAG, PIPELINE_TAG, WORKERS_TAG
 from harness.pipelines.lease import Lease, refuse_if_held
 from harness.pipelines.execute import EXECUTORS, check_ray_address, cpu_count, execute_local, execute_ray, job_spec
 from harness.pipelines.overview import overview

@@ -16,7 +16,8 @@ from typing import Any
 from collections.abc import Callable
 
 from harness.config import config_from_dict
-from harness.errors import HarnessError, Terminated, first_line, quiet_library_logs
+from harness.errors import HarnessError, Terminated, first_line
+from harness.library_logs import quiet_library_logs
 from harness.pipelines.plan import Planned, lost_attempt
 
 EXECUTORS = ("local", "ray")

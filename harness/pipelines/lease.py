@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient
 
 from harness import accounts, tracking
 from harness.errors import HarnessError
-from harness.files import process_alive
-from harness.identity import LEASE_TAG, PIPELINE_KEY_TAG
+from harness.atomic_files import process_alive
+from harness.run_schema import LEASE_TAG, PIPELINE_KEY_TAG
 
 RENEW_S = 15.0
 EXPIRES_S = 90.0  # six renewals missed: a machine that stopped, a network that split

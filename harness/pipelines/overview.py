@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from harness import tracking
-from harness.identity import EVALUATED_TAG
+from harness.run_schema import EVALUATED_TAG
 from harness.pipelines.plan import Planned
 
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from harness import accounts, resume, tracking
 from harness.config import TrainConfig, resolve_config
 from harness.envs import validate_her_start
-from harness.identity import (
+from harness.run_schema import (
     CODE_VERSION_TAG,
     CONFIG_HASH_TAG,
     EVAL_EPISODES_TAG,

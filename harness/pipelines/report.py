@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from harness.comparison import ROWS, SUCCESS, condition_statistics, episodes_of, learning_curve
 from harness.comparison_report import format_cell, report_comparison
 from harness.evaluation import RESULTS_DIR, floor_run
-from harness.identity import RunIdentity
+from harness.run_schema import RunIdentity
 from harness.reporting import Table, new_figure, publish_report, save_figure
 from harness.statistics import summarize
 

@@ -16,7 +16,7 @@ import json
 import time
 
 from harness.credentials import without_userinfo
-from harness.identity import ALGO_TAG, CONDITION_TAG, ENV_TAG, KIND_TAG, SEED_TAG, SHARED_VIEW_TAG_PREFIX
+from harness.run_schema import ALGO_TAG, CONDITION_TAG, ENV_TAG, KIND_TAG, SEED_TAG, SHARED_VIEW_TAG_PREFIX
 
 VIEW_ID = "her-vs-no-her"
 VIEW_NAME = "HER vs no-HER"

@@ -1,4 +1,7 @@
-"""Who a training run is: the one place that turns (env, algo, HER, seed) into names and tags.
+"""The run schema: every tag key a harness run carries, and who a training run is (:class:`RunIdentity`).
+
+The tag keys below are the only place a "harness." or "mlflow." key is spelled (a test checks). Seven of them
+are a training run's identity: RunIdentity is the one place that turns (env, algo, HER, seed) into names and tags.
 
 Every command that makes, finds or reports a training run goes through :class:`RunIdentity`:
 ``train`` names its run and checkpoint with it and tags the run with it, ``eval`` names its results
