@@ -5,10 +5,8 @@ cluster in ``DIR/postgres``, starts it on ``127.0.0.1`` and an ``mlflow server``
 artifacts live in ``DIR/artifacts`` and travel over HTTP (``--artifacts-destination``: workers
 fetch and send checkpoints through the server and share no filesystem with it). What it started is
 recorded in ``DIR/server.json``; :func:`stop` stops both. ``harness server start|stop`` and
-``make server`` call these; the multi-node test starts its stack the same way.
-
-PostgreSQL refuses to run as root: under root its processes run as the ``postgres`` user that
-Debian's package creates (or ``nobody``), who must be able to reach ``DIR``.
+``make server`` call these; the multi-node test starts its stack the same way. The cluster itself
+(made, started, stopped, queried, upgraded) is :mod:`harness.postgres`.
 
 Every connection to the database needs its password (scram-sha-256, the local socket included): any
 user of the machine could otherwise rewrite the store, and with it the checkpoint hashes that guard
@@ -21,11 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import glob
 import json
 import os
-import pwd
-import secrets
 import shutil
 import signal
 import socket
@@ -35,16 +30,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import schema
-from harness.errors import HarnessError, first_line
+from harness import postgres, schema
+from harness.errors import HarnessError
 from harness.atomic_files import process_alive, write_json_atomically
 from harness.stores import ask_health
 
 STATE_FILE = "server.json"
-PASSWORD_FILE = "db-password"
 ADMIN_USER = "admin"
 ADMIN_PASSWORD_FILE = "admin-password"  # the basic-auth app's admin (harness server start --auth)
-DB_NAME = DB_USER = "mlflow"
 START_TIMEOUT_S = 120.0  # mlflow server creates its schema in PostgreSQL on first start (~15 s on 2 cores)
 
 
@@ -69,27 +62,10 @@ class Stack:
     @property
     def backend_uri(self) -> str:
         """The database's URI without its password (for messages; the server gets :func:`backend_uri_for`)."""
-        return f"postgresql://{DB_USER}@127.0.0.1:{self.db_port}/{DB_NAME}"
+        return f"postgresql://{postgres.DB_USER}@127.0.0.1:{self.db_port}/{postgres.DB_NAME}"
 
     def backend_uri_for(self, password: str) -> str:
-        return f"postgresql://{DB_USER}:{password}@127.0.0.1:{self.db_port}/{DB_NAME}"
-
-
-def db_password(directory: Path, account: str | None) -> str:
-    """The database user's password: generated on first start, kept in ``DIR/db-password`` with mode
-    600 (owned by the user PostgreSQL runs as, who reads it at initdb), never printed or logged."""
-    return kept_secret(directory / PASSWORD_FILE, account)
-
-
-def kept_secret(path: Path, account: str | None = None) -> str:
-    """A generated secret kept in ``path`` (mode 600), made on first use."""
-    if not path.is_file():
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as f:
-            f.write(secrets.token_urlsafe(24) + "\n")
-        if account:
-            shutil.chown(path, account)
-    return path.read_text().strip()
+        return f"postgresql://{postgres.DB_USER}:{password}@127.0.0.1:{self.db_port}/{postgres.DB_NAME}"
 
 
 def free_port() -> int:
@@ -173,46 +149,6 @@ def check_port_free(host: str, port: int) -> None:
             raise HarnessError(f"port {port} on {host} is taken ({exc.strerror}); choose another --port") from None
 
 
-def postgres_bin() -> Path:
-    """The directory holding ``initdb``, ``pg_ctl`` and ``createdb`` (resolved through symlinks: an
-    image may link only ``pg_ctl`` onto the PATH), else where Debian installs them."""
-    found = shutil.which("pg_ctl")
-    candidates = [Path(found).resolve().parent] if found else []
-    candidates += [Path(p).parent for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)]
-    for candidate in candidates:
-        if all((candidate / tool).is_file() for tool in ("initdb", "pg_ctl", "createdb")):
-            return candidate
-    raise HarnessError(
-        "PostgreSQL is not installed (no initdb, pg_ctl and createdb on the PATH or in "
-        "/usr/lib/postgresql/*/bin); install Debian's postgresql package (make server does, as root)"
-    )
-
-
-def db_account() -> str | None:
-    """The user PostgreSQL runs as when we are root (it refuses root); None: as ourselves."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    raise HarnessError("PostgreSQL will not run as root and there is no 'postgres' or 'nobody' user to run it as")
-
-
-def _as_db_account(args: list[str]) -> list[str]:
-    account = db_account()
-    return ["runuser", "-u", account, "--", *args] if account else args
-
-
-def _run(args: list[str], what: str) -> None:
-    proc = subprocess.run(_as_db_account(args), capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = ((proc.stderr or proc.stdout).strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        raise HarnessError(f"{what} failed: {last}")
-
-
 def read_state(directory: Path) -> Stack | None:
     path = directory / STATE_FILE
     if not path.is_file():
@@ -255,10 +191,10 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
             f"(pid {running.server_pid}); `harness server stop --dir {directory}` stops it"
         )
     check_port_free(host, port)
-    bin_dir = postgres_bin()
+    bin_dir = postgres.postgres_bin()
     data = directory / "postgres"
     sockets = directory / "sockets"
-    account = db_account()
+    account = postgres.db_account()
     directory.mkdir(parents=True, exist_ok=True)
     for path in (data, sockets):
         path.mkdir(exist_ok=True)
@@ -272,41 +208,19 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
     if account:
         os.chmod(data, 0o700)
     fresh = not (data / "PG_VERSION").is_file()
-    password = db_password(directory, account)
+    password = postgres.db_password(directory, account)
     if fresh:  # password authentication for every connection, local socket included
-        _run(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                DB_USER,
-                "--auth=scram-sha-256",
-                f"--pwfile={directory / PASSWORD_FILE}",
-                "-E",
-                "UTF8",
-            ],
-            "initdb (creating the PostgreSQL cluster)",
-        )
+        postgres.init_cluster(directory, bin_dir)
     db_port = db_port or free_port()
-    start_postgres(directory, bin_dir, db_port)
+    postgres.start(directory, bin_dir, db_port)
     try:
-        if _trusts_everyone(data):  # a cluster made by an older harness: give it the password, then require it
-            _require_password(bin_dir, data, db_port, password)
-        with_password = {**os.environ, "PGPASSWORD": password}
-        created = subprocess.run(
-            _as_db_account([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(db_port), "-U", DB_USER, DB_NAME]),
-            capture_output=True,
-            text=True,
-            env=with_password,
-        )
-        if created.returncode != 0 and "already exists" not in created.stderr:
-            raise HarnessError(f"creating the mlflow database failed: {created.stderr.strip()}")
+        if postgres.trusts_everyone(data):  # a cluster made by an older harness: give it the password, then require it
+            postgres.require_password(bin_dir, data, db_port, password)
+        postgres.create_database(bin_dir, db_port, password)
         stack = Stack(str(directory), host, port, db_port, 0, auth)
         # An older MLflow's schema: mlflow server would refuse it after seconds of start-up, in its log.
-        schema.check_revision(
-            f"{stack.backend_uri} (of {directory})", database_revision(bin_dir, db_port, password), upgrade_command(directory)
-        )
+        revision = postgres.database_revision(bin_dir, db_port, password)
+        schema.check_revision(f"{stack.backend_uri} (of {directory})", revision, postgres.upgrade_command(directory))
         log = open(directory / "mlflow-server.log", "ab")
         # The password reaches the server through its environment, not a command line `ps` shows.
         env = server_environment(
@@ -340,7 +254,7 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
         deadline = time.time() + START_TIMEOUT_S
         while ask_health(stack.tracking_uri, timeout_s=2) != 200:
             if server.poll() is not None or time.time() > deadline:
-                last = _last_line(directory / "mlflow-server.log")
+                last = postgres.last_line(directory / "mlflow-server.log")
                 why = f"exited ({last})" if server.poll() is not None else f"did not answer within {START_TIMEOUT_S:.0f} s"
                 raise HarnessError(f"mlflow server on port {port} {why}; log: {directory / 'mlflow-server.log'}")
             time.sleep(0.5)
@@ -348,72 +262,6 @@ def start(directory: Path, port: int = 5000, host: str = "127.0.0.1", db_port: i
         stop(directory)
         raise
     return stack
-
-
-def start_postgres(directory: Path, bin_dir: Path, db_port: int) -> None:
-    """Start the cluster in ``DIR/postgres`` on ``127.0.0.1:db_port`` (its sockets in ``DIR/sockets``)."""
-    db_log = directory / "postgres.log"
-    db_log.touch()
-    account = db_account()
-    if account:
-        shutil.chown(db_log, account)
-    try:
-        _run(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(directory / "postgres"),
-                "-l",
-                str(db_log),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                f"-p {db_port} -h 127.0.0.1 -k {directory / 'sockets'}",
-                "start",
-            ],
-            f"starting PostgreSQL on port {db_port}",
-        )
-    except HarnessError as exc:
-        raise HarnessError(f"{exc} ({_last_line(db_log)})") from None
-
-
-def stop_postgres(bin_dir: Path, data: Path) -> None:
-    subprocess.run(_as_db_account([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
-
-
-def upgrade_command(directory: Path) -> str:
-    return f"harness server upgrade --dir {directory}"
-
-
-def psql(bin_dir: Path, db_port: int, password: str, sql: str, database: str = DB_NAME) -> subprocess.CompletedProcess:
-    """One SQL statement as the database user; unaligned, tuples only. The password goes through the
-    environment, never a command line."""
-    return subprocess.run(
-        _as_db_account(
-            [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(db_port), "-U", DB_USER, "-d", database, "-tAX", "-c", sql]
-        ),
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PGPASSWORD": password},
-    )
-
-
-def query(bin_dir: Path, db_port: int, password: str, sql: str, database: str = DB_NAME) -> str:
-    done = psql(bin_dir, db_port, password, sql, database)
-    if done.returncode != 0:
-        raise HarnessError(f"PostgreSQL query failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return done.stdout.strip()
-
-
-def database_revision(bin_dir: Path, db_port: int, password: str) -> str | None:
-    """The MLflow schema revision of the mlflow database (None: no schema yet)."""
-    done = psql(bin_dir, db_port, password, "SELECT version_num FROM alembic_version")
-    if done.returncode != 0:
-        if "does not exist" in done.stderr:
-            return None
-        raise HarnessError(f"reading the schema version failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return done.stdout.strip() or None
 
 
 def upgrade(directory: Path) -> schema.Upgraded | None:
@@ -435,68 +283,14 @@ def upgrade(directory: Path) -> schema.Upgraded | None:
             f"PostgreSQL in {data} is running (another client may be using it); stop it first "
             f"(harness server stop --dir {directory}), then upgrade"
         )
-    bin_dir, account = postgres_bin(), db_account()
-    password = db_password(directory, account)
+    bin_dir, account = postgres.postgres_bin(), postgres.db_account()
+    password = postgres.db_password(directory, account)
     db_port = free_port()
-    start_postgres(directory, bin_dir, db_port)
+    postgres.start(directory, bin_dir, db_port)
     try:
-        return _upgrade_database(directory, bin_dir, db_port, password, account)
+        return postgres.upgrade_database(directory, bin_dir, db_port, password, account)
     finally:
-        stop_postgres(bin_dir, data)
-
-
-def _upgrade_database(
-    directory: Path, bin_dir: Path, db_port: int, password: str, account: str | None
-) -> schema.Upgraded | None:
-    store = f"postgresql://{DB_USER}@127.0.0.1:{db_port}/{DB_NAME} (of {directory})"
-    old, new = database_revision(bin_dir, db_port, password), schema.expected_revision()
-    if old is None:
-        raise HarnessError(f"the mlflow database of {directory} holds no MLflow schema yet; nothing to upgrade")
-    if old == new:
-        return None
-    if not schema.known_revision(old):
-        schema.check_revision(store, old, upgrade_command(directory))  # a newer MLflow's: one line, no change
-    connected = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{DB_NAME}' AND pid <> pg_backend_pid()"
-    others = query(bin_dir, db_port, password, connected)
-    if others != "0":
-        raise HarnessError(f"{others} other client(s) are connected to the mlflow database of {directory}; stop them first")
-    tables = set(query(bin_dir, db_port, password, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").split())
-
-    def row_counts() -> dict[str, int]:
-        kept = [t for t in schema.KEPT_TABLES if t in tables]
-        return {t: int(query(bin_dir, db_port, password, f'SELECT count(*) FROM "{t}"')) for t in kept}
-
-    rows = row_counts()
-    backups = directory / "backups"
-    backups.mkdir(exist_ok=True)
-    if account:
-        shutil.chown(backups, account)
-    backup = backups / f"mlflow-{old}-{time.strftime('%Y%m%d-%H%M%S')}.dump"
-    dumped = subprocess.run(
-        _as_db_account(
-            [str(bin_dir / "pg_dump"), "-h", "127.0.0.1", "-p", str(db_port), "-U", DB_USER, "-Fc", "-f", str(backup), DB_NAME]
-        ),
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PGPASSWORD": password},
-    )
-    if dumped.returncode != 0:
-        raise HarnessError(f"pg_dump failed ({(dumped.stderr.strip().splitlines() or ['?'])[-1]}); nothing was upgraded")
-    migrated = subprocess.run(
-        [sys.executable, "-m", "mlflow", "db", "upgrade", f"postgresql://{DB_USER}@127.0.0.1:{db_port}/{DB_NAME}"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PGPASSWORD": password},
-    )
-    after = database_revision(bin_dir, db_port, password)
-    if migrated.returncode != 0 or after != new:
-        why = first_line(migrated.stderr.strip().splitlines()[-1] if migrated.stderr.strip() else f"schema {after}")
-        state = "PostgreSQL rolled it back, the store is as it was" if after == old else f"the store is at schema {after}"
-        raise HarnessError(f"mlflow db upgrade failed on {store} ({why}); {state}; backup: {backup}")
-    lost = {t: (n, m) for t, n in rows.items() if (m := row_counts()[t]) < n}
-    if lost:
-        raise HarnessError(f"the upgrade of {store} lost rows {lost}; restore the backup {backup} (docs/pipelines.md)")
-    return schema.Upgraded(store, old, new, backup, rows)
+        postgres.stop(bin_dir, data)
 
 
 def auth_environment(directory: Path) -> dict[str, str]:
@@ -517,66 +311,9 @@ def auth_environment(directory: Path) -> dict[str, str]:
     )
     return {
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
-        "MLFLOW_AUTH_ADMIN_PASSWORD": kept_secret(directory / ADMIN_PASSWORD_FILE),
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": kept_secret(directory / "flask-secret"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": postgres.kept_secret(directory / ADMIN_PASSWORD_FILE),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": postgres.kept_secret(directory / "flask-secret"),
     }
-
-
-def _trusts_everyone(data: Path) -> bool:
-    hba = data / "pg_hba.conf"
-    return any(
-        line.split()[-1:] == ["trust"]
-        for line in hba.read_text().splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    )
-
-
-def _require_password(bin_dir: Path, data: Path, db_port: int, password: str) -> None:
-    """Set the password (still over trust, the SQL on stdin, not a command line), then switch every
-    pg_hba.conf rule to scram-sha-256 and reload."""
-    sql = f"SET password_encryption = 'scram-sha-256'; ALTER USER {DB_USER} WITH PASSWORD '{password}';"
-    proc = subprocess.run(
-        _as_db_account(
-            [
-                str(bin_dir / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(db_port),
-                "-U",
-                DB_USER,
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-f",
-                "-",
-            ]
-        ),
-        input=sql,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise HarnessError(f"setting the database password failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    hba = data / "pg_hba.conf"
-    lines = [
-        line.rsplit(None, 1)[0] + " scram-sha-256"
-        if line.split()[-1:] == ["trust"] and not line.lstrip().startswith("#")
-        else line
-        for line in hba.read_text().splitlines()
-    ]
-    hba.write_text("\n".join(lines) + "\n")
-    _run([str(bin_dir / "pg_ctl"), "-D", str(data), "reload"], "reloading PostgreSQL's authentication rules")
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1].strip() if lines else "no output"
 
 
 def stop(directory: Path) -> bool:
@@ -598,8 +335,6 @@ def stop(directory: Path) -> bool:
     (directory / STATE_FILE).unlink(missing_ok=True)
     data = directory / "postgres"
     if (data / "postmaster.pid").is_file():
-        subprocess.run(
-            _as_db_account([str(postgres_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
-        )
+        postgres.stop(postgres.postgres_bin(), data)
         stopped = True
     return stopped

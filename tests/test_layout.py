@@ -24,6 +24,7 @@ STAGES = [
     "stores",
     "accounts",
     "tracking",
+    "postgres",
     "server",
     "server_auth",
     "checkpoints",

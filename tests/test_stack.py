@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import server
+from harness import postgres, server
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def python_bin(name: str) -> str:
 @contextlib.contextmanager
 def tracking_server(auth: bool = False):
     try:
-        server.postgres_bin()
+        postgres.postgres_bin()
     except Exception as exc:
         pytest.skip(f"{exc}")
     base = Path(tempfile.mkdtemp(prefix="harness-stack-"))  # under /tmp: PostgreSQL's own user must reach it
@@ -332,7 +332,7 @@ def test_with_basic_auth_the_server_refuses_a_client_without_an_account(tmp_path
 
     with tracking_server(auth=True) as (stack, base):
         admin_password = (base / "server" / "admin-password").read_text().strip()
-        for secret in ("basic_auth.db", "admin-password", "flask-secret", server.PASSWORD_FILE):  # hashes, passwords
+        for secret in ("basic_auth.db", "admin-password", "flask-secret", postgres.PASSWORD_FILE):  # hashes, passwords
             assert (base / "server" / secret).stat().st_mode & 0o777 == 0o600, secret
         search = f"{stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
         assert requests.get(search, timeout=30).status_code == 401
@@ -420,13 +420,13 @@ def test_a_server_store_of_an_older_mlflow_is_refused_at_start_and_upgrades_with
         server.stop(directory)
         head = schema.expected_revision()
         older = ScriptDirectory.from_config(_get_alembic_config(db_url="")).get_revision(head).down_revision
-        port, bin_dir = server.free_port(), server.postgres_bin()
-        server.start_postgres(directory, bin_dir, port)
+        port, bin_dir = server.free_port(), postgres.postgres_bin()
+        postgres.start(directory, bin_dir, port)
         try:
             password = (directory / "db-password").read_text().strip()
             command.downgrade(_get_alembic_config(f"postgresql://mlflow:{password}@127.0.0.1:{port}/mlflow"), "-1")
         finally:
-            server.stop_postgres(bin_dir, directory / "postgres")
+            postgres.stop(bin_dir, directory / "postgres")
 
         line = one_line(harness_server("start", "--port", str(server.free_port())))
         assert f"has an older MLflow schema ({older}) than MLflow" in line
