@@ -1,15 +1,19 @@
 """Resumable checkpoints: what an interrupted training needs to continue in the same MLflow run.
 
-Layout: ``checkpoints/resume/<run id>/step_<N>/`` with ``model.zip``, ``replay_buffer.pkl``,
-``training_state.pkl`` and, with observation normalization, ``vecnormalize.pkl``.
+Layout: ``checkpoints/resume/<run id>/step_<N>/`` with ``model.zip`` (SB3's: its networks and optimizers)
+and ``state.json`` + ``state.npz`` (:mod:`harness.plain_state`: everything else, as JSON and arrays).
+Nothing in it is unpickled when it is loaded: the model is built from the run's config as for a new
+training, its tensors come from the zip through torch's tensors-only loader, and the rest from the plain
+state. So a checkpoint fetched from a tracking server runs no code, whoever wrote it.
 
 A resumed training ends exactly where an uninterrupted one would: the checkpoint is taken between
-two rollouts (after the gradient steps of the last one, see :class:`ResumableCheckpoint`) and
-``training_state.pkl`` holds every other thing the continuation draws from: the Python, numpy and
-torch generators, the action space's generator (SB3 reseeds it when loading a model), each env's
-state mid-episode (:func:`harness.envs.env_state`) and the metrics the SB3 logger has recorded but
-not yet written. Checkpoints written before it existed resume as before: envs reset, the cut
-episode dropped from the replay buffer, so the run continues correctly but not bit for bit. A checkpoint is written into
+two rollouts (after the gradient steps of the last one, see :class:`ResumableCheckpoint`) and the
+state holds every other thing the continuation draws from: the replay buffer, the normalization
+statistics, SB3's last observations, episode counters and episode-info buffers, the Python, numpy and
+torch generators, the action space's generator, each env's state mid-episode
+(:func:`harness.envs.env_state`) and the metrics the SB3 logger has recorded but not yet written.
+Checkpoints of older harnesses (``replay_buffer.pkl``, ``training_state.pkl``: pickles) are loaded from
+this machine's own files only, never from a store. A checkpoint is written into
 ``step_<N>.tmp`` and renamed into place only when complete (:mod:`harness.atomic_files`), so a kill at any moment never leaves
 a half-written directory that :func:`latest` would pick.
 
@@ -35,13 +39,13 @@ from collections.abc import Iterator
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-from harness import accounts, stores, tracking
+from harness import accounts, plain_state, stores, tracking
 from harness.algorithms import algo_class
 from harness.checkpoints import CHECKPOINT_DIR, sha256_of
 from harness.config import TrainConfig
-from harness.envs import env_state, restore_env_state
 from harness.errors import HarnessError, warn
 from harness.atomic_files import build_directory_atomically
+from harness.training_state import checkpoint_state, restore, restore_training_state
 from harness.run_schema import (
     CONFIG_HASH_TAG,
     DAMAGED_CHECKPOINT_TAG,
@@ -50,11 +54,11 @@ from harness.run_schema import (
     RESUME_MANIFEST_SHA256_TAG,
     RUN_NAME_TAG,
 )
-from harness.seeding import random_state, restore_random_state
 
 RESUME_DIR = CHECKPOINT_DIR / "resume"
 OWNER_LOCK = "owner.lock"
-STATE_FILE = "training_state.pkl"
+STATE_JSON, STATE_ARRAYS = "state.json", "state.npz"
+LEGACY_STATE_FILE = "training_state.pkl"  # older harnesses' pickles: read from this machine's own files only
 REMOTE_DIR = "resume"  # the run's artifact folder for its latest resumable checkpoint (tracking server only)
 MANIFEST = "step.json"
 
@@ -69,11 +73,7 @@ def save(run_id: str, model, vecnormalize=None) -> Path:
 
     def fill(directory: Path) -> None:
         model.save(directory / "model.zip")
-        model.save_replay_buffer(directory / "replay_buffer.pkl")
-        with open(directory / STATE_FILE, "wb") as f:
-            pickle.dump(training_state(model), f)
-        if vecnormalize is not None:
-            vecnormalize.save(str(directory / "vecnormalize.pkl"))
+        plain_state.write(checkpoint_state(model, vecnormalize), directory / STATE_JSON, directory / STATE_ARRAYS)
         write_manifest(directory, step)
 
     build_directory_atomically(final, fill)  # a full disk leaves no partial checkpoint behind
@@ -94,7 +94,7 @@ def upload(run_id: str, saved: Path, step: int) -> None:
     for path in sorted(p for p in saved.iterdir() if p.is_file() and p.name != MANIFEST):
         client.log_artifact(run_id, str(path), REMOTE_DIR)
     client.log_artifact(run_id, str(saved / MANIFEST), REMOTE_DIR)
-    # The manifest vouches for the pickles; this tag vouches for the manifest (see fetch).
+    # The manifest vouches for the files; this tag vouches for the manifest (see fetch).
     client.set_tag(run_id, RESUME_MANIFEST_SHA256_TAG, sha256_of(saved / MANIFEST))
 
 
@@ -173,11 +173,10 @@ def fetch(run_id: str) -> Path | None:
         if sha256_of(fetched / MANIFEST) != vouched:
             if recorded_manifest() != vouched:
                 return False  # a live worker checkpointed the run while we read it
-            # Anyone who can write artifacts could have put pickles and a manifest naming them there.
+            # Anyone who can write artifacts could have put other files and a manifest naming them there.
             raise HarnessError(
                 f"the resumable checkpoint in the artifacts of run {run_id} does not match the "
-                f"sha256 its training recorded ({RESUME_MANIFEST_SHA256_TAG}); refusing to load it "
-                "(a checkpoint runs code when loaded)"
+                f"sha256 its training recorded ({RESUME_MANIFEST_SHA256_TAG}); refusing to load it"
             )
         manifest = json.loads((fetched / MANIFEST).read_text())
         wrong = [name for name, digest in manifest["sha256"].items() if sha256_of(fetched / name) != digest]
@@ -187,6 +186,12 @@ def fetch(run_id: str) -> Path | None:
             raise DamagedCheckpoint(
                 f"the resumable checkpoint in the artifacts of run {run_id} is damaged ({REMOTE_DIR}/"
                 f"{', '.join(wrong) or MANIFEST} does not match its manifest)"
+            )
+        pickles = sorted(name for name in manifest["sha256"] if name.endswith(".pkl"))
+        if pickles:
+            raise DamagedCheckpoint(
+                f"the resumable checkpoint in the artifacts of run {run_id} was written by an older harness as "
+                f"pickles ({', '.join(pickles)}), which are never loaded from a store"
             )
         for name in [*manifest["sha256"], MANIFEST]:
             os.rename(fetched / name, directory / name)
@@ -275,55 +280,27 @@ def checkpoints(run_id: str) -> list[Path]:
     return sorted(p for p in directory.glob("step_*") if p.name.removeprefix("step_").isdigit())
 
 
-def base_vec_env(vec_env):
-    """The innermost SB3 VecEnv, under any wrapper such as VecNormalize."""
-    while hasattr(vec_env, "venv"):
-        vec_env = vec_env.venv
-    return vec_env
+def load(saved: Path, config, env, logger, vecnormalize, device: str, build_model):
+    """Model (with its replay buffer, logging to ``logger``) and env, continuing where ``saved`` left off.
+    ``build_model(config, env, logger, device)`` makes the model as a new training would; the checkpoint's
+    state is then put into it (:func:`restore`), unpickling nothing."""
+    if not (saved / STATE_JSON).is_file():
+        return _load_legacy(saved, config, env, logger, vecnormalize, device)
+    state = plain_state.read(saved / STATE_JSON, saved / STATE_ARRAYS)
+    model = build_model(config, env, logger, device)
+    restore(saved / "model.zip", state, model, vecnormalize)
+    return model, env, vecnormalize
 
 
-def envs_of(vec_env) -> list:
-    """The gym envs inside an SB3 VecEnv (under VecNormalize, if any)."""
-    return base_vec_env(vec_env).envs
-
-
-def training_state(model) -> dict:
-    """What a continuation draws from beyond the model and its replay buffer (module docstring)."""
-    logger = model.logger
-    return {
-        "random": random_state(),
-        "action_space": model.action_space.np_random.bit_generator.state,
-        "envs": [env_state(env) for env in envs_of(model.get_env())],
-        "logger": {
-            "values": dict(logger.name_to_value),
-            "counts": dict(logger.name_to_count),
-            "excluded": dict(logger.name_to_excluded),
-        },
-    }
-
-
-def restore_training_state(model, state: dict) -> None:
-    """After SB3's load (which reseeds every generator from the config's seed), put back the
-    generators, the envs and the logger as they were when the checkpoint was taken."""
-    vec_env = base_vec_env(model.get_env())  # not VecNormalize's reset, which would count the observation again
-    vec_env.reset()  # Gymnasium refuses to step an env never reset; its state is then overwritten
-    for env, saved in zip(envs_of(vec_env), state["envs"], strict=True):
-        restore_env_state(env, saved)
-    restore_random_state(state["random"])
-    model.action_space.np_random.bit_generator.state = state["action_space"]
-    model.logger.name_to_value.update(state["logger"]["values"])
-    model.logger.name_to_count.update(state["logger"]["counts"])
-    model.logger.name_to_excluded.update(state["logger"]["excluded"])
-
-
-def load(saved: Path, config, env, logger, vecnormalize=None, device: str = "cpu"):
-    """Model (with its replay buffer, logging to ``logger``) and env, continuing where ``saved`` left off."""
+def _load_legacy(saved: Path, config, env, logger, vecnormalize=None, device: str = "cpu"):
+    """A checkpoint of an older harness (pickles), from this machine's own files (:func:`fetch` never
+    takes one from a store)."""
     if vecnormalize is not None:
         from stable_baselines3.common.vec_env import VecNormalize
 
         vecnormalize = VecNormalize.load(str(saved / "vecnormalize.pkl"), vecnormalize.venv)
         env = vecnormalize
-    state_file = saved / STATE_FILE
+    state_file = saved / LEGACY_STATE_FILE
     exact = state_file.is_file()
     # With the envs' state restored, SB3 must continue from the observation it saved, not reset
     # them (force_reset), and HER must keep the episode in progress (truncate_last_traj); an older

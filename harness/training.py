@@ -410,7 +410,7 @@ def continued_model(saved: Path, config: TrainConfig, env, logger, vecnormalize,
     """The model, env and statistics of a resumable checkpoint, tagged with the step it resumes from; one
     that cannot be loaded is set aside and named in one line."""
     try:
-        model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device)
+        model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device, build_model)
     except Exception as exc:
         kept = resume.set_aside(saved)
         raise HarnessError(

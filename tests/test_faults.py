@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from harness.config import resolve_config
@@ -583,7 +585,7 @@ def kill_after_a_checkpoint(args, cwd, store, checkpointed=None) -> mlflow.entit
 RESUMABLE = ["train", *TINY, "--total-steps", "1000", "--checkpoint-freq", "320"]  # killed after its first checkpoint
 
 
-@pytest.mark.parametrize("damaged_file, with_manifest", [("training_state.pkl", True), ("model.zip", False)])
+@pytest.mark.parametrize("damaged_file, with_manifest", [("state.npz", True), ("model.zip", False)])
 def test_a_damaged_resumable_checkpoint_is_set_aside_and_the_training_starts_anew(
     store, tmp_path, damaged_file, with_manifest
 ):
@@ -648,13 +650,17 @@ def killed_after_an_upload(cwd, uri) -> mlflow.entities.Run:
     return kill_after_a_checkpoint(RESUMABLE, cwd, uri, checkpointed=uploaded)
 
 
-def test_a_resumable_checkpoint_planted_in_a_servers_artifacts_is_refused_unopened(mlflow_server, tmp_path, monkeypatch):
-    """On a tracking server a worker may continue a run from the checkpoint in its artifacts (resume/):
-    whoever can write artifacts could put a pickle there, with a manifest that names it."""
+def test_a_resumable_checkpoint_planted_in_a_servers_artifacts_runs_no_code(mlflow_server, tmp_path, monkeypatch, capsys):
+    """On a tracking server a worker may continue a run from the checkpoint in its artifacts (resume/); whoever
+    can write artifacts and tags could put anything there, with a manifest and a tag that vouch for it. The
+    checkpoint is JSON, arrays and tensors (harness.plain_state): a planted pickle inside the arrays is
+    refused by numpy unopened, and an older harness's pickled checkpoint is never loaded from a store."""
     import json
     import pickle
 
     from harness import resume
+    from harness.config import config_from_dict
+    from harness.training import RunOptions, train
 
     with on_the_server(mlflow_server, monkeypatch) as uri:
         run_id = killed_after_an_upload(tmp_path, uri).info.run_id
@@ -664,21 +670,37 @@ def test_a_resumable_checkpoint_planted_in_a_servers_artifacts_is_refused_unopen
         monkeypatch.chdir(elsewhere)
         assert resume.fetch(run_id) is not None  # as uploaded, it is taken
         resume.discard(run_id)
-        # the attacker: a pickle of their own, and a manifest whose sha256 are right for it
+        client = mlflow.MlflowClient()
+        marker = tmp_path / "code-ran"
         planted = tmp_path / "planted"
         planted.mkdir()
-        marker = tmp_path / "code-ran"
-        (planted / "training_state.pkl").write_bytes(pickle.dumps(_CreatesFileWhenUnpickled(marker)))
-        manifest = mlflow.artifacts.load_dict(f"runs:/{run_id}/resume/step.json")
-        manifest["sha256"]["training_state.pkl"] = hashlib.sha256((planted / "training_state.pkl").read_bytes()).hexdigest()
-        (planted / "step.json").write_text(json.dumps(manifest))
-        client = mlflow.MlflowClient()
-        client.log_artifact(run_id, str(planted / "training_state.pkl"), "resume")
-        client.log_artifact(run_id, str(planted / "step.json"), "resume")
-        with pytest.raises(
-            HarnessError,
-            match=f"the resumable checkpoint in the artifacts of run {run_id} does not match the sha256 its training recorded",
-        ):
+
+        def plant(name: str, content: bytes) -> None:
+            """The attacker: a file of their own, a manifest whose sha256 are right for it, and the run's tag."""
+            (planted / name).write_bytes(content)
+            manifest = mlflow.artifacts.load_dict(f"runs:/{run_id}/resume/step.json")
+            manifest["sha256"][name] = hashlib.sha256(content).hexdigest()
+            (planted / "step.json").write_text(json.dumps(manifest))
+            client.log_artifact(run_id, str(planted / name), "resume")
+            client.log_artifact(run_id, str(planted / "step.json"), "resume")
+            client.set_tag(run_id, "harness.resume_sha256", hashlib.sha256((planted / "step.json").read_bytes()).hexdigest())
+
+        arrays = io.BytesIO()
+        np.savez(arrays, a0=np.array([_CreatesFileWhenUnpickled(marker)], dtype=object))
+        plant("state.npz", arrays.getvalue())
+        config = config_from_dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json"))
+        with pytest.raises(HarnessError) as refused:
+            train(config, RunOptions(resume_run_id=run_id, progress_bar=False))
+        assert "\n" not in str(refused.value) and "Object arrays cannot be loaded when allow_pickle=False" in str(
+            refused.value
+        )
+        assert str(refused.value).startswith(f"the resumable checkpoint of run {run_id} at step_")
+        assert not marker.exists()
+
+        resume.discard(run_id)
+        client.set_terminated(run_id, "KILLED")  # as the failed attempt left it, continued again below
+        plant("training_state.pkl", pickle.dumps(_CreatesFileWhenUnpickled(marker)))
+        with pytest.raises(resume.DamagedCheckpoint, match=r"written by an older harness as pickles \(training_state.pkl\)"):
             resume.fetch(run_id)
         assert not marker.exists() and resume.latest(run_id) is None
 
@@ -699,21 +721,21 @@ def test_a_damaged_checkpoint_in_a_servers_artifacts_starts_a_new_run_never_a_se
         elsewhere = tmp_path / "another-worker"
         (elsewhere / "damaged").mkdir(parents=True)
         monkeypatch.chdir(elsewhere)
-        (elsewhere / "damaged" / "training_state.pkl").write_bytes(b"cut short")  # the manifest still names the old
-        mlflow.MlflowClient().log_artifact(run_id, str(elsewhere / "damaged" / "training_state.pkl"), "resume")
+        (elsewhere / "damaged" / "state.npz").write_bytes(b"cut short")  # the manifest still names the old
+        mlflow.MlflowClient().log_artifact(run_id, str(elsewhere / "damaged" / "state.npz"), "resume")
         config = config_from_dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json"))
         capsys.readouterr()
         result = train(config, RunOptions(resume_run_id=run_id, progress_bar=False))
         warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("harness: warning")]
         assert warnings == [
             f"harness: warning: run {run_id} cannot be continued: the resumable checkpoint in the artifacts of run "
-            f"{run_id} is damaged (resume/training_state.pkl does not match its manifest); it is marked FAILED and "
+            f"{run_id} is damaged (resume/state.npz does not match its manifest); it is marked FAILED and "
             "the training starts anew as a new run"
         ]
         assert result.run_id != run_id
         old = mlflow.MlflowClient().get_run(run_id)
         assert old.info.status == "FAILED" and metric_histories(run_id) == before
-        assert "training_state.pkl does not match its manifest" in old.data.tags["harness.damaged_checkpoint"]
+        assert "state.npz does not match its manifest" in old.data.tags["harness.damaged_checkpoint"]
         new = mlflow.MlflowClient().get_run(result.run_id)
         assert new.info.status == "FINISHED" and "harness.resumed_from_step" not in new.data.tags
 

@@ -29,6 +29,8 @@ STAGES = [
     "server_auth",
     "checkpoints",
     "models",
+    "plain_state",
+    "training_state",
     "resume",
     "evaluation",
     "training",

@@ -178,3 +178,54 @@ def test_a_local_checkpoint_from_an_older_harness_has_its_pickled_statistics_con
     assert loaded.normalize(obs)["observation"].tolist() == vecnormalize.normalize_obs(obs)["observation"].tolist()
     load_checkpoint(str(paths["model"]))
     assert capsys.readouterr().err == ""  # once
+
+
+@pytest.mark.parametrize("algo", ["sac", "tqc", "ddpg"])
+def test_a_resumable_checkpoint_continues_with_unpickling_forbidden(tmp_path, monkeypatch, algo, request):
+    """The resumable checkpoint (model.zip + state.json/state.npz) is loaded as JSON, arrays and tensors:
+    with every unpickler patched to fail, the continued model has the trained weights, optimizers, replay
+    buffer, normalization and counters of the one saved."""
+    from stable_baselines3.common.logger import configure
+
+    from harness import resume
+    from harness.training import build_env, build_model
+
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config(
+        "fast",
+        "FetchReach-v4",
+        {
+            "algo": algo,
+            "her": True,
+            "n_envs": 2,
+            "total_steps": 300,
+            "learning_starts": 200,
+            "normalize_obs": True,
+            "net_arch": [32, 16],
+            "n_step_returns": 3,
+        },
+    )
+    env, vecnormalize = build_env(config)
+    model = build_model(config, env, configure(None, []))
+    model.learn(300)
+    saved = resume.save("f" * 32, model, vecnormalize)
+    assert sorted(p.name for p in saved.iterdir()) == ["model.zip", "state.json", "state.npz", "step.json"]
+    request.getfixturevalue("no_unpickling")
+
+    env2, vecnormalize2 = build_env(config)
+    continued, _, normalizer = resume.load(saved, config, env2, configure(None, []), vecnormalize2, "cpu", build_model)
+    assert continued.num_timesteps == model.num_timesteps and continued._n_updates == model._n_updates > 0
+    for name, tensor in model.policy.state_dict().items():
+        assert torch.equal(tensor, continued.policy.state_dict()[name]), name
+    saved_optimizer = model.actor.optimizer.state_dict()["state"]
+    assert all(
+        torch.equal(saved_optimizer[i]["exp_avg"], continued.actor.optimizer.state_dict()["state"][i]["exp_avg"])
+        for i in saved_optimizer
+    )
+    buffer, restored = model.replay_buffer, continued.replay_buffer
+    assert (restored.pos, restored.full) == (buffer.pos, buffer.full)
+    assert (restored.observations["observation"] == buffer.observations["observation"]).all()
+    assert (restored.ep_length == buffer.ep_length).all()
+    assert normalizer.obs_rms["observation"].count == vecnormalize.obs_rms["observation"].count
+    assert (continued._last_obs["desired_goal"] == model._last_obs["desired_goal"]).all()
+    continued.learn(100, reset_num_timesteps=False)  # and it trains on
