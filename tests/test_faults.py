@@ -492,6 +492,8 @@ def test_a_planted_run_whose_checkpoint_would_run_code_runs_none_in_eval_registe
     registered = harness(["register", "--env", "FetchReach-v4"], tmp_path, store)
     assert registered.returncode == 0 and run.info.run_id in registered.stdout, registered.stderr
     assert load_policy(run.info.run_id).num_timesteps == 300
+    compared = harness(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, store)  # reads no checkpoint
+    assert "no finished, evaluated sac training run for (env=FetchReach-v4, her=false, seed=0)" in compared.stderr
     assert not marker.exists()
 
     def pickled_weights(raw: bytes) -> bytes:
