@@ -80,3 +80,19 @@ def test_an_unfinished_parent_is_found_by_its_key(store):
     client.set_terminated(cut.info.run_id, "KILLED")
     assert unfinished_parent("abc") == cut.info.run_id
     assert unfinished_parent("other") is None
+
+
+def test_on_a_server_with_accounts_the_plan_takes_up_only_this_accounts_runs(store, monkeypatch):
+    """Another account's finished run of the very same job (tags and all) is never reused: the job trains."""
+    from harness import accounts
+
+    jobs = chapter_jobs("FetchReach-v4", [0], "fast", {"total_steps": 300}, n_eval_episodes=5)
+    client = mlflow.MlflowClient()
+    experiment_id = client.create_experiment("plan")
+    finished = {"harness.eval_episodes": "5"}
+    stored_run(client, experiment_id, jobs[0], "FINISHED", **finished, **{"harness.created_by": "bob"})
+    mine = stored_run(client, experiment_id, jobs[1], "FINISHED", **finished, **{"harness.created_by": "alice"})
+    monkeypatch.setattr(accounts, "current_account", lambda: "alice")
+    assert [(p.action, p.run_id) for p in plan(jobs, [experiment_id])] == [("train", None), ("reuse", mine)]
+    monkeypatch.setattr(accounts, "current_account", lambda: None)  # a local store: no one to tell apart
+    assert [p.action for p in plan(jobs, [experiment_id])] == ["reuse", "reuse"]
