@@ -128,3 +128,13 @@ def test_another_accounts_planted_run_is_used_only_when_accepted(tmp_path):
         accepted = run_cli(["register", "--run-id", planted, "--accept-runs-from", "bob"], tmp_path, alice_uri, check=False)
         assert accepted.returncode == 1 and "made by account" not in accepted.stderr
         assert "no downloadable checkpoint" in accepted.stderr or "has no checkpoint" in accepted.stderr
+
+
+def test_compare_records_who_made_each_run_it_used():
+    from harness.comparison import run_provenance
+
+    run = FakeRun({CREATED_BY_TAG: "alice", "mlflow.user": "alice", "harness.seed": "3"})
+    run.data.metrics = {}
+    provenance = run_provenance(run)
+    assert (provenance["created_by"], provenance["mlflow_user"], provenance["seed"]) == ("alice", "alice", 3)
+    assert provenance["run_id"] == "f" * 32
