@@ -253,3 +253,29 @@ def test_wall_clock_metrics_are_not_compared(store):
     comparison = compare_runs(runs[0], runs[1], up_to_step=4000)
     assert [row["metric"] for row in comparison["metrics"]] == ["eval/steps_to_50", "eval/success_rate"]
     assert comparison["first_difference_step"] is None
+
+
+def test_reproducing_a_planted_run_runs_none_of_its_checkpoint(trained, tmp_path):
+    """The run's checkpoint zip has every pickled entry replaced by one that would create a marker (its sha256
+    tag made to match, as a second account could): reproduce re-makes and compares the run, running nothing of
+    it. (Last in this module: the shared run's checkpoint stays planted.)"""
+    import base64
+    import json
+    import pickle
+
+    from tests.test_faults import _CreatesFileWhenUnpickled, plant_in_checkpoint
+
+    cwd, uri, original = trained
+    marker = tmp_path / "code-ran"
+    planted = base64.b64encode(pickle.dumps(_CreatesFileWhenUnpickled(marker))).decode()
+
+    def every_serialized_entry(raw: bytes) -> bytes:
+        data = json.loads(raw)
+        for value in data.values():
+            if isinstance(value, dict) and ":serialized:" in value:
+                value[":serialized:"] = planted
+        return json.dumps(data).encode()
+
+    plant_in_checkpoint(original, "data", every_serialized_entry)
+    proc = run_cli(["reproduce", original.info.run_id, "--steps", "150"], cwd, uri, timeout=600)
+    assert "**identical**" in proc.stdout and not marker.exists()
