@@ -37,6 +37,7 @@ SHARED_WORKER = {
 # is what one worker still runs at the end while the other waits.
 LONGEST_FIRST = (
     "ray",
+    "tests/test_accounts.py::test_another_accounts_planted_run_is_used_only_when_accepted",
     "tests/test_pipelines.py::test_sigkill_at_any_moment_then_rerun_completes",
     "cli_workflow",
     "tests/test_faults.py::test_sigkill_then_the_same_train_command_resumes_the_same_run_and_ends_as_if_never_killed",

@@ -47,11 +47,29 @@ def _post(uri: str, path: str, auth: tuple[str, str], body: dict) -> requests.Re
 
 @pytest.mark.slow
 def test_another_accounts_planted_run_is_used_only_when_accepted(tmp_path):
+    """One --auth server for both: without an account a client is refused in one line; with one, another
+    account's planted run is used only when accepted."""
+    from harness import postgres
     from tests.test_stack import tracking_server
 
     with tracking_server(auth=True) as (stack, base):
         uri = stack.tracking_uri
         admin = ("admin", (base / "server" / "admin-password").read_text().strip())
+        for secret in ("basic_auth.db", "admin-password", "flask-secret", postgres.PASSWORD_FILE):  # hashes, passwords
+            assert (base / "server" / secret).stat().st_mode & 0o777 == 0o600, secret
+        search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert requests.get(search, timeout=30).status_code == 401
+        assert requests.get(search, auth=admin, timeout=30).status_code == 200
+        refused = run_cli(["compare", "--env", "FetchReach-v4"], tmp_path, uri, check=False)
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+            f"harness: error: tracking server {uri} refused no user (401 Unauthorized); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it"
+        ]
+        with_admin = uri.replace("http://", f"http://admin:{admin[1]}@")
+        allowed = run_cli(["compare", "--env", "FetchReach-v4"], tmp_path, with_admin, check=False)
+        assert "no finished, evaluated training run for FetchReach-v4" in allowed.stderr
+        assert admin[1] not in refused.stderr + allowed.stdout + allowed.stderr
+
         accounts = {name: secrets.token_urlsafe(18) for name in ("alice", "bob")}
         for name, password in accounts.items():
             assert _post(uri, "users/create", admin, {"username": name, "password": password}).status_code == 200

@@ -325,29 +325,6 @@ def test_the_database_refuses_a_client_without_its_password_and_the_password_is_
             assert password.encode() not in path.read_bytes(), path
 
 
-def test_with_basic_auth_the_server_refuses_a_client_without_an_account(tmp_path):
-    import requests
-
-    from tests.conftest import run_cli
-
-    with tracking_server(auth=True) as (stack, base):
-        admin_password = (base / "server" / "admin-password").read_text().strip()
-        for secret in ("basic_auth.db", "admin-password", "flask-secret", postgres.PASSWORD_FILE):  # hashes, passwords
-            assert (base / "server" / secret).stat().st_mode & 0o777 == 0o600, secret
-        search = f"{stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
-        assert requests.get(search, timeout=30).status_code == 401
-        assert requests.get(search, auth=("admin", admin_password), timeout=30).status_code == 200
-        refused = run_cli(["compare", "--env", "FetchReach-v4"], tmp_path, stack.tracking_uri, check=False)
-        assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
-            f"harness: error: tracking server {stack.tracking_uri} refused no user (401 Unauthorized); set "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it"
-        ]
-        with_user = stack.tracking_uri.replace("http://", f"http://admin:{admin_password}@")
-        allowed = run_cli(["compare", "--env", "FetchReach-v4"], tmp_path, with_user, check=False)
-        assert "no finished, evaluated training run for FetchReach-v4" in allowed.stderr
-        assert admin_password not in refused.stderr + allowed.stdout + allowed.stderr
-
-
 def test_server_stop_never_signals_a_process_that_took_a_stale_pid(tmp_path):
     """server.json outlived its server (a reboot, a kill -9) and its pid now names someone else's process
     group: stop leaves it alone and says nothing was running."""
