@@ -111,12 +111,12 @@ def echo_ui_link(run_id: str | None) -> None:
         return
     import mlflow
 
-    from harness import ui_views as views
+    from harness import ui_views
 
     experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
-    base = views.ui_base(mlflow.get_tracking_uri())
-    served_by = " (served by: harness ui)" if base == views.DEFAULT_UI else ""
-    click.echo(f"MLflow UI{served_by}: {views.url(base, experiment_id)}")
+    base = ui_views.ui_base(mlflow.get_tracking_uri())
+    served_by = " (served by: harness ui)" if base == ui_views.DEFAULT_UI else ""
+    click.echo(f"MLflow UI{served_by}: {ui_views.url(base, experiment_id)}")
 
 
 def echo_upgraded(store: str, upgraded, backup: str, rollback: str) -> None:

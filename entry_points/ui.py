@@ -28,7 +28,7 @@ def ui_command(port, host):
     prepare_store()
     import mlflow
 
-    from harness import tracking, views
+    from harness import tracking, ui_views
     from harness.credentials import redact
 
     uri = mlflow.get_tracking_uri()
@@ -39,10 +39,10 @@ def ui_command(port, host):
     for experiment in client.search_experiments():
         newest = tracking.search_runs({KIND_TAG: "train"}, [experiment.experiment_id], max_results=1)
         if newest:
-            views.publish(experiment.experiment_id)
+            ui_views.publish(experiment.experiment_id)
             trained.append((newest[0].info.start_time, experiment))
     for _, experiment in sorted(trained, key=lambda item: -item[0]):  # the newest training's experiment first
-        click.echo(f"  {experiment.name}: {views.url(base, experiment.experiment_id)}", err=True)
+        click.echo(f"  {experiment.name}: {ui_views.url(base, experiment.experiment_id)}", err=True)
     sys.exit(serve_ui(uri, host, port))
 
 

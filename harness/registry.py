@@ -292,11 +292,11 @@ def register(
 
 def version_description(run, metrics: dict[str, float], meta: dict[str, Any]) -> str:
     """Markdown for a model version's page: its source run, how it scored, and the config that made it."""
-    from harness import ui_views as views
+    from harness import ui_views
 
     config = meta.get("config", {})
     identity = RunIdentity.from_tags(run.data.tags)
-    link = views.url(views.ui_base(mlflow.get_tracking_uri()), run.info.experiment_id, run_id=run.info.run_id)
+    link = ui_views.url(ui_views.ui_base(mlflow.get_tracking_uri()), run.info.experiment_id, run_id=run.info.run_id)
     shown = ("preset", "total_steps", "n_envs", "batch_size", "gamma", "learning_rate", "n_sampled_goal", "held_object_start")
     episodes = run.data.tags.get(EVAL_EPISODES_TAG, "?")
     lines = [
