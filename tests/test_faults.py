@@ -466,17 +466,12 @@ def plant_in_checkpoint(run, entry: str, change) -> None:
     mlflow.MlflowClient().set_tag(run.info.run_id, "harness.checkpoint_sha256", digest)
 
 
-def test_a_planted_run_whose_checkpoint_would_run_code_runs_none_in_eval_register_or_load_policy(store, tmp_path):
-    """A FINISHED, evaluated HER run with matching hash tags whose every pickled zip entry creates a marker."""
+def plant_code_in_every_serialized_entry(run, marker: Path) -> None:
+    """Every ``:serialized:`` entry of the run's checkpoint ``data`` becomes a pickle that creates ``marker``."""
     import base64
     import json
     import pickle
 
-    from harness import load_policy
-
-    run = train_tiny(tmp_path, store, "--her", "true")
-    cli_in_process(["eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint", "--n-episodes", "2"], tmp_path, store)
-    marker = tmp_path / "code-ran"
     planted = base64.b64encode(pickle.dumps(_CreatesFileWhenUnpickled(marker))).decode()
 
     def every_serialized_entry(raw: bytes) -> bytes:
@@ -487,6 +482,16 @@ def test_a_planted_run_whose_checkpoint_would_run_code_runs_none_in_eval_registe
         return json.dumps(data).encode()
 
     plant_in_checkpoint(run, "data", every_serialized_entry)
+
+
+def test_a_planted_run_whose_checkpoint_would_run_code_runs_none_in_eval_register_or_load_policy(store, tmp_path):
+    """A FINISHED, evaluated HER run with matching hash tags whose every pickled zip entry creates a marker."""
+    from harness import load_policy
+
+    run = train_tiny(tmp_path, store, "--her", "true")
+    cli_in_process(["eval", "--ckpt", f"runs:/{run.info.run_id}/checkpoint", "--n-episodes", "2"], tmp_path, store)
+    marker = tmp_path / "code-ran"
+    plant_code_in_every_serialized_entry(run, marker)
     uri = f"runs:/{run.info.run_id}/checkpoint"
     assert harness(["eval", "--ckpt", uri, "--n-episodes", "1"], tmp_path, store).returncode == 0
     registered = harness(["register", "--env", "FetchReach-v4"], tmp_path, store)

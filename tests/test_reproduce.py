@@ -259,23 +259,10 @@ def test_reproducing_a_planted_run_runs_none_of_its_checkpoint(trained, tmp_path
     """The run's checkpoint zip has every pickled entry replaced by one that would create a marker (its sha256
     tag made to match, as a second account could): reproduce re-makes and compares the run, running nothing of
     it. (Last in this module: the shared run's checkpoint stays planted.)"""
-    import base64
-    import json
-    import pickle
-
-    from tests.test_faults import _CreatesFileWhenUnpickled, plant_in_checkpoint
+    from tests.test_faults import plant_code_in_every_serialized_entry
 
     cwd, uri, original = trained
     marker = tmp_path / "code-ran"
-    planted = base64.b64encode(pickle.dumps(_CreatesFileWhenUnpickled(marker))).decode()
-
-    def every_serialized_entry(raw: bytes) -> bytes:
-        data = json.loads(raw)
-        for value in data.values():
-            if isinstance(value, dict) and ":serialized:" in value:
-                value[":serialized:"] = planted
-        return json.dumps(data).encode()
-
-    plant_in_checkpoint(original, "data", every_serialized_entry)
+    plant_code_in_every_serialized_entry(original, marker)
     proc = run_cli(["reproduce", original.info.run_id, "--steps", "150"], cwd, uri, timeout=600)
     assert "**identical**" in proc.stdout and not marker.exists()
