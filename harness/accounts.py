@@ -22,7 +22,7 @@ import mlflow
 
 from harness.errors import HarnessError
 from harness.run_schema import CREATED_BY_TAG, USER_TAG
-from harness.stores import on_server
+from harness.stores import check_server, on_server
 
 ANY_ACCOUNT = "*"
 
@@ -33,6 +33,7 @@ def _account_on(uri: str, username: str | None) -> str | None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
+    check_server(uri)  # a server that does not answer: the same one line as every other command's
     try:
         response = http_request(
             get_default_host_creds(uri),
