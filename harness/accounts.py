@@ -15,6 +15,7 @@ the server, can write anything): nothing is checked there, and every run is used
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -57,8 +58,6 @@ def current_account() -> str | None:
     server without accounts (nothing to tell apart there)."""
     if not on_server():
         return None
-    import os
-
     return _account_on(mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_USERNAME"))
 
 
