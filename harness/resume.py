@@ -59,6 +59,8 @@ RESUME_DIR = CHECKPOINT_DIR / "resume"
 OWNER_LOCK = "owner.lock"
 STATE_JSON, STATE_ARRAYS = "state.json", "state.npz"
 LEGACY_STATE_FILE = "training_state.pkl"  # older harnesses' pickles: read from this machine's own files only
+# Modules renamed since older harnesses pickled their classes (the replay buffer's): a pickle names the old path.
+RENAMED_MODULES = {"harness.replay": "harness.her_replay"}
 REMOTE_DIR = "resume"  # the run's artifact folder for its latest resumable checkpoint (tracking server only)
 MANIFEST = "step.json"
 
@@ -305,13 +307,30 @@ def _load_legacy(saved: Path, config, env, logger, vecnormalize=None, device: st
     # With the envs' state restored, SB3 must continue from the observation it saved, not reset
     # them (force_reset), and HER must keep the episode in progress (truncate_last_traj); an older
     # checkpoint without that state drops the cut episode so no half episode is ever sampled.
-    model = algo_class(config.algo).load(str(saved / "model.zip"), env=env, device=device, force_reset=not exact)
-    model.load_replay_buffer(saved / "replay_buffer.pkl", truncate_last_traj=not exact)
-    model.set_logger(logger)
-    if exact:
-        with open(state_file, "rb") as f:
-            restore_training_state(model, pickle.load(f))
+    with _old_module_names():
+        model = algo_class(config.algo).load(str(saved / "model.zip"), env=env, device=device, force_reset=not exact)
+        model.load_replay_buffer(saved / "replay_buffer.pkl", truncate_last_traj=not exact)
+        model.set_logger(logger)
+        if exact:
+            with open(state_file, "rb") as f:
+                restore_training_state(model, pickle.load(f))
     return model, env, vecnormalize
+
+
+@contextlib.contextmanager
+def _old_module_names() -> Iterator[None]:
+    """Let an older harness's pickles find the classes they name under the modules' old names."""
+    import importlib
+    import sys
+
+    added = [old for old in RENAMED_MODULES if old not in sys.modules]
+    for old in added:
+        sys.modules[old] = importlib.import_module(RENAMED_MODULES[old])
+    try:
+        yield
+    finally:
+        for old in added:
+            sys.modules.pop(old, None)
 
 
 def discard(run_id: str) -> None:

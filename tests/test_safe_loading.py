@@ -180,6 +180,20 @@ def test_a_local_checkpoint_from_an_older_harness_has_its_pickled_statistics_con
     assert capsys.readouterr().err == ""  # once
 
 
+def test_an_older_harness_resumable_pickle_finds_its_replay_buffer_under_the_module_s_old_name():
+    from harness import resume
+    from harness.her_replay import MixedGoalHerReplayBuffer
+
+    # A resumable checkpoint of an older harness pickled its buffer class as harness.replay's.
+    old = pickle.dumps(MixedGoalHerReplayBuffer, protocol=0).replace(b"harness.her_replay", b"harness.replay")
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(old)
+    with resume._old_module_names():
+        assert pickle.loads(old) is MixedGoalHerReplayBuffer
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(old)  # the old name is not left behind
+
+
 @pytest.mark.parametrize("algo", ["sac", "tqc", "ddpg"])
 def test_a_resumable_checkpoint_continues_with_unpickling_forbidden(tmp_path, monkeypatch, algo, request):
     """The resumable checkpoint (model.zip + state.json/state.npz) is loaded as JSON, arrays and tensors:
