@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import shlex
 import socket
@@ -20,6 +21,7 @@ from harness.run_schema import (
     GIT_COMMIT_TAG,
     GIT_DIRTY_TAG,
     HOST_TAG,
+    NICENESS_TAG,
     VERSION_TAG_PREFIX,
 )
 
@@ -97,6 +99,7 @@ def provenance_tags() -> dict[str, str]:
         COMMAND_TAG: command_line(),
         CPU_TAG: cpu_model(),
         HOST_TAG: socket.gethostname(),  # which machine (Ray node) ran it: its system/* metrics are that machine's
+        NICENESS_TAG: str(os.nice(0)),  # a process under others' (Ray's default for workers: 15) runs slower
     }
     tags.update({f"{VERSION_TAG_PREFIX}{name}": version for name, version in package_versions().items()})
     return tags

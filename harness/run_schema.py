@@ -39,6 +39,7 @@ TOTAL_STEPS_TAG = "harness.total_steps"
 CODE_VERSION_TAG = "harness.code_version"
 GIT_COMMIT_TAG, GIT_DIRTY_TAG = "harness.git_commit", "harness.git_dirty"
 COMMAND_TAG, HOST_TAG, CPU_TAG = "harness.command", "harness.host", "harness.cpu"
+NICENESS_TAG = "harness.niceness"  # the training process's scheduling priority (wall-clock times depend on it)
 VERSION_TAG_PREFIX = "harness.version."  # + package name
 PRECISION_TAG, DEVICE_TAG, TORCH_THREADS_TAG = "harness.precision", "harness.device", "harness.torch_threads"
 CPU_CAPABILITY_TAG, NATIVE_BF16_TAG = "harness.cpu_capability", "harness.native_bf16"

@@ -81,6 +81,7 @@ def ray_cluster(base: Path, cpus_per_node: int):
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_health_check_period_ms": "1000",
         "RAY_health_check_failure_threshold": "3",
+        "RAY_worker_niceness": "0",  # Ray's default 15 starves the trainings beside the other test worker
     }
     common = [
         "--node-ip-address",

@@ -142,6 +142,7 @@ def stop_workers(pool: ProcessPoolExecutor) -> None:
             process.kill()
 
 
+RAY_WORKER_NICENESS = "RAY_worker_niceness"  # read by the raylet that ray.init starts
 RAY_ADDRESS_FORMS = "auto on a node of a running cluster, HOST:PORT of its head, or ray://HOST:10001"
 
 
@@ -178,6 +179,10 @@ def execute_ray(
             # Workers on a cluster work in their own node's directory: the driver's may not exist there.
             specs = [{**spec, "cwd": ""} for spec in specs]
         else:
+            # Ray runs its workers at niceness 15 by default, under the driver: beside any other busy
+            # process (a second training, a test) the trainings, which are the whole work, then get a
+            # few percent of a core (a 300-step training took minutes). The user's setting wins.
+            os.environ.setdefault(RAY_WORKER_NICENESS, "0")
             ray.init(num_cpus=cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         # A task whose worker or node is lost runs again elsewhere (Ray retries only such system
