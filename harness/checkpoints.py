@@ -11,12 +11,10 @@ and in its MLflow run as artifacts ``checkpoint/<name>.zip``, ``checkpoint/<name
 and ``meta.json``. :func:`harness.models.load_checkpoint` takes a path, a run id, a ``runs:/`` URI or a
 ``models:/`` URI (a registered model, or a checkpoint's logged model).
 
-Loading unpickles nothing, by construction. SB3's own ``load`` would unpickle the zip's
-``:serialized:`` entries (policy class, spaces, schedules ...), so anyone who can write a run's
-artifacts and tags could run code on whoever loads it. Here the zip is read as data only: its
-``data`` entry as plain JSON (the serialized entries are never decoded), the policy's tensors with
-``torch.load(weights_only=True)``, and the model is rebuilt from the algorithm and the layer sizes
-those tensors have (:func:`policy_model`). The statistics are JSON. The sha256 tags a training records
+Loading unpickles nothing, by construction: SB3's own ``load`` would unpickle the zip's
+``:serialized:`` entries, so anyone who can write a run's artifacts and tags could run code on whoever
+loads it. The zip is read as data only (:mod:`harness.sb3_zip`) and the statistics are JSON
+(:mod:`harness.normalization`). The sha256 tags a training records
 (:func:`verify_hashes`) stay as an integrity check: they find a file cut short or changed, not an
 attacker who can also set tags. Older checkpoints kept the statistics as a VecNormalize pickle
 (``.vecnormalize.pkl``): from a store they are refused; from a local path the user names they are
@@ -31,18 +29,15 @@ checkpoint a training logs as an MLflow *logged model* (:mod:`harness.models`, w
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import re
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from harness.errors import HarnessError, first_line
+from harness.normalization import normalization_stats, normalizer
+from harness.sb3_zip import describe_zip, policy_model, read_policy_weights, read_zip_data, tensors_in
 from harness.run_schema import (
     CHECKPOINT_SHA256_TAG,
     NORMALIZATION_SHA256_TAG,
@@ -55,7 +50,6 @@ RUN_ID_LENGTH = 32  # an MLflow run id: 32 hex digits
 HASH_TAGS = {"model": CHECKPOINT_SHA256_TAG, "normalization": NORMALIZATION_SHA256_TAG}
 STATS_SUFFIX = ".normalization.json"
 LEGACY_STATS_SUFFIX = ".vecnormalize.pkl"  # VecNormalize's pickle, written before the statistics were JSON
-POLICY_WEIGHTS = "policy.pth"  # the policy's state dict inside an SB3 zip
 
 
 def local_paths(run_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Path]:
@@ -236,175 +230,6 @@ def read_meta(path: Path) -> dict[str, Any]:
             "'config' object); delete it and pass --env"
         )
     return meta
-
-
-def _not_a_checkpoint(path: Path | str, why: str) -> HarnessError:
-    return HarnessError(f"checkpoint '{path}' is not a readable SB3 checkpoint ({why})")
-
-
-def read_zip_data(path: Path, name: str | None = None) -> dict[str, Any]:
-    """SB3's saved attributes as plain JSON. Entries SB3 pickled (``:serialized:``) stay undecoded: only
-    the text SB3 wrote beside them (such as a class's ``__module__``) is read."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            data = json.loads(archive.read("data"))
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:  # ValueError: JSON and text decoding
-        raise _not_a_checkpoint(name or path, f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("policy_class"), dict):
-        raise _not_a_checkpoint(name or path, "no saved model data")
-    return data
-
-
-def read_policy_weights(path: Path, name: str | None = None) -> dict[str, Any]:
-    """The policy's tensors from an SB3 zip, through torch's tensors-only loader. ``name``: what the user
-    called the checkpoint (a run id, not the temporary folder it was downloaded to), for the error line."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            raw = archive.read(POLICY_WEIGHTS)
-    except Exception as exc:  # zipfile's several errors, a truncated file
-        raise _not_a_checkpoint(name or path, f"{POLICY_WEIGHTS}: {type(exc).__name__}: {first_line(exc)}") from None
-    state, why = tensors_in(io.BytesIO(raw))
-    if state is None:
-        raise _not_a_checkpoint(name or path, f"{POLICY_WEIGHTS}: {why}")
-    return state
-
-
-def tensors_in(file) -> tuple[dict[str, Any] | None, str]:
-    """``(state dict, "")`` from a file of plain tensors, through torch's tensors-only loader, or
-    ``(None, why)`` in a few words. torch's own message is a page that advises loading with
-    ``weights_only=False`` (running the file's code): never shown."""
-    import warnings
-
-    import torch
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not plain tensors
-        refused = re.search(r"Unsupported (global: GLOBAL \S+|operand \S+)", str(exc))
-        return None, f"not plain tensors: {refused.group(0)}" if refused else f"{type(exc).__name__}: {first_line(exc)}"
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        return None, "no state dict of tensors"
-    return state, ""
-
-
-def _module_of(entry: Any) -> str:
-    """The ``__module__`` SB3 writes as text beside a pickled class."""
-    return str(entry.get("__module__", "")) if isinstance(entry, dict) else ""
-
-
-def describe_zip(data: dict[str, Any]) -> dict[str, Any]:
-    """algo, her and seed as recorded in the zip itself (from the text SB3 writes, never unpickled)."""
-    policy_module = _module_of(data.get("policy_class"))
-    # The policy class names the algorithm family: HerDDPG is a TD3 subclass and saves TD3's policy.
-    algo = "tqc" if "tqc" in policy_module else "ddpg" if "td3" in policy_module else "sac"
-    buffer_module = _module_of(data.get("replay_buffer_class"))
-    seed = data.get("seed")
-    return {
-        "algo": algo,
-        "her": buffer_module in ("stable_baselines3.her.her_replay_buffer", "harness.her_replay"),
-        "seed": seed if isinstance(seed, int) else None,
-    }
-
-
-def _layer_sizes(state: dict[str, Any], prefix: str) -> list[int]:
-    """Output sizes of the linear layers ``<prefix>.<i>.weight``, in order."""
-    found = {}
-    for key, tensor in state.items():
-        rest = key.removeprefix(prefix + ".")
-        if rest != key and rest.endswith(".weight") and rest.split(".")[0].isdigit() and tensor.dim() == 2:
-            found[int(rest.split(".")[0])] = int(tensor.shape[0])
-    return [found[i] for i in sorted(found)]
-
-
-def policy_kwargs_of(algo: str, state: dict[str, Any]) -> dict[str, Any]:
-    """The policy's layout, read from the shapes of its tensors: hidden layers of the actor (the harness
-    gives actor and critics the same), the number of critics and, for TQC, of quantiles."""
-    hidden = _layer_sizes(state, "actor.mu")[:-1] if algo == "ddpg" else _layer_sizes(state, "actor.latent_pi")
-    critics = sorted({key.split(".")[1] for key in state if key.startswith("critic.qf")})
-    if not hidden or not critics:
-        raise HarnessError(f"the policy weights are not those of an SB3 {algo} MultiInputPolicy")
-    kwargs: dict[str, Any] = {"net_arch": hidden, "n_critics": len(critics)}
-    if algo == "tqc":
-        kwargs["n_quantiles"] = _layer_sizes(state, f"critic.{critics[0]}")[-1]
-    return kwargs
-
-
-def policy_model(algo: str, env, state: dict[str, Any], source: str, num_timesteps: int = 0):
-    """An SB3 model of ``algo`` on ``env`` holding ``state`` as its policy, ready for ``predict``.
-
-    Built from the algorithm and the tensors' shapes; no replay buffer (evaluation needs none)."""
-    import gymnasium as gym
-
-    from harness.algorithms import algo_class
-
-    policy = "MultiInputPolicy" if isinstance(env.observation_space, gym.spaces.Dict) else "MlpPolicy"
-    try:
-        model = algo_class(algo)(
-            policy, env, buffer_size=1, policy_kwargs=policy_kwargs_of(algo, state), device="cpu", verbose=0
-        )
-        model.policy.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError, IndexError, HarnessError) as exc:  # shapes or names that do not fit
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HarnessError(f"'{source}' holds no {algo} policy for {env_id_of(env)} ({first})") from None
-    model.policy.set_training_mode(False)
-    model.num_timesteps = num_timesteps
-    return model
-
-
-def env_id_of(env) -> str:
-    try:
-        return env.envs[0].spec.id
-    except (AttributeError, IndexError):
-        return "this env"
-
-
-def normalization_stats(vecnormalize) -> dict[str, Any]:
-    """VecNormalize's observation statistics as JSON-ready data (what :func:`normalizer` reads back)."""
-    return {
-        "clip_obs": float(vecnormalize.clip_obs),
-        "epsilon": float(vecnormalize.epsilon),
-        "obs_rms": {
-            key: {"mean": r.mean.tolist(), "var": r.var.tolist(), "count": float(r.count)}
-            for key, r in vecnormalize.obs_rms.items()
-        },
-    }
-
-
-def write_normalization(vecnormalize, path: Path) -> None:
-    from harness.atomic_files import write_text_atomically
-
-    write_text_atomically(path, json.dumps(normalization_stats(vecnormalize)))
-
-
-def normalizer(path: Path, env, source: str):
-    """A VecNormalize on ``env`` (not training) with the statistics of the JSON file at ``path``."""
-    from stable_baselines3.common.running_mean_std import RunningMeanStd
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    try:
-        stats = json.loads(path.read_text())
-        vecnormalize = VecNormalize(
-            env,
-            training=False,
-            norm_obs=True,
-            norm_reward=False,
-            clip_obs=float(stats["clip_obs"]),
-            epsilon=float(stats["epsilon"]),
-        )
-        if set(stats["obs_rms"]) != set(vecnormalize.obs_rms):
-            raise ValueError(f"keys {sorted(stats['obs_rms'])}, expected {sorted(vecnormalize.obs_rms)}")
-        for key, saved in stats["obs_rms"].items():
-            rms = RunningMeanStd(shape=vecnormalize.obs_rms[key].mean.shape)
-            mean, var = np.asarray(saved["mean"], dtype=np.float64), np.asarray(saved["var"], dtype=np.float64)
-            if mean.shape != rms.mean.shape or var.shape != rms.var.shape:
-                raise ValueError(f"'{key}' has shape {mean.shape}, expected {rms.mean.shape}")
-            rms.mean, rms.var, rms.count = mean, var, float(saved["count"])
-            vecnormalize.obs_rms[key] = rms
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"the normalization statistics of '{source}' ({path.name}) are not readable ({exc})") from None
-    return vecnormalize
 
 
 def convert_legacy_statistics(zip_path: Path) -> Path:

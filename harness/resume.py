@@ -60,7 +60,7 @@ OWNER_LOCK = "owner.lock"
 STATE_JSON, STATE_ARRAYS = "state.json", "state.npz"
 LEGACY_STATE_FILE = "training_state.pkl"  # older harnesses' pickles: read from this machine's own files only
 # Modules renamed since older harnesses pickled their classes (the replay buffer's): a pickle names the old path.
-RENAMED_MODULES = {"harness.replay": "harness.her_replay"}
+RENAMED_MODULES = {f"{__package__}.replay": f"{__package__}.her_replay"}
 REMOTE_DIR = "resume"  # the run's artifact folder for its latest resumable checkpoint (tracking server only)
 MANIFEST = "step.json"
 

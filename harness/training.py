@@ -32,7 +32,8 @@ from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputF
 from harness import resume, stores, tracking
 from harness.resume import next_multiple
 from harness.algorithms import algo_class, compute_tags, emulated_bf16_warning, resolve_device, resolve_precision
-from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, LoadedCheckpoint, hash_tags, local_paths, write_normalization
+from harness.checkpoints import ARTIFACT_DIR, CHECKPOINT_DIR, LoadedCheckpoint, hash_tags, local_paths
+from harness.normalization import write_normalization
 from harness.config import TrainConfig
 from harness.credentials import redact
 from harness.envs import her_reward_warning, make_env, make_vec_env, validate_env_id, validate_her_start

@@ -27,6 +27,8 @@ STAGES = [
     "postgres",
     "server",
     "server_auth",
+    "sb3_zip",
+    "normalization",
     "checkpoints",
     "models",
     "plain_state",

@@ -15,7 +15,8 @@ import cloudpickle
 import pytest
 import torch
 
-from harness.checkpoints import LEGACY_STATS_SUFFIX, local_paths, write_normalization
+from harness.checkpoints import LEGACY_STATS_SUFFIX, local_paths
+from harness.normalization import write_normalization
 from harness.models import load_checkpoint
 from harness.config import resolve_config
 from harness.envs import make_env
