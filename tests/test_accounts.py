@@ -12,7 +12,7 @@ import requests
 
 from harness.accounts import AcceptedAccounts, left_out_line
 from harness.run_schema import CREATED_BY_TAG
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, cli_in_process
 
 
 class FakeRun:
@@ -60,13 +60,13 @@ def test_another_accounts_planted_run_is_used_only_when_accepted(tmp_path):
         search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
         assert requests.get(search, timeout=30).status_code == 401
         assert requests.get(search, auth=admin, timeout=30).status_code == 200
-        refused = run_cli(["compare", "--env", "FetchReach-v4"], tmp_path, uri, check=False)
+        refused = cli_in_process(["compare", "--env", "FetchReach-v4"], tmp_path, uri, check=False)
         assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
             f"harness: error: tracking server {uri} refused no user (401 Unauthorized); set "
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account on it"
         ]
         with_admin = uri.replace("http://", f"http://admin:{admin[1]}@")
-        allowed = run_cli(["compare", "--env", "FetchReach-v4"], tmp_path, with_admin, check=False)
+        allowed = cli_in_process(["compare", "--env", "FetchReach-v4"], tmp_path, with_admin, check=False)
         assert "no finished, evaluated training run for FetchReach-v4" in allowed.stderr
         assert admin[1] not in refused.stderr + allowed.stdout + allowed.stderr
 
@@ -77,9 +77,9 @@ def test_another_accounts_planted_run_is_used_only_when_accepted(tmp_path):
         alice_uri = uri.replace("http://", f"http://alice:{accounts['alice']}@")
 
         # Alice trains and evaluates a tiny HER run of her own: the server stamps it with her account.
-        trained = run_cli(["train", "--env", "FetchReach-v4", "--her", "--seed", "0", *TINY], tmp_path, alice_uri)
+        trained = cli_in_process(["train", "--env", "FetchReach-v4", "--her", "--seed", "0", *TINY], tmp_path, alice_uri)
         own_id = next(line.split()[1] for line in trained.stdout.splitlines() if line.startswith("run "))
-        run_cli(["eval", "--ckpt", own_id, "--n-episodes", "2"], tmp_path, alice_uri)
+        cli_in_process(["eval", "--ckpt", own_id, "--n-episodes", "2"], tmp_path, alice_uri)
 
         # Bob plants a better-looking run in an experiment of his, claiming to be alice.
         experiment = _post(uri, "experiments/create", bob, {"name": "bobs"}).json()["experiment_id"]
@@ -117,7 +117,7 @@ def test_another_accounts_planted_run_is_used_only_when_accepted(tmp_path):
         assert stamped[CREATED_BY_TAG] == "bob" and stamped["mlflow.user"] == "alice"
 
         # Alice's commands leave bob's run out, or refuse it in one line when she names it.
-        registered = run_cli(["register", "--env", "FetchReach-v4"], tmp_path, alice_uri)
+        registered = cli_in_process(["register", "--env", "FetchReach-v4"], tmp_path, alice_uri)
         assert f"from run {own_id} (made by alice)" in registered.stdout
         search = {"experiment_ids": [], "filter": "tags.`harness.kind` = 'register'", "run_view_type": "ACTIVE_ONLY"}
         search["experiment_ids"] = [
@@ -137,13 +137,15 @@ def test_another_accounts_planted_run_is_used_only_when_accepted(tmp_path):
             "checkpoint could be planted; --accept-runs-from bob uses it"
         )
         for command in (["register", "--run-id", planted], ["eval", "--ckpt", f"runs:/{planted}", "--n-episodes", "2"]):
-            proc = run_cli(command, tmp_path, alice_uri, check=False)
+            proc = cli_in_process(command, tmp_path, alice_uri, check=False)
             assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [refusal], command
-        compared = run_cli(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, alice_uri, check=False)
+        compared = cli_in_process(["compare", "--env", "FetchReach-v4", "--seeds", "0"], tmp_path, alice_uri, check=False)
         assert compared.returncode == 1
         assert compared.stderr.strip().splitlines()[0].startswith("harness: warning: left out runs made by other accounts")
         # Accepted, bob's run gets past the account check (and then fails as what it is: a run with no checkpoint).
-        accepted = run_cli(["register", "--run-id", planted, "--accept-runs-from", "bob"], tmp_path, alice_uri, check=False)
+        accepted = cli_in_process(
+            ["register", "--run-id", planted, "--accept-runs-from", "bob"], tmp_path, alice_uri, check=False
+        )
         assert accepted.returncode == 1 and "made by account" not in accepted.stderr
         assert "no downloadable checkpoint" in accepted.stderr or "has no checkpoint" in accepted.stderr
 
