@@ -120,6 +120,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def with_random_actions(policy, action, buffer_action, share: float):
+    """The HER paper's exploration: each env's action replaced, with probability ``share``, by a uniformly
+    random one. ``buffer_action`` is the action scaled to [-1, 1] (what the replay buffer stores)."""
+    explore = np.random.uniform(size=len(buffer_action)) < share if share > 0 else None
+    if explore is None or not explore.any():
+        return action, buffer_action
+    buffer_action = buffer_action.copy()
+    buffer_action[explore] = np.random.uniform(-1.0, 1.0, size=buffer_action[explore].shape)
+    return policy.unscale_action(buffer_action), buffer_action
+
+
 class HerDDPG(TD3):
     """DDPG with the HER paper's exploration, action penalty and target clipping (see module doc)."""
 
@@ -150,13 +161,8 @@ class HerDDPG(TD3):
 
     def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
         action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)
-        if self.num_timesteps >= learning_starts and self.random_eps > 0:
-            # buffer_action lives in [-1, 1]; replace a random_eps share of it by uniform noise
-            explore = np.random.uniform(size=n_envs) < self.random_eps
-            if explore.any():
-                buffer_action = buffer_action.copy()
-                buffer_action[explore] = np.random.uniform(-1.0, 1.0, size=buffer_action[explore].shape)
-                action = self.policy.unscale_action(buffer_action)
+        if self.num_timesteps >= learning_starts:
+            return with_random_actions(self.policy, action, buffer_action, self.random_eps)
         return action, buffer_action
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
@@ -233,12 +239,24 @@ class FastSAC(SAC):
     ``clip_target_q=True`` clips the TD target (the soft value with its entropy term) to
     ``[-1/(1-gamma), 0]``, the range of returns of the Fetch tasks' -1/0 reward, as the HER paper's
     DDPG does: a critic's early overshoot past what any return can be is not bootstrapped from.
+
+    ``random_action_share`` > 0 replaces that share of the training actions (after ``learning_starts``) by
+    uniformly random ones, as the HER paper's DDPG does (its ``random_eps``), on top of SAC's own sampling.
     """
 
-    def __init__(self, *args, precision: str = "fp32", clip_target_q: bool = False, **kwargs):
+    def __init__(
+        self, *args, precision: str = "fp32", clip_target_q: bool = False, random_action_share: float = 0.0, **kwargs
+    ):
         self.precision = precision
         self.clip_target_q = clip_target_q
+        self.random_action_share = random_action_share
         super().__init__(*args, **kwargs)
+
+    def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
+        action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)
+        if self.num_timesteps >= learning_starts:
+            return with_random_actions(self.policy, action, buffer_action, self.random_action_share)
+        return action, buffer_action
 
     def _setup_model(self) -> None:
         super()._setup_model()

@@ -140,6 +140,9 @@ class TrainConfig:
     clip_target_q: bool = False
     """sac only: clip the critics' TD targets (entropy term included) to [-1/(1-gamma), 0], the range of
     discounted returns of the Fetch tasks' -1/0 sparse reward, as the HER paper's DDPG always does."""
+    random_action_share: float = setting(0.0, SHARE)
+    """sac only: share of the training actions (after learning_starts) replaced by uniformly random ones, as the
+    HER paper's DDPG explores (ddpg's random_eps); 0 leaves SAC's own sampling alone."""
     action_noise: float = setting(0.2, AT_LEAST_ZERO)
     """ddpg only: std of the Gaussian noise added to the actor's actions (in [-1, 1] units) while training."""
     random_eps: float = setting(0.3, SHARE)
@@ -330,6 +333,8 @@ def validate_config(config: TrainConfig) -> None:
         )
     if config.clip_target_q and config.algo != "sac":
         raise HarnessError(f"clip_target_q is for sac (ddpg always clips its targets), not {config.algo}")
+    if config.random_action_share > 0 and config.algo != "sac":
+        raise HarnessError(f"random_action_share is for sac (ddpg has random_eps), not {config.algo}")
     if config.precision == "bf16" and config.algo == "tqc":
         raise HarnessError(f"precision {config.precision} is for sac and ddpg; tqc trains in fp32")
 

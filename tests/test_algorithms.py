@@ -118,6 +118,27 @@ def test_her_ddpg_explores_with_random_actions_and_noise(tmp_path, monkeypatch):
     assert np.allclose(noiseless, model.policy.scale_action(policy_actions), atol=1e-6)
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_sac_replaces_the_configured_share_of_its_actions_by_uniform_ones(share, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = dict(her=True, total_steps=400, learning_starts=100, n_envs=2, random_action_share=share)
+    config = resolve_config("fast", "FetchPush-v4", overrides)
+    model = build_model(config, build_env(config)[0], Logger(folder=None, output_formats=[]))
+    assert model.random_action_share == share
+    model.learn(200)  # past learning_starts: the policy acts
+
+    def drawn(sample):
+        np.random.seed(7), torch.manual_seed(7)
+        return np.array([sample(model, 100, None, 2)[1] for _ in range(200)])
+
+    sampled, sacs_own = drawn(FastSAC._sample_action), drawn(SAC._sample_action)
+    if share:  # uniform on [-1, 1], nothing of what the policy says
+        assert sampled.min() < -0.99 and sampled.max() > 0.99 and abs(sampled.mean()) < 0.05
+        assert np.isclose(sampled, sacs_own).mean() < 0.01
+    else:  # SAC's own sampling, draw for draw
+        assert np.array_equal(sampled, sacs_own)
+
+
 def test_her_ddpg_targets_are_clipped_to_the_return_range(tmp_path, monkeypatch):
     model, _ = ddpg_model(tmp_path, monkeypatch)
     model.learn(200)

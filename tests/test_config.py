@@ -157,6 +157,8 @@ def test_run_name_and_tensorboard_dir_follow_the_chapter():
         ({"desired_goal_share": 1.5}, "desired_goal_share must be in [0, 1], got 1.5"),
         ({"algo": "tqc", "clip_target_q": True}, "clip_target_q is for sac (ddpg always clips its targets), not tqc"),
         ({"n_step_returns": 0}, "n_step_returns must be > 0, got 0"),
+        ({"algo": "ddpg", "random_action_share": 0.3}, "random_action_share is for sac (ddpg has random_eps), not ddpg"),
+        ({"random_action_share": 1.2}, "random_action_share must be in [0, 1], got 1.2"),
         ({"clip_target_q": "sometimes"}, "clip_target_q must be true or false, got 'sometimes'"),
         ({"held_object_start": -0.1}, "held_object_start must be in [0, 1], got -0.1"),
         (
