@@ -14,5 +14,8 @@ def quiet_library_logs() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # Four INFO lines per run (no GPU found, started, stopping, terminated) about the system metrics sampler.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    # "Experiment with name ... does not exist. Creating a new experiment." on a first training, and the
+    # run's link at its end: the harness prints its own link to the UI view.
+    logging.getLogger("mlflow.tracking.fluent").setLevel(logging.WARNING)
     # Checkpoints are a few MB; MLflow's per-download progress bars only clutter the pipeline overview.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

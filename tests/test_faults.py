@@ -536,21 +536,20 @@ def test_sigkill_then_the_same_train_command_resumes_the_same_run_and_ends_as_if
     # A checkpoint every 320 steps falls 20 steps into a 50-step episode: the resume continues mid-episode.
     args = ["train", *TINY, "--her", "--total-steps", "1000", "--eval-freq", "500", "--checkpoint-freq", "320"]
     env = {**clean_env(store), "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "entry_points.cli", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    resume_dir = tmp_path / "checkpoints" / "resume"
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(resume_dir.glob("*/step_*[0-9]")) and proc.poll() is None:
-        time.sleep(0.1)
-    proc.kill()
-    proc.wait(timeout=30)
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "entry_points.cli", *args], cwd=tmp_path, env=env, stdout=log, stderr=log
+        )
+        resume_dir = tmp_path / "checkpoints" / "resume"
+        deadline = time.time() + 300
+        while time.time() < deadline and not any(resume_dir.glob("*/step_*[0-9]")) and proc.poll() is None:
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait(timeout=30)
     (killed,) = all_runs()
     assert killed.info.status == "RUNNING"  # what a SIGKILL leaves behind
+    # A first training on a new store prints the harness's lines only (not MLflow's "Creating a new experiment").
+    assert "INFO" not in (tmp_path / "first.log").read_text()
     proc = run_cli(args, tmp_path, store)
     assert f"resuming run {killed.info.run_id} (sac_her_FetchReach-v4_seed0) from its checkpoint at step" in proc.stderr
     (run,) = all_runs()  # the same run, finished; no second one
