@@ -45,7 +45,7 @@ from harness.checkpoints import CHECKPOINT_DIR, sha256_of
 from harness.config import TrainConfig
 from harness.errors import HarnessError, warn
 from harness.atomic_files import build_directory_atomically
-from harness.training_state import checkpoint_state, restore, restore_training_state
+from harness.training_state import TrainingClock, checkpoint_state, restore, restore_training_state
 from harness.run_schema import (
     CONFIG_HASH_TAG,
     DAMAGED_CHECKPOINT_TAG,
@@ -69,13 +69,14 @@ def run_dir(run_id: str) -> Path:
     return RESUME_DIR / run_id
 
 
-def save(run_id: str, model, vecnormalize=None) -> Path:
+def save(run_id: str, model, vecnormalize=None, trained_seconds: float = 0.0) -> Path:
     step = int(model.num_timesteps)
     final = run_dir(run_id) / f"step_{step:012d}"
 
     def fill(directory: Path) -> None:
         model.save(directory / "model.zip")
-        plain_state.write(checkpoint_state(model, vecnormalize), directory / STATE_JSON, directory / STATE_ARRAYS)
+        state = checkpoint_state(model, vecnormalize, trained_seconds)
+        plain_state.write(state, directory / STATE_JSON, directory / STATE_ARRAYS)
         write_manifest(directory, step)
 
     build_directory_atomically(final, fill)  # a full disk leaves no partial checkpoint behind
@@ -283,15 +284,15 @@ def checkpoints(run_id: str) -> list[Path]:
 
 
 def load(saved: Path, config, env, logger, vecnormalize, device: str, build_model):
-    """Model (with its replay buffer, logging to ``logger``) and env, continuing where ``saved`` left off.
-    ``build_model(config, env, logger, device)`` makes the model as a new training would; the checkpoint's
-    state is then put into it (:func:`restore`), unpickling nothing."""
+    """Model (with its replay buffer, logging to ``logger``), env, statistics and the seconds trained so far,
+    continuing where ``saved`` left off. ``build_model(config, env, logger, device)`` makes the model as a new
+    training would; the checkpoint's state is then put into it (:func:`restore`), unpickling nothing."""
     if not (saved / STATE_JSON).is_file():
-        return _load_legacy(saved, config, env, logger, vecnormalize, device)
+        return (*_load_legacy(saved, config, env, logger, vecnormalize, device), 0.0)  # it kept no time
     state = plain_state.read(saved / STATE_JSON, saved / STATE_ARRAYS)
     model = build_model(config, env, logger, device)
     restore(saved / "model.zip", state, model, vecnormalize)
-    return model, env, vecnormalize
+    return model, env, vecnormalize, float(state.get("trained_seconds", 0.0))
 
 
 def _load_legacy(saved: Path, config, env, logger, vecnormalize=None, device: str = "cpu"):
@@ -355,11 +356,12 @@ class ResumableCheckpoint(BaseCallback):
     collecting it, and a checkpoint taken before those gradient steps would make a resumed run
     skip them."""
 
-    def __init__(self, config: TrainConfig, run_id: str, vecnormalize=None):
+    def __init__(self, config: TrainConfig, run_id: str, vecnormalize=None, clock: TrainingClock | None = None):
         super().__init__()
         self.config = config
         self.run_id = run_id
         self.vecnormalize = vecnormalize
+        self.clock = clock or TrainingClock()
 
     def _on_training_start(self) -> None:
         self.next_save = next_multiple(self.num_timesteps, self.config.checkpoint_freq)
@@ -367,7 +369,7 @@ class ResumableCheckpoint(BaseCallback):
     def _on_rollout_start(self) -> None:
         if self.config.checkpoint_freq and self.num_timesteps >= self.next_save:
             self.next_save = next_multiple(self.num_timesteps, self.config.checkpoint_freq)
-            save(self.run_id, self.model, self.vecnormalize)
+            save(self.run_id, self.model, self.vecnormalize, self.clock.seconds())
 
     def _on_step(self) -> bool:
         return True

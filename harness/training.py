@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import time
 from dataclasses import dataclass
 from datetime import datetime, UTC
 from pathlib import Path
@@ -62,6 +61,7 @@ from harness.run_schema import (
 from harness.provenance import DIFF_ARTIFACT, code_version, git_diff, git_state, package_versions
 from harness.her_replay import her_buffer
 from harness.seeding import seed_everything
+from harness.training_state import TrainingClock
 
 
 @dataclass
@@ -88,7 +88,8 @@ class PeriodicEvaluation(BaseCallback):
     """Every ``eval_freq`` env steps, score the deterministic policy and dump ``eval/*`` through
     the SB3 logger (so MLflow and TensorBoard both get it at step = env steps). The first time
     success reaches 50% and 90%, also ``eval/steps_to_<pct>`` and ``eval/minutes_to_<pct>``
-    (wall-clock since the run started; a resumed run counts its pause)."""
+    (minutes of training, :class:`TrainingClock`: a resumed run counts the time up to its checkpoint, not its
+    pause)."""
 
     def __init__(
         self,
@@ -98,6 +99,7 @@ class PeriodicEvaluation(BaseCallback):
         to_mlflow: MLflowOutputFormat | None = None,
         keep: KeepCheckpoints = KEEP_NONE,
         identity: RunIdentity | None = None,
+        clock: TrainingClock | None = None,
     ):
         super().__init__()
         self.config = config
@@ -106,11 +108,11 @@ class PeriodicEvaluation(BaseCallback):
         self.to_mlflow = to_mlflow
         self.keep = keep
         self.identity = identity or RunIdentity.of(config)
+        self.clock = clock or TrainingClock()
 
     def _on_training_start(self) -> None:
         self.next_eval = next_multiple(self.num_timesteps, self.config.eval_freq)
         run = mlflow.MlflowClient().get_run(self.run_id)
-        self.run_started_ms = run.info.start_time
         self.experiment_id = run.info.experiment_id
         # A resumed run already logged the thresholds it reached before the interruption.
         self.pending = [t for t in SUCCESS_THRESHOLDS if threshold_metrics(t)[0] not in run.data.metrics]
@@ -130,7 +132,7 @@ class PeriodicEvaluation(BaseCallback):
         for threshold in [t for t in self.pending if summary["success_rate"] >= t]:
             steps_key, minutes_key = threshold_metrics(threshold)
             self.logger.record(steps_key, self.num_timesteps)
-            self.logger.record(minutes_key, (time.time() * 1000 - self.run_started_ms) / 60_000)
+            self.logger.record(minutes_key, self.clock.seconds() / 60)
             self.pending.remove(threshold)
         logged = self.keep.rule != "none" and self.to_mlflow is not None
         if logged:  # the checkpoint this evaluation scored, as a logged model its eval/* metrics belong to
@@ -354,16 +356,19 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
             folder=str(config.tensorboard_dir),
             output_formats=[TensorBoardOutputFormat(str(config.tensorboard_dir)), to_mlflow],
         )
+        trained_before = 0.0
         if saved is not None:
-            model, env, vecnormalize = continued_model(saved, config, env, logger, vecnormalize, device, precision, run_id)
+            model, env, vecnormalize, trained_before = continued_model(
+                saved, config, env, logger, vecnormalize, device, precision, run_id
+            )
         else:
             model = build_model(config, env, logger, device)
+        clock = TrainingClock(trained_before)  # a resumed run's minutes include those up to its checkpoint
         callbacks = [
-            PeriodicEvaluation(config, run_id, vecnormalize, to_mlflow, options.keep_checkpoints, identity),
-            resume.ResumableCheckpoint(config, run_id, vecnormalize),
+            PeriodicEvaluation(config, run_id, vecnormalize, to_mlflow, options.keep_checkpoints, identity, clock),
+            resume.ResumableCheckpoint(config, run_id, vecnormalize, clock),
         ]
 
-        started = time.perf_counter()
         remaining = config.total_steps - model.num_timesteps
         if remaining > 0:
             model.learn(
@@ -372,7 +377,7 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResul
                 progress_bar=options.progress_bar,
                 reset_num_timesteps=saved is None,
             )
-        wall_time = time.perf_counter() - started
+        wall_time = clock.seconds()
         logger.close()
         env.close()
         meta = training_meta(config, run_id, identity, model, wall_time, to_mlflow.latest)
@@ -411,7 +416,7 @@ def continued_model(saved: Path, config: TrainConfig, env, logger, vecnormalize,
     """The model, env and statistics of a resumable checkpoint, tagged with the step it resumes from; one
     that cannot be loaded is set aside and named in one line."""
     try:
-        model, env, vecnormalize = resume.load(saved, config, env, logger, vecnormalize, device, build_model)
+        model, env, vecnormalize, trained_seconds = resume.load(saved, config, env, logger, vecnormalize, device, build_model)
     except Exception as exc:
         kept = resume.set_aside(saved)
         raise HarnessError(
@@ -422,7 +427,7 @@ def continued_model(saved: Path, config: TrainConfig, env, logger, vecnormalize,
     if hasattr(model, "precision"):  # 'auto' resolves for the machine the run continues on
         model.precision = precision
     mlflow.set_tag(RESUMED_FROM_STEP_TAG, str(model.num_timesteps))
-    return model, env, vecnormalize
+    return model, env, vecnormalize, trained_seconds
 
 
 def save_final_checkpoint(model, vecnormalize, run_name: str, meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:

@@ -11,6 +11,7 @@ new training. Each array is checked against the shape and dtype the config gives
 
 from __future__ import annotations
 
+import time
 import zipfile
 from pathlib import Path
 
@@ -83,13 +84,27 @@ BUFFER_STATE = ("observations", "next_observations", "actions", "rewards", "done
 EPISODE_STATE = ("ep_start", "ep_length", "_current_ep_start")  # HER's episode bookkeeping
 
 
-def checkpoint_state(model, vecnormalize=None) -> dict:
-    """Everything of a training but its networks and optimizers, as plain data (module docstring)."""
+class TrainingClock:
+    """Seconds a training has spent training, across its resumes: what its checkpoint recorded (the time up to
+    it; the time after it until an interruption was redone, and the pause is not training) plus this process's."""
+
+    def __init__(self, before: float = 0.0):
+        self.before = before
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+
+def checkpoint_state(model, vecnormalize=None, trained_seconds: float = 0.0) -> dict:
+    """Everything of a training but its networks and optimizers, as plain data (module docstring), and the
+    seconds it has trained (:class:`TrainingClock`)."""
     return {
         "model": {name: getattr(model, name) for name in MODEL_STATE},
         "replay_buffer": buffer_state(model.replay_buffer),
         "vecnormalize": vecnormalize_state(vecnormalize) if vecnormalize is not None else None,
         "training": training_state(model),
+        "trained_seconds": float(trained_seconds),
     }
 
 

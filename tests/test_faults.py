@@ -13,7 +13,9 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -550,10 +552,18 @@ def test_sigkill_then_the_same_train_command_resumes_the_same_run_and_ends_as_if
     assert killed.info.status == "RUNNING"  # what a SIGKILL leaves behind
     # A first training on a new store prints the harness's lines only (not MLflow's "Creating a new experiment").
     assert "INFO" not in (tmp_path / "first.log").read_text()
+    (checkpoint,) = resume_dir.glob("*/step_*[0-9]")
+    trained_before = json.loads((checkpoint / "state.json").read_text())["trained_seconds"]
+    assert trained_before > 0  # the seconds its training took up to the checkpoint
     proc = run_cli(args, tmp_path, store)
     assert f"resuming run {killed.info.run_id} (sac_her_FetchReach-v4_seed0) from its checkpoint at step" in proc.stderr
     (run,) = all_runs()  # the same run, finished; no second one
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    # Its training time counts the seconds before the checkpoint, and the train line's rate is over all of them.
+    assert run.data.metrics["time/wall_time_s"] > trained_before
+    finished = next(line for line in proc.stdout.splitlines() if " finished: " in line)
+    steps, rate = re.search(r"(\d+) steps in \d+s \(([\d.]+) steps/s\)", finished).groups()
+    assert abs(float(rate) - int(steps) / run.data.metrics["time/wall_time_s"]) < 1
     assert int(run.data.tags["harness.resumed_from_step"]) >= 320
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval/success_rate")]
     assert steps == sorted(set(steps)) and max(steps) >= 1000

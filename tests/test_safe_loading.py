@@ -228,7 +228,7 @@ def test_a_resumable_checkpoint_continues_with_unpickling_forbidden(tmp_path, mo
     request.getfixturevalue("no_unpickling")
 
     env2, vecnormalize2 = build_env(config)
-    continued, _, normalizer = resume.load(saved, config, env2, configure(None, []), vecnormalize2, "cpu", build_model)
+    continued, _, normalizer, _ = resume.load(saved, config, env2, configure(None, []), vecnormalize2, "cpu", build_model)
     assert continued.num_timesteps == model.num_timesteps and continued._n_updates == model._n_updates > 0
     for name, tensor in model.policy.state_dict().items():
         assert torch.equal(tensor, continued.policy.state_dict()[name]), name
