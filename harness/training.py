@@ -84,6 +84,14 @@ def run_tags(config: TrainConfig, identity: RunIdentity, kind: str = "train") ->
     }
 
 
+def thresholds_pending(logged: dict[str, float], step: int) -> list[float]:
+    """The success thresholds a training starting at env step ``step`` has still to report. A resumed run
+    reached some before its checkpoint; one that it logged after the checkpoint, before it was interrupted,
+    belongs to steps the resumed run does again, so it is reported again when reached."""
+    reached_at = {t: logged.get(threshold_metrics(t)[0]) for t in SUCCESS_THRESHOLDS}
+    return [t for t, at in reached_at.items() if at is None or at > step]
+
+
 class PeriodicEvaluation(BaseCallback):
     """Every ``eval_freq`` env steps, score the deterministic policy and dump ``eval/*`` through
     the SB3 logger (so MLflow and TensorBoard both get it at step = env steps). The first time
@@ -114,8 +122,7 @@ class PeriodicEvaluation(BaseCallback):
         self.next_eval = next_multiple(self.num_timesteps, self.config.eval_freq)
         run = mlflow.MlflowClient().get_run(self.run_id)
         self.experiment_id = run.info.experiment_id
-        # A resumed run already logged the thresholds it reached before the interruption.
-        self.pending = [t for t in SUCCESS_THRESHOLDS if threshold_metrics(t)[0] not in run.data.metrics]
+        self.pending = thresholds_pending(run.data.metrics, self.num_timesteps)
 
     def _on_step(self) -> bool:
         if self.config.eval_freq and self.num_timesteps >= self.next_eval:

@@ -5,7 +5,7 @@ import pytest
 from stable_baselines3.common.logger import Logger
 
 from harness import tracking
-from harness.training import MLflowOutputFormat
+from harness.training import MLflowOutputFormat, thresholds_pending
 from tests.conftest import all_runs
 
 pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-quick` leaves it out
@@ -164,3 +164,10 @@ def test_searches_and_compare_see_past_mlflows_first_page_of_1000_runs(store, tm
         False: [chapter[False]],
         True: [chapter[True]],
     }
+
+
+def test_a_resumed_run_reports_again_the_thresholds_it_reached_after_its_checkpoint():
+    logged = {"eval/steps_to_50": 200_000, "eval/steps_to_90": 660_000, "eval/success_rate": 0.9}
+    assert thresholds_pending({}, 0) == [0.5, 0.9]
+    assert thresholds_pending(logged, 700_000) == []  # both reached before the checkpoint it resumes from
+    assert thresholds_pending(logged, 600_000) == [0.9]  # 90% came after it: those steps are done again
