@@ -82,8 +82,10 @@ def test_fast_preset_trains_pick_and_place_in_pushs_layout_with_held_starts():
     assert push.held_object_start == 0.0
     slide = resolve_config("fast", "FetchSlide-v4", {"her": True})
     assert {k: getattr(slide, k) for k in layout} == {k: getattr(push, k) for k in layout}
-    assert (slide.desired_goal_share, slide.held_object_start, slide.total_steps) == (0.5, 0.0, 2_000_000)
-    assert (slide.batch_size, slide.tau) == (2048, 0.0025)
+    assert (slide.desired_goal_share, slide.held_object_start, slide.total_steps) == (0.5, 0.0, 1_200_000)
+    assert (slide.batch_size, slide.tau, slide.n_step_returns) == (push.batch_size, push.tau, push.n_step_returns)
+    slide_ddpg = resolve_config("fast", "FetchSlide-v4", {"her": True, "algo": "ddpg"})
+    assert (slide_ddpg.total_steps, slide_ddpg.n_step_returns) == (2_000_000, 1)
     ddpg = resolve_config("fast", "FetchPickAndPlace-v4", {"her": True, "algo": "ddpg"})
     assert (ddpg.total_steps, ddpg.tau, ddpg.precision, ddpg.held_object_start) == (800_000, 0.05, "auto", 0.5)
 
