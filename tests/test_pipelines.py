@@ -88,7 +88,10 @@ def test_reach_all_is_one_parent_run_and_rerunning_reuses_everything(store, tmp_
 def test_ctrl_c_stops_the_pipeline_at_once_and_leaves_nothing_running(store, tmp_path):
     """Ctrl-C in the pipeline's terminal (SIGINT to its whole process group, workers included, which then
     get the pipeline's SIGTERM on top, as from a SIGTERM to the pipeline alone) stops the running
-    trainings, marks them KILLED, and starts none of the queued ones."""
+    trainings, marks them KILLED, and starts none of the queued ones. A worker that cannot end its run
+    (here: stopped with SIGSTOP) is killed after 30 s and the pipeline marks its run KILLED itself."""
+    import psutil
+
     args = [
         sys.executable,
         "-m",
@@ -118,6 +121,9 @@ def test_ctrl_c_stops_the_pipeline_at_once_and_leaves_nothing_running(store, tmp
     deadline = time.time() + 300
     while time.time() < deadline and len([r for r in runs_by_kind("train") if r.data.metrics]) < 2:
         time.sleep(0.5)  # both workers are training
+    workers = [p for p in psutil.Process(proc.pid).children() if "resource_tracker" not in " ".join(p.cmdline())]
+    assert len(workers) == 2, [p.cmdline() for p in workers]
+    workers[0].suspend()  # stuck: it will handle no signal
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr

@@ -140,11 +140,16 @@ def run_pipeline(
                 last_shown[0] = text
 
         progress()
-        if specs:
-            if executor == "local":
+        if specs and executor == "local":
+            try:
                 results = execute_local(specs, min(workers, len(specs)), env, threads, progress)
-            else:
-                results = execute_ray(specs, ray_address, env, threads, progress)
+            except BaseException:
+                # Stopped or failed: every worker has ended (execute.stop_workers), so a run still RUNNING is
+                # one whose worker could not end it in time and was killed; nothing trains it any more.
+                mark_abandoned_runs_killed(parent_id, experiment_ids)
+                raise
+        elif specs:
+            results = execute_ray(specs, ray_address, env, threads, progress)
         else:
             results = []
         run_ids = {p.job.run_name: p.run_id for p in planned if p.action == "reuse"}

@@ -130,7 +130,8 @@ def execute_local(
 def stop_workers(pool: ProcessPoolExecutor) -> None:
     """Ctrl-C, SIGTERM or a failed job: stop now. Leaving a ``with ProcessPoolExecutor`` block waits
     for the queue (``shutdown(wait=True)`` still runs every job not yet started). Queued jobs are
-    cancelled and each worker gets SIGTERM, so the run it trains ends KILLED, not RUNNING."""
+    cancelled and each worker gets SIGTERM, so the run it trains ends KILLED, not RUNNING; one still alive
+    30 s later is killed. When this returns, no worker is left."""
     workers = list((pool._processes or {}).values())  # the executor offers no public handle on them
     pool.shutdown(wait=False, cancel_futures=True)
     for process in workers:
@@ -138,7 +139,7 @@ def stop_workers(pool: ProcessPoolExecutor) -> None:
             process.terminate()
     for process in workers:
         process.join(timeout=30)
-        if process.is_alive():  # stuck: its run is left for the next attempt to mark KILLED
+        if process.is_alive():  # stuck: the pipeline marks its run KILLED (run_pipeline)
             process.kill()
 
 
