@@ -120,15 +120,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def with_random_actions(policy, action, buffer_action, share: float):
-    """The HER paper's exploration: each env's action replaced, with probability ``share``, by a uniformly
-    random one. ``buffer_action`` is the action scaled to [-1, 1] (what the replay buffer stores)."""
-    explore = np.random.uniform(size=len(buffer_action)) < share if share > 0 else None
-    if explore is None or not explore.any():
+def with_random_actions(model, learning_starts: int, action, buffer_action, share: float):
+    """The HER paper's exploration: once learning has started, each env's action replaced, with probability
+    ``share``, by a uniformly random one. ``buffer_action`` is the action scaled to [-1, 1] (what the replay
+    buffer stores)."""
+    if model.num_timesteps < learning_starts or share <= 0:
+        return action, buffer_action  # before learning_starts SB3's actions are uniform already
+    explore = np.random.uniform(size=len(buffer_action)) < share
+    if not explore.any():
         return action, buffer_action
     buffer_action = buffer_action.copy()
     buffer_action[explore] = np.random.uniform(-1.0, 1.0, size=buffer_action[explore].shape)
-    return policy.unscale_action(buffer_action), buffer_action
+    return model.policy.unscale_action(buffer_action), buffer_action
 
 
 class HerDDPG(TD3):
@@ -161,9 +164,7 @@ class HerDDPG(TD3):
 
     def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
         action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)
-        if self.num_timesteps >= learning_starts:
-            return with_random_actions(self.policy, action, buffer_action, self.random_eps)
-        return action, buffer_action
+        return with_random_actions(self, learning_starts, action, buffer_action, self.random_eps)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         self.policy.set_training_mode(True)
@@ -254,9 +255,7 @@ class FastSAC(SAC):
 
     def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
         action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)
-        if self.num_timesteps >= learning_starts:
-            return with_random_actions(self.policy, action, buffer_action, self.random_action_share)
-        return action, buffer_action
+        return with_random_actions(self, learning_starts, action, buffer_action, self.random_action_share)
 
     def _setup_model(self) -> None:
         super()._setup_model()
