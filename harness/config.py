@@ -111,6 +111,12 @@ class TrainConfig:
     """n-step returns: each sampled transition's target sums the next n rewards of its episode, recomputed for
     its goal (with HER the relabeled one), and bootstraps n steps on (harness.her_replay; without HER the same
     episode buffer, nothing relabeled, so HER vs no-HER differ in relabeling only). 1: one-step targets."""
+    energy_priority_clip: float = setting(0.0, AT_LEAST_ZERO)
+    """HER on the Fetch tasks: when > 0, draw episodes for replay by trajectory energy instead of uniformly
+    (Zhao & Tresp 2018's energy-based prioritization, harness.her_replay): an episode's chance is proportional
+    to the rank of the energy its achieved goal gained (height x g plus kinetic energy, each step's gain clipped
+    to this value; the paper uses 0.5), so episodes where the object was lifted or moved are replayed more.
+    0 samples uniformly (SB3)."""
     held_object_start: float = setting(0.0, SHARE)
     """FetchPickAndPlace only: share of the training episodes that start with the object held in the
     gripper (the HER paper's pick-and-place setting, :class:`harness.envs.HeldObjectStart`);
@@ -331,6 +337,8 @@ def validate_config(config: TrainConfig) -> None:
             f"held_object_start needs an env whose gripper can hold the object "
             f"({', '.join(HELD_OBJECT_ENVS)}), not {config.env_id}"
         )
+    if config.energy_priority_clip > 0 and not config.env_id.startswith("Fetch"):
+        raise HarnessError(f"energy_priority_clip needs a Fetch task (goals that are positions), not {config.env_id}")
     if config.clip_target_q and config.algo != "sac":
         raise HarnessError(f"clip_target_q is for sac (ddpg always clips its targets), not {config.algo}")
     if config.random_action_share > 0 and config.algo != "sac":

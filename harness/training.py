@@ -198,6 +198,7 @@ def build_model(config: TrainConfig, env, logger: Logger, device: str = "cpu"):
                 config.desired_goal_share if config.her else 0.0,
                 config.n_step_returns,
                 config.gamma,
+                config.energy_priority_clip if config.her else 0.0,
             )
         )
     policy = "MultiInputPolicy" if isinstance(env.observation_space, gym.spaces.Dict) else "MlpPolicy"

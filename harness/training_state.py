@@ -216,6 +216,8 @@ def restore_buffer(buffer, state: dict) -> None:
             raise ValueError(f"replay buffer infos are {list(infos.shape)}, this config's {list(buffer.infos.shape)}")
         buffer.infos = infos
     buffer.pos, buffer.full = int(state["pos"]), bool(state["full"])
+    if hasattr(buffer, "recompute_energies"):  # derived from the positions, so not part of the state
+        buffer.recompute_energies()
 
 
 def _rms_state(rms) -> dict:

@@ -263,3 +263,77 @@ def test_n_step_returns_without_her_use_the_same_buffer_and_relabel_nothing(tmp_
     assert all(any(np.allclose(g, s) for s in stored) for g in samples.observations["desired_goal"].numpy())
     plain, _ = ddpg_model(tmp_path, monkeypatch, algo="sac", her=False, n_step_returns=1)  # SB3's own buffer
     assert not isinstance(plain.replay_buffer, HerReplayBuffer)
+
+
+def test_trajectory_energy_counts_height_gained_and_speed_gained_each_step_clipped():
+    from harness.her_replay import GRAVITY, trajectory_energy
+
+    still = np.tile([1.3, 0.7, 0.42], (51, 1))
+    assert trajectory_energy(still, dt=0.04, clip=0.5) == 0.0
+    # lifted 4 mm per step for 10 steps, then held: the height's energy, and the speed's once (gained at step 1)
+    lift = still.copy()
+    lift[1:11, 2] += 0.004 * np.arange(1, 11)
+    lift[11:, 2] = lift[10, 2]
+    expected = GRAVITY * 0.04 + 0.5 * (0.004 / 0.04) ** 2
+    assert trajectory_energy(lift, dt=0.04, clip=10.0) == pytest.approx(expected)
+    # pushed along the table at constant speed: only the first step gains (kinetic) energy; stopping loses it
+    push = still.copy()
+    push[1:21, 0] += 0.01 * np.arange(1, 21)
+    push[21:, 0] = push[20, 0]
+    assert trajectory_energy(push, dt=0.04, clip=10.0) == pytest.approx(0.5 * (0.01 / 0.04) ** 2)
+    # a jump of 10 cm in one step gains ~4 J, and one step counts for at most the clip
+    jump = still.copy()
+    jump[5:, 2] += 0.1
+    assert trajectory_energy(jump, dt=0.04, clip=0.5) == pytest.approx(0.5)
+
+
+def test_energy_priority_draws_episodes_in_proportion_to_their_energy_rank(tmp_path, monkeypatch):
+    """Each stored episode's energy comes from its own positions; episodes are drawn in proportion to the rank
+    of that energy (equal energies share one), transitions uniformly within; a restored buffer has them again."""
+    from harness.her_replay import MixedGoalHerReplayBuffer, trajectory_energy
+    from harness.training_state import buffer_state, restore_buffer
+
+    model, _ = ddpg_model(tmp_path, monkeypatch, algo="sac", energy_priority_clip=0.5, n_step_returns=1, learning_starts=400)
+    buffer = model.replay_buffer
+    assert isinstance(buffer, MixedGoalHerReplayBuffer) and buffer.energy_clip == 0.5 and buffer._dt == 0.04
+    model.learn(300)  # random actions: 3 finished episodes per env, nothing trained
+    for env_index in range(2):
+        for start in (0, 50, 100):
+            positions = np.concatenate(
+                [
+                    buffer.observations["achieved_goal"][start : start + 50, env_index],
+                    buffer.next_observations["achieved_goal"][start + 49 : start + 50, env_index],
+                ]
+            )
+            energy = buffer.episode_energy[start : start + 50, env_index]
+            assert np.all(energy == trajectory_energy(positions, 0.04, 0.5))
+
+    energies = {(0, 0): 0.0, (50, 0): 3.0, (100, 0): 1.0, (0, 1): 1.0, (50, 1): 2.0, (100, 1): 0.5}
+    ranks = {(0, 0): 1, (50, 0): 5, (100, 0): 3, (0, 1): 3, (50, 1): 4, (100, 1): 2}
+    for (start, env_index), energy in energies.items():
+        buffer.episode_energy[start : start + 50, env_index] = energy
+    buffer._draw_table = None
+    rows, envs = buffer._draw(200_000)
+    assert rows.max() < 150  # the episode in progress (steps 150-) is never drawn
+    for (start, env_index), rank in ranks.items():
+        drawn = (envs == env_index) & (rows >= start) & (rows < start + 50)
+        assert drawn.mean() == pytest.approx(rank / sum(ranks.values()), abs=0.01)
+        assert len(np.unique(rows[drawn])) == 50  # every transition of a drawn episode
+    samples = buffer.sample(64)  # relabeled as usual, one-step targets
+    assert tuple(samples.rewards.shape) == (64, 1)
+    assert np.allclose(samples.discounts.numpy(), model.gamma)
+    model.train(gradient_steps=2, batch_size=32)
+
+    restored, _ = ddpg_model(
+        tmp_path, monkeypatch, algo="sac", energy_priority_clip=0.5, n_step_returns=1, learning_starts=400
+    )
+    model.learn(10)  # an episode's energy recomputed from its positions, not copied
+    restore_buffer(restored.replay_buffer, buffer_state(model.replay_buffer))
+    assert restored.replay_buffer.episode_energy[0, 0] == trajectory_energy(
+        np.concatenate([buffer.observations["achieved_goal"][:50, 0], buffer.next_observations["achieved_goal"][49:50, 0]]),
+        0.04,
+        0.5,
+    )
+    # without HER the option changes nothing: the no-HER condition keeps uniform replay
+    no_her, _ = ddpg_model(tmp_path, monkeypatch, algo="sac", her=False, energy_priority_clip=0.5)
+    assert no_her.replay_buffer.episode_energy is None
