@@ -216,12 +216,13 @@ def first_reached(run, threshold: float) -> tuple[int, float | None] | None:
     if run.info.end_time is None:
         return None
     history = MlflowClient().get_metric_history(run.info.run_id, SUCCESS)
-    # Only evaluations during training: the final `harness eval` is logged after the run ended.
-    during = sorted((m.step, m.timestamp) for m in history if m.timestamp <= run.info.end_time and m.value >= threshold)
-    if not during:
+    # Only evaluations during training (the final `harness eval` is logged after the run ended), and at each
+    # step the latest: a resumed run redid the steps after its checkpoint, and its first reading there is void.
+    latest = {m.step: m for m in sorted(history, key=lambda m: m.timestamp) if m.timestamp <= run.info.end_time}
+    reached = sorted(step for step, m in latest.items() if m.value >= threshold)
+    if not reached:
         return None
-    step, timestamp = during[0]
-    return int(step), (timestamp - run.info.start_time) / 60_000
+    return int(reached[0]), (latest[reached[0]].timestamp - run.info.start_time) / 60_000
 
 
 def time_to_threshold(runs: Sequence, threshold: float) -> dict[str, Any]:

@@ -163,3 +163,23 @@ def test_compare_warns_when_no_her_learns_sparse_push():
 def test_rank_test_is_exact_with_ties():
     # Every HER seed at 100%: the exact test's p is 1/20, which the normal approximation understates (0.032).
     assert st.mann_whitney_p_value([1.0, 1.0, 1.0], [0.12, 0.14, 0.0]) == pytest.approx(0.05)
+
+
+def test_first_reached_without_logged_thresholds_reads_the_latest_evaluation_at_each_step(store):
+    """A run of an older harness (no eval/steps_to_*) that was resumed: the evaluations of the abandoned
+    steps after its checkpoint were redone, and only the redone ones count; the final eval does not."""
+    import mlflow
+
+    from harness.comparison import first_reached
+
+    with mlflow.start_run() as active:
+        run_id, start = active.info.run_id, active.info.start_time
+        client = mlflow.MlflowClient()
+        for step, value, at in [(1000, 0.2, 1), (2000, 0.95, 2), (2000, 0.4, 5), (3000, 0.9, 6), (4000, 1.0, 7)]:
+            client.log_metric(run_id, "eval/success_rate", value, timestamp=start + at * 60_000, step=step)
+    client.set_terminated(run_id, end_time=start + 8 * 60_000)
+    client.log_metric(run_id, "eval/success_rate", 1.0, timestamp=start + 9 * 60_000, step=1000)  # harness eval
+    run = client.get_run(run_id)
+    assert first_reached(run, 0.9) == (3000, 6.0)
+    assert first_reached(run, 0.3) == (2000, 5.0)
+    assert first_reached(run, 1.0) == (4000, 7.0)
