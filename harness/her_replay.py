@@ -104,12 +104,15 @@ class MixedGoalHerReplayBuffer(HerReplayBuffer):
         )
         self.episode_energy[indices, env_idx] = trajectory_energy(positions, self._dt, self.energy_clip)
 
+    def _finished_episodes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each stored finished episode once: the row and env of its first transition."""
+        return np.nonzero((self.ep_length > 0) & (self.ep_start == np.arange(self.buffer_size)[:, None]))
+
     def recompute_energies(self) -> None:
         """Every stored episode's energy again, from its positions (after the buffer is restored from a checkpoint)."""
         if self.episode_energy is None:
             return
-        rows, envs = np.nonzero((self.ep_length > 0) & (self.ep_start == np.arange(self.buffer_size)[:, None]))
-        for row, env_idx in zip(rows, envs, strict=True):
+        for row, env_idx in zip(*self._finished_episodes(), strict=True):
             self._store_energy(int(row), int(env_idx))
         self._draw_table = None
 
@@ -117,8 +120,7 @@ class MixedGoalHerReplayBuffer(HerReplayBuffer):
         """Transitions of finished episodes, as SB3 samples them: an episode in proportion to its length (every
         transition equally likely) or to its energy rank, then one of its transitions uniformly."""
         if self._draw_table is None:
-            # each finished episode once, by its first transition
-            rows, envs = np.nonzero((self.ep_length > 0) & (self.ep_start == np.arange(self.buffer_size)[:, None]))
+            rows, envs = self._finished_episodes()
             if len(rows) == 0:
                 raise RuntimeError("Unable to sample before the end of the first episode")
             if self.episode_energy is None:
