@@ -116,7 +116,7 @@ class TrainConfig:
     (Zhao & Tresp 2018's energy-based prioritization, harness.her_replay): an episode's chance is proportional
     to the rank of the energy its achieved goal gained (height x g plus kinetic energy, each step's gain clipped
     to this value; the paper uses 0.5), so episodes where the object was lifted or moved are replayed more.
-    0 samples uniformly (SB3)."""
+    0 samples uniformly (SB3); a run without HER ignores it, as it does the HER fields above."""
     held_object_start: float = setting(0.0, SHARE)
     """FetchPickAndPlace only: share of the training episodes that start with the object held in the
     gripper (the HER paper's pick-and-place setting, :class:`harness.envs.HeldObjectStart`);
