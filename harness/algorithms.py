@@ -120,18 +120,53 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def with_random_actions(model, learning_starts: int, action, buffer_action, share: float):
+def with_random_actions(model, learning_starts: int, action, buffer_action, share: float, runs=None):
     """The HER paper's exploration: once learning has started, each env's action replaced, with probability
     ``share``, by a uniformly random one. ``buffer_action`` is the action scaled to [-1, 1] (what the replay
-    buffer stores)."""
+    buffer stores). With ``runs`` (a :class:`RandomActionRuns`) the random actions come in runs instead."""
     if model.num_timesteps < learning_starts or share <= 0:
         return action, buffer_action  # before learning_starts SB3's actions are uniform already
-    explore = np.random.uniform(size=len(buffer_action)) < share
+    if runs is not None:
+        explore, random_actions = runs.draw(model._last_episode_starts, buffer_action.shape)
+    else:
+        explore = np.random.uniform(size=len(buffer_action)) < share
+        random_actions = None
     if not explore.any():
         return action, buffer_action
     buffer_action = buffer_action.copy()
-    buffer_action[explore] = np.random.uniform(-1.0, 1.0, size=buffer_action[explore].shape)
+    if random_actions is None:
+        buffer_action[explore] = np.random.uniform(-1.0, 1.0, size=buffer_action[explore].shape)
+    else:
+        buffer_action[explore] = random_actions[explore]
     return model.policy.unscale_action(buffer_action), buffer_action
+
+
+class RandomActionRuns:
+    """Random actions in runs of ``length`` env steps, one uniformly random action held for the whole run,
+    per env (temporally extended exploration, as Dabney et al. 2021's ez-greedy with a fixed duration): a
+    run that closes the gripper and moves up lasts long enough to lift an object, which single random
+    steps between the policy's own rarely do. A run starts, at a step where none is under way, with the
+    probability that makes ``share`` of all steps random in the long run
+    (``share = p * length / (1 + p * (length - 1))``), and ends early when its episode ends. The runs
+    under way are not saved with a resumable checkpoint: a resumed training starts with none."""
+
+    def __init__(self, share: float, length: int):
+        self.length = length
+        self.start_probability = share / (length - share * (length - 1))
+        self.left: np.ndarray | None = None  # steps left in each env's run
+        self.held: np.ndarray | None = None  # each env's held action, in [-1, 1]
+
+    def draw(self, episode_starts, shape) -> tuple[np.ndarray, np.ndarray]:
+        """Which envs act randomly at this step, and the actions they take."""
+        if self.left is None or self.held.shape != shape:
+            self.left, self.held = np.zeros(shape[0], dtype=np.int64), np.zeros(shape)
+        self.left[np.asarray(episode_starts, dtype=bool)] = 0
+        start = (self.left == 0) & (np.random.uniform(size=shape[0]) < self.start_probability)
+        self.held[start] = np.random.uniform(-1.0, 1.0, size=(int(start.sum()), *shape[1:]))
+        self.left[start] = self.length
+        explore = self.left > 0
+        self.left[explore] -= 1
+        return explore, self.held
 
 
 class HerDDPG(TD3):
@@ -242,20 +277,35 @@ class FastSAC(SAC):
     DDPG does: a critic's early overshoot past what any return can be is not bootstrapped from.
 
     ``random_action_share`` > 0 replaces that share of the training actions (after ``learning_starts``) by
-    uniformly random ones, as the HER paper's DDPG does (its ``random_eps``), on top of SAC's own sampling.
+    uniformly random ones, as the HER paper's DDPG does (its ``random_eps``), on top of SAC's own sampling;
+    ``random_action_repeat`` > 1 makes them runs of one held action (:class:`RandomActionRuns`).
     """
 
     def __init__(
-        self, *args, precision: str = "fp32", clip_target_q: bool = False, random_action_share: float = 0.0, **kwargs
+        self,
+        *args,
+        precision: str = "fp32",
+        clip_target_q: bool = False,
+        random_action_share: float = 0.0,
+        random_action_repeat: int = 1,
+        **kwargs,
     ):
         self.precision = precision
         self.clip_target_q = clip_target_q
         self.random_action_share = random_action_share
+        self.random_action_repeat = random_action_repeat
+        self._random_action_runs = (
+            RandomActionRuns(random_action_share, random_action_repeat) if random_action_repeat > 1 else None
+        )
         super().__init__(*args, **kwargs)
 
     def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
         action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)
-        return with_random_actions(self, learning_starts, action, buffer_action, self.random_action_share)
+        share, runs = self.random_action_share, self._random_action_runs
+        return with_random_actions(self, learning_starts, action, buffer_action, share, runs)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_random_action_runs"]  # exploration state, not the model
 
     def _setup_model(self) -> None:
         super()._setup_model()

@@ -149,6 +149,11 @@ class TrainConfig:
     random_action_share: float = setting(0.0, SHARE)
     """sac only: share of the training actions (after learning_starts) replaced by uniformly random ones, as the
     HER paper's DDPG explores (ddpg's random_eps); 0 leaves SAC's own sampling alone."""
+    random_action_repeat: int = setting(1, ABOVE_ZERO)
+    """sac only: random actions (random_action_share of the training actions) come in runs of this many env
+    steps, one random action held for a run and a run ending with its episode (temporally extended
+    exploration, ez-greedy with a fixed duration), so that a random close-and-lift lasts long enough to lift
+    the object; the share of random actions stays random_action_share. 1: each on its own."""
     action_noise: float = setting(0.2, AT_LEAST_ZERO)
     """ddpg only: std of the Gaussian noise added to the actor's actions (in [-1, 1] units) while training."""
     random_eps: float = setting(0.3, SHARE)
@@ -341,8 +346,9 @@ def validate_config(config: TrainConfig) -> None:
         raise HarnessError(f"energy_priority_clip needs a Fetch task (goals that are positions), not {config.env_id}")
     if config.clip_target_q and config.algo != "sac":
         raise HarnessError(f"clip_target_q is for sac (ddpg always clips its targets), not {config.algo}")
-    if config.random_action_share > 0 and config.algo != "sac":
-        raise HarnessError(f"random_action_share is for sac (ddpg has random_eps), not {config.algo}")
+    for field, default in (("random_action_share", 0.0), ("random_action_repeat", 1)):
+        if getattr(config, field) != default and config.algo != "sac":
+            raise HarnessError(f"{field} is for sac (ddpg has random_eps), not {config.algo}")
     if config.precision == "bf16" and config.algo == "tqc":
         raise HarnessError(f"precision {config.precision} is for sac and ddpg; tqc trains in fp32")
 

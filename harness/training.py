@@ -187,7 +187,11 @@ def build_model(config: TrainConfig, env, logger: Logger, device: str = "cpu"):
     else:
         kwargs["ent_coef"] = config.ent_coef
     if config.algo == "sac":
-        kwargs.update(clip_target_q=config.clip_target_q, random_action_share=config.random_action_share)
+        kwargs.update(
+            clip_target_q=config.clip_target_q,
+            random_action_share=config.random_action_share,
+            random_action_repeat=config.random_action_repeat,
+        )
     if config.algo in ("sac", "ddpg"):
         kwargs["precision"] = layer_precision_for(config, device)
     if config.episode_buffer:  # without HER: the same episode buffer for n-step returns, nothing relabeled

@@ -1,6 +1,7 @@
 """The harness's algorithm classes: FastSAC does SB3 SAC's math; HerDDPG does the HER paper's DDPG."""
 
 import copy
+import zipfile
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 from stable_baselines3 import SAC, HerReplayBuffer
 from stable_baselines3.common.logger import Logger
 
-from harness.algorithms import FastSAC, HerDDPG
+from harness.algorithms import FastSAC, HerDDPG, RandomActionRuns
 from harness.config import resolve_config
 from harness.envs import make_vec_env
 from harness.training import build_env, build_model
@@ -137,6 +138,47 @@ def test_sac_replaces_the_configured_share_of_its_actions_by_uniform_ones(share,
         assert np.isclose(sampled, sacs_own).mean() < 0.01
     else:  # SAC's own sampling, draw for draw
         assert np.array_equal(sampled, sacs_own)
+
+
+def test_random_action_runs_hold_one_action_per_run_and_keep_the_share():
+    np.random.seed(3)
+    runs = RandomActionRuns(share=0.3, length=10)
+    steps, n_envs = 20_000, 3
+    explored, actions = np.zeros((steps, n_envs), dtype=bool), np.zeros((steps, n_envs, 4))
+    for t in range(steps):
+        explore, held = runs.draw(np.zeros(n_envs, dtype=bool), (n_envs, 4))
+        explored[t], actions[t] = explore, held
+    assert abs(explored.mean() - 0.3) < 0.02  # the share of random steps is the configured one
+    for env in range(n_envs):
+        t = 0
+        while t < steps - 10:
+            if not explored[t, env]:
+                t += 1
+                continue
+            # a run: ten steps of one action (the next run, if one starts at once, draws anew)
+            assert explored[t : t + 10, env].all()
+            assert (actions[t : t + 10, env] == actions[t, env]).all()
+            t += 10
+    # an episode's end ends its run: the first step of the next episode starts a new one
+    runs = RandomActionRuns(share=1.0, length=10)
+    first = runs.draw([False], (1, 4))[1].copy()
+    assert (runs.draw([False], (1, 4))[1] == first).all()
+    assert not (runs.draw([True], (1, 4))[1] == first).any()
+
+
+def test_sac_with_random_action_runs_holds_each_random_action(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = dict(her=True, total_steps=400, learning_starts=100, n_envs=2, random_action_share=1.0, random_action_repeat=5)
+    config = resolve_config("fast", "FetchPush-v4", overrides)
+    model = build_model(config, build_env(config)[0], Logger(folder=None, output_formats=[]))
+    assert (model.random_action_repeat, model._random_action_runs.length) == (5, 5)
+    model.learn(200)  # past learning_starts: every action random, in runs of 5
+    model._last_episode_starts = np.zeros(2, dtype=bool)
+    model._random_action_runs.left[:] = 0
+    drawn = np.array([model._sample_action(100, None, 2)[1] for _ in range(10)])
+    assert all((drawn[i : i + 5] == drawn[i]).all() for i in (0, 5)) and not (drawn[5] == drawn[0]).any()
+    model.save(tmp_path / "sac.zip")  # the runs under way are exploration state, not saved with the model
+    assert "_random_action_runs" not in zipfile.ZipFile(tmp_path / "sac.zip").read("data").decode()
 
 
 def test_her_ddpg_targets_are_clipped_to_the_return_range(tmp_path, monkeypatch):
