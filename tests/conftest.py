@@ -7,6 +7,7 @@ is free, except the groups in ``SHARED_WORKER``, whose tests run one after anoth
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -158,9 +159,29 @@ def cli_in_process(
     return proc
 
 
+@pytest.fixture(scope="session")
+def empty_store_file(tmp_path_factory) -> Path:
+    """An empty SQLite store of this MLflow's schema, made once per test process by the harness's own
+    :func:`~harness.stores.prepare_sqlite`: copying it takes milliseconds, making a schema seconds."""
+    from harness.stores import prepare_sqlite
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    prepare_sqlite(path)
+    return path
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh working directory and store; the in-process MLflow client points at it too."""
+def store(no_store, empty_store_file, tmp_path):
+    """A fresh working directory with an empty store in it (as the first command there would make it); the
+    in-process MLflow client points at it too."""
+    shutil.copyfile(empty_store_file, tmp_path / "mlflow.db")
+    return no_store
+
+
+@pytest.fixture
+def no_store(tmp_path, monkeypatch):
+    """A fresh working directory whose store (``mlflow.db``) no command has made yet; the in-process MLflow
+    client points at it too."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         monkeypatch.delenv(key)

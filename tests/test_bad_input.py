@@ -59,11 +59,11 @@ pytestmark = pytest.mark.slow  # trains, or runs the CLI end to end: `make test-
         ),
     ],
 )
-def test_bad_input_is_one_clear_line(store, tmp_path, args, expected):
+def test_bad_input_is_one_clear_line(no_store, tmp_path, args, expected):
     # in this process (an exception that escaped the command would fail the test here); the test below
     # runs one refusal of each command as a user's process, where a traceback would reach the terminal
     (tmp_path / "corrupt.zip").write_bytes(b"this is not a zip file")
-    one_clear_line(cli_in_process(args, tmp_path, store, check=False), expected, tmp_path)
+    one_clear_line(cli_in_process(args, tmp_path, no_store, check=False), expected, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -79,9 +79,9 @@ def test_bad_input_is_one_clear_line(store, tmp_path, args, expected):
         ),
     ],
 )
-def test_bad_input_is_one_clear_line_from_a_users_process(store, tmp_path, args, expected):
+def test_bad_input_is_one_clear_line_from_a_users_process(no_store, tmp_path, args, expected):
     (tmp_path / "corrupt.zip").write_bytes(b"this is not a zip file")
-    one_clear_line(run_cli(args, tmp_path, store, check=False), expected, tmp_path)
+    one_clear_line(run_cli(args, tmp_path, no_store, check=False), expected, tmp_path)
 
 
 def one_clear_line(proc, expected: str, work) -> None:
