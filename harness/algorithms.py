@@ -28,7 +28,12 @@ import torch as th
 import torch.nn.functional as F
 from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.common.preprocessing import get_action_dim
+from stable_baselines3.common.torch_layers import create_mlp
 from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.sac.policies import MultiInputPolicy, SACPolicy
+from torch import nn
 
 from harness.config import ALGOS
 from harness.errors import HarnessError
@@ -257,6 +262,38 @@ def algo_class(algo: str):
     raise HarnessError(f"unknown algo '{algo}'; accepted: {', '.join(ALGOS)}")
 
 
+class LayerNormCritic(ContinuousCritic):
+    """SB3's SAC critics with a LayerNorm after each hidden linear layer, before its activation
+    (``Linear -> LayerNorm -> ReLU``, as spitis/mrl's critics); same names, so one more tensor pair per layer."""
+
+    def __init__(
+        self, observation_space, action_space, net_arch, features_extractor, features_dim, activation_fn=nn.ReLU, **kw
+    ):
+        super().__init__(observation_space, action_space, net_arch, features_extractor, features_dim, activation_fn, **kw)
+        q_input_dim = features_dim + get_action_dim(action_space)
+        for idx in range(self.n_critics):
+            q_net = nn.Sequential(*create_mlp(q_input_dim, 1, net_arch, activation_fn, post_linear_modules=[nn.LayerNorm]))
+            self.add_module(f"qf{idx}", q_net)  # replaces the plain one of the same name
+            self.q_networks[idx] = q_net
+
+
+class _LayerNormCritics:
+    def make_critic(self, features_extractor=None) -> LayerNormCritic:
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
+        return LayerNormCritic(**critic_kwargs).to(self.device)
+
+
+class LayerNormCriticMlpPolicy(_LayerNormCritics, SACPolicy):
+    """SAC's ``MlpPolicy`` with :class:`LayerNormCritic` critics."""
+
+
+class LayerNormCriticMultiInputPolicy(_LayerNormCritics, MultiInputPolicy):
+    """SAC's ``MultiInputPolicy`` (the goal envs' dict observations) with :class:`LayerNormCritic` critics."""
+
+
+LAYER_NORM_CRITIC_POLICIES = {"MlpPolicy": LayerNormCriticMlpPolicy, "MultiInputPolicy": LayerNormCriticMultiInputPolicy}
+
+
 class FastSAC(SAC):
     """SB3's SAC, same losses and update order, with a gradient step that costs less on a CPU.
 
@@ -276,6 +313,9 @@ class FastSAC(SAC):
     ``[-1/(1-gamma), 0]``, the range of returns of the Fetch tasks' -1/0 reward, as the HER paper's
     DDPG does: a critic's early overshoot past what any return can be is not bootstrapped from.
 
+    ``critic_layer_norm=True`` builds the critics as :class:`LayerNormCritic` (the policy named
+    ``MlpPolicy`` or ``MultiInputPolicy`` becomes its ``LayerNormCritic...`` counterpart); the actor is SB3's.
+
     ``random_action_share`` > 0 replaces that share of the training actions (after ``learning_starts``) by
     uniformly random ones, as the HER paper's DDPG does (its ``random_eps``), on top of SAC's own sampling;
     ``random_action_repeat`` > 1 makes them runs of one held action (:class:`RandomActionRuns`).
@@ -283,21 +323,28 @@ class FastSAC(SAC):
 
     def __init__(
         self,
+        policy,
         *args,
         precision: str = "fp32",
         clip_target_q: bool = False,
         random_action_share: float = 0.0,
         random_action_repeat: int = 1,
+        critic_layer_norm: bool = False,
         **kwargs,
     ):
         self.precision = precision
+        self.critic_layer_norm = critic_layer_norm
+        if critic_layer_norm and isinstance(policy, str):
+            if policy not in LAYER_NORM_CRITIC_POLICIES:
+                raise HarnessError(f"critic_layer_norm needs {' or '.join(LAYER_NORM_CRITIC_POLICIES)}, not {policy}")
+            policy = LAYER_NORM_CRITIC_POLICIES[policy]
         self.clip_target_q = clip_target_q
         self.random_action_share = random_action_share
         self.random_action_repeat = random_action_repeat
         self._random_action_runs = (
             RandomActionRuns(random_action_share, random_action_repeat) if random_action_repeat > 1 else None
         )
-        super().__init__(*args, **kwargs)
+        super().__init__(policy, *args, **kwargs)
 
     def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
         action, buffer_action = super()._sample_action(learning_starts, action_noise, n_envs)

@@ -146,6 +146,9 @@ class TrainConfig:
     clip_target_q: bool = False
     """sac only: clip the critics' TD targets (entropy term included) to [-1/(1-gamma), 0], the range of
     discounted returns of the Fetch tasks' -1/0 sparse reward, as the HER paper's DDPG always does."""
+    critic_layer_norm: bool = False
+    """sac only: a LayerNorm after each hidden linear layer of the critics (before the ReLU), as spitis/mrl's
+    critics have; the actor is unchanged. Costs a few % more time per gradient step, no more matmul work."""
     random_action_share: float = setting(0.0, SHARE)
     """sac only: share of the training actions (after learning_starts) replaced by uniformly random ones, as the
     HER paper's DDPG explores (ddpg's random_eps); 0 leaves SAC's own sampling alone."""
@@ -346,6 +349,8 @@ def validate_config(config: TrainConfig) -> None:
         raise HarnessError(f"energy_priority_clip needs a Fetch task (goals that are positions), not {config.env_id}")
     if config.clip_target_q and config.algo != "sac":
         raise HarnessError(f"clip_target_q is for sac (ddpg always clips its targets), not {config.algo}")
+    if config.critic_layer_norm and config.algo != "sac":
+        raise HarnessError(f"critic_layer_norm is for sac, not {config.algo}")
     for field, default in (("random_action_share", 0.0), ("random_action_repeat", 1)):
         if getattr(config, field) != default and config.algo != "sac":
             raise HarnessError(f"{field} is for sac (ddpg has random_eps), not {config.algo}")

@@ -114,6 +114,14 @@ def policy_kwargs_of(algo: str, state: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def critics_have_layer_norm(state: dict[str, Any]) -> bool:
+    """Whether the critics carry LayerNorm weights (one-dimensional ``critic.qf0.<i>.weight``:
+    :class:`harness.algorithms.LayerNormCritic`)."""
+    return any(
+        key.startswith("critic.qf0.") and key.endswith(".weight") and tensor.dim() == 1 for key, tensor in state.items()
+    )
+
+
 def policy_model(algo: str, env, state: dict[str, Any], source: str, num_timesteps: int = 0):
     """An SB3 model of ``algo`` on ``env`` holding ``state`` as its policy, ready for ``predict``.
 
@@ -123,9 +131,10 @@ def policy_model(algo: str, env, state: dict[str, Any], source: str, num_timeste
     from harness.algorithms import algo_class
 
     policy = "MultiInputPolicy" if isinstance(env.observation_space, gym.spaces.Dict) else "MlpPolicy"
+    extra = {"critic_layer_norm": True} if algo == "sac" and critics_have_layer_norm(state) else {}
     try:
         model = algo_class(algo)(
-            policy, env, buffer_size=1, policy_kwargs=policy_kwargs_of(algo, state), device="cpu", verbose=0
+            policy, env, buffer_size=1, policy_kwargs=policy_kwargs_of(algo, state), device="cpu", verbose=0, **extra
         )
         model.policy.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, IndexError, HarnessError) as exc:  # shapes or names that do not fit

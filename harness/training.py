@@ -191,6 +191,7 @@ def build_model(config: TrainConfig, env, logger: Logger, device: str = "cpu"):
             clip_target_q=config.clip_target_q,
             random_action_share=config.random_action_share,
             random_action_repeat=config.random_action_repeat,
+            critic_layer_norm=config.critic_layer_norm,
         )
     if config.algo in ("sac", "ddpg"):
         kwargs["precision"] = layer_precision_for(config, device)

@@ -9,9 +9,10 @@ import torch
 from stable_baselines3 import SAC, HerReplayBuffer
 from stable_baselines3.common.logger import Logger
 
-from harness.algorithms import FastSAC, HerDDPG, RandomActionRuns
+from harness.algorithms import FastSAC, HerDDPG, LayerNormCritic, RandomActionRuns
 from harness.config import resolve_config
 from harness.envs import make_vec_env
+from harness.sb3_zip import policy_model, read_policy_weights
 from harness.training import build_env, build_model
 
 HER = dict(replay_buffer_class=HerReplayBuffer, replay_buffer_kwargs=dict(n_sampled_goal=4, goal_selection_strategy="future"))
@@ -179,6 +180,32 @@ def test_sac_with_random_action_runs_holds_each_random_action(tmp_path, monkeypa
     assert all((drawn[i : i + 5] == drawn[i]).all() for i in (0, 5)) and not (drawn[5] == drawn[0]).any()
     model.save(tmp_path / "sac.zip")  # the runs under way are exploration state, not saved with the model
     assert "_random_action_runs" not in zipfile.ZipFile(tmp_path / "sac.zip").read("data").decode()
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_sac_critics_get_a_layer_norm_per_hidden_layer_when_the_config_asks(layer_norm, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = dict(her=True, total_steps=400, learning_starts=100, n_envs=2, critic_layer_norm=layer_norm)
+    config = resolve_config("fast", "FetchPush-v4", overrides)
+    model = build_model(config, build_env(config)[0], Logger(folder=None, output_formats=[]))
+    norms = lambda net: [m for m in net.modules() if isinstance(m, torch.nn.LayerNorm)]  # noqa: E731
+    for critic in (model.critic, model.critic_target):
+        assert isinstance(critic, LayerNormCritic) is layer_norm and len(critic.q_networks) == 2
+        for q_net in critic.q_networks:  # Linear -> LayerNorm -> ReLU per hidden layer, none after the output
+            assert [m.normalized_shape[0] for m in norms(q_net)] == (list(config.net_arch) if layer_norm else [])
+            assert not isinstance(q_net[-1], torch.nn.LayerNorm)
+    assert not norms(model.actor)
+    before = {k: v.clone() for k, v in model.critic.state_dict().items()}
+    model.learn(300)  # past learning_starts: gradient steps move the LayerNorms' weights too
+    moved = [k for k, v in model.critic.state_dict().items() if not torch.equal(v, before[k])]
+    assert all(k in moved for k in before), sorted(set(before) - set(moved))
+    # a saved zip comes back, from its tensors alone, with the same critics and the same actions
+    model.save(tmp_path / "sac.zip")
+    state = read_policy_weights(tmp_path / "sac.zip")
+    loaded = policy_model("sac", model.get_env(), state, "sac.zip")
+    assert isinstance(loaded.critic, LayerNormCritic) is layer_norm
+    obs = model._last_obs
+    assert np.allclose(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
 
 
 def test_her_ddpg_targets_are_clipped_to_the_return_range(tmp_path, monkeypatch):

@@ -58,7 +58,8 @@ def test_params_are_the_resolved_config_and_tags_identify_the_run(workflow):
     assert params["total_steps"] == "300" and params["learning_starts"] == "250"
     # from the fast preset, never typed on the command line:
     assert params["gamma"] == "0.95" and params["tau"] == "0.05" and params["net_arch"] == "[256, 256]"
-    assert params["random_action_share"] == "0.0" and params["random_action_repeat"] == "1"  # every field, defaults too
+    assert params["random_action_share"] == "0.0" and params["random_action_repeat"] == "1"
+    assert params["critic_layer_norm"] == "false"
     tags = run.data.tags
     assert {
         k: tags[k]

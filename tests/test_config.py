@@ -162,6 +162,8 @@ def test_run_name_and_tensorboard_dir_follow_the_chapter():
         ({"algo": "ddpg", "random_action_share": 0.3}, "random_action_share is for sac (ddpg has random_eps), not ddpg"),
         ({"random_action_share": 1.2}, "random_action_share must be in [0, 1], got 1.2"),
         ({"random_action_repeat": 0}, "random_action_repeat must be > 0, got 0"),
+        ({"algo": "ddpg", "critic_layer_norm": True}, "critic_layer_norm is for sac, not ddpg"),
+        ({"algo": "tqc", "critic_layer_norm": True}, "critic_layer_norm is for sac, not tqc"),
         ({"algo": "ddpg", "random_action_repeat": 5}, "random_action_repeat is for sac (ddpg has random_eps), not ddpg"),
         ({"energy_priority_clip": -0.5}, "energy_priority_clip must be >= 0, got -0.5"),
         ({"clip_target_q": "sometimes"}, "clip_target_q must be true or false, got 'sometimes'"),
